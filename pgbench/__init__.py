@@ -1,0 +1,8 @@
+"""pgbench: exact ground truth and fast Monte-Carlo measurement of policy-gradient estimators."""
+from pgbench.errors import PGBenchError
+from pgbench.problems import make, MDPProblem, TabularMDP, TabularSoftmax, LinearSoftmax
+from pgbench.exact import exact, GroundTruth
+
+__version__ = "0.1.0"
+__all__ = ["PGBenchError", "make", "MDPProblem", "TabularMDP", "TabularSoftmax", "LinearSoftmax",
+           "exact", "GroundTruth", "__version__"]

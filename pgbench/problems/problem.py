@@ -1,0 +1,52 @@
+"""A problem = an MDP, a policy class over it, and the parameters to evaluate at."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pgbench.errors import PGBenchError
+from pgbench.problems.mdp import TabularMDP
+from pgbench.problems.policies import SoftmaxPolicy, TabularSoftmax, LinearSoftmax
+
+
+@dataclass(frozen=True, eq=False)
+class MDPProblem:
+    """``mdp`` with a softmax ``policy`` and default parameters ``theta``."""
+
+    mdp: TabularMDP
+    policy: SoftmaxPolicy
+    theta: np.ndarray
+    name: str = "mdp"
+    meta: dict = field(default_factory=dict)
+
+    kind = "mdp"
+
+    def __post_init__(self):
+        if (self.policy.S, self.policy.A) != (self.mdp.S, self.mdp.A):
+            raise PGBenchError(f"policy is for S={self.policy.S}, A={self.policy.A} but the MDP has "
+                               f"S={self.mdp.S}, A={self.mdp.A}")
+        th = self.policy.check_theta(self.theta)
+        th.setflags(write=False)
+        object.__setattr__(self, "theta", th)
+
+    @classmethod
+    def tabular(cls, mdp: TabularMDP, theta=None, name=None, **meta):
+        pol = TabularSoftmax(mdp.S, mdp.A)
+        th = np.zeros(pol.theta_shape) if theta is None else theta
+        return cls(mdp, pol, th, name or mdp.name, meta)
+
+    @classmethod
+    def linear(cls, mdp: TabularMDP, features, theta=None, name=None, **meta):
+        pol = LinearSoftmax(features)
+        th = np.zeros(pol.theta_shape) if theta is None else theta
+        return cls(mdp, pol, th, name or mdp.name, meta)
+
+    def resolve_theta(self, theta=None) -> np.ndarray:
+        return self.theta if theta is None else self.policy.check_theta(theta)
+
+    def with_theta(self, theta) -> "MDPProblem":
+        return MDPProblem(self.mdp, self.policy, self.policy.check_theta(theta), self.name, dict(self.meta))
+
+    def __repr__(self):
+        return f"MDPProblem({self.name!r}, {self.mdp!r}, {self.policy!r})"
