@@ -74,8 +74,13 @@ class TabularMDP:
         if P.ndim != 3 or P.shape[0] != P.shape[2]:
             raise PGBenchError(f"P must have shape (S, A, S); got {P.shape}")
         S, A, _ = P.shape
-        idx = np.broadcast_to(np.arange(S, dtype=np.int64), (S, A, S)).copy()
-        return cls.from_sparse(idx, P, R, rho0, gamma, horizon=horizon, terminal=terminal,
+        # keep only the successors that can occur: the kernels sample among K entries per (s, a)
+        nz = P != 0  # NaN and negative entries stay, so validation still sees them
+        K = max(1, int(nz.sum(axis=2).max()))
+        order = np.argsort(~nz, axis=2, kind="stable")[:, :, :K]
+        idx = order.astype(np.int64)
+        prob = np.take_along_axis(P, order, axis=2)
+        return cls.from_sparse(idx, prob, R, rho0, gamma, horizon=horizon, terminal=terminal,
                                reward_std=reward_std, reward_width=reward_width,
                                max_steps=max_steps, name=name)
 
