@@ -172,7 +172,8 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
     pi = pol.probs(th)
     R = mdp.R
     if beta > 0:
-        R = R - beta * np.log(pi)
+        # log pi from the logits: np.log(pi) is -inf where pi underflows to 0, and 0 * inf = NaN
+        R = R - beta * pol.log_probs(th)
     R = np.where(mdp.terminal[:, None], 0.0, R)
     dyn = _Dynamics(mdp, pi, method)
     gamma = mdp.gamma

@@ -19,6 +19,12 @@ def softmax_rows(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
+    """``log softmax`` without forming ``log(0) = -inf`` for actions whose probability underflows."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
 class SoftmaxPolicy:
     kind: str
     S: int
@@ -51,6 +57,9 @@ class SoftmaxPolicy:
 
     def probs(self, theta) -> np.ndarray:
         return softmax_rows(self.logits(theta))
+
+    def log_probs(self, theta) -> np.ndarray:
+        return log_softmax_rows(self.logits(theta))
 
     def contract(self, theta, C: np.ndarray) -> np.ndarray:
         """``sum_{s,a} C[s, a] grad log pi(a|s)``, shaped like theta."""
