@@ -1,0 +1,45 @@
+"""Shared builders for the core tests: small random problems with fixed seeds."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))  # lets test modules import tests/naive.py
+
+from pgbench import MDPProblem, TabularMDP, make  # noqa: E402
+
+
+def garnet(seed: int, S: int = 6, A: int = 3, b: int = 3, gamma: float = 0.9, horizon: int = 0) -> MDPProblem:
+    return make(f"garnet:S={S},A={A},b={b},seed={seed},gamma={gamma},horizon={horizon}")
+
+
+def random_theta(problem: MDPProblem, seed: int, scale: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(1000 + seed).normal(scale=scale, size=problem.policy.theta_shape)
+
+
+def linear_version(problem: MDPProblem, seed: int, d: int = 4) -> MDPProblem:
+    """The same MDP under a linear-softmax policy with random features and random theta."""
+    rng = np.random.default_rng(2000 + seed)
+    mdp = problem.mdp
+    return MDPProblem.linear(mdp, rng.normal(size=(mdp.S, mdp.A, d)), theta=rng.normal(size=d))
+
+
+def random_terminal_mdp(seed: int, S: int = 7, A: int = 3, n_terminal: int = 2, gamma: float = 1.0,
+                        horizon=None) -> TabularMDP:
+    """Dense random MDP whose last ``n_terminal`` states are terminal; every non-terminal (s, a)
+    sends at least 0.2 of its mass to a terminal state, so episodes end with probability 1 and
+    ``gamma = 1`` is allowed unbounded. Terminal rows and rewards are random on purpose: they
+    must not matter."""
+    rng = np.random.default_rng(seed)
+    P = rng.dirichlet(np.ones(S), size=(S, A))
+    live = S - n_terminal
+    P[:live, :, :live] *= 0.8 / P[:live, :, :live].sum(axis=2, keepdims=True)
+    P[:live, :, live:] = 0.2 * rng.dirichlet(np.ones(n_terminal), size=(live, A))
+    R = rng.normal(size=(S, A))
+    rho0 = np.zeros(S)
+    rho0[:live] = rng.dirichlet(np.ones(live))
+    terminal = np.zeros(S, bool)
+    terminal[live:] = True
+    return TabularMDP.from_dense(P, R, rho0, gamma, horizon=horizon, terminal=terminal, name=f"term{seed}")
