@@ -37,6 +37,16 @@ def _as_float(name: str, x, shape: Optional[tuple] = None) -> np.ndarray:
     return arr
 
 
+def _noise_scale(name: str, x, shape: tuple) -> np.ndarray:
+    """A scalar or an (S, A) array of noise scales."""
+    arr = _as_float(name, x)
+    try:
+        arr = np.broadcast_to(arr, shape)
+    except ValueError:
+        raise PGBenchError(f"{name} has shape {arr.shape}, expected a scalar or {shape}") from None
+    return arr.copy()
+
+
 def _readonly(*arrays: np.ndarray) -> None:
     for a in arrays:
         a.setflags(write=False)
@@ -70,10 +80,12 @@ class TabularMDP:
     @classmethod
     def from_dense(cls, P, R, rho0, gamma, horizon=None, terminal=None, reward_std=None,
                    reward_width=None, max_steps=None, name="mdp") -> "TabularMDP":
-        P = np.asarray(P, dtype=np.float64) if not isinstance(P, np.ndarray) else P.astype(np.float64)
+        P = _as_float("P", P)  # numeric and finite; error indices refer to P[s, a, s'] as given
         if P.ndim != 3 or P.shape[0] != P.shape[2]:
             raise PGBenchError(f"P must have shape (S, A, S); got {P.shape}")
         S, A, _ = P.shape
+        if S < 1 or A < 1:
+            raise PGBenchError(f"P must have at least one state and action; got shape {P.shape}")
         # keep only the successors that can occur: the kernels sample among K entries per (s, a)
         nz = P != 0  # NaN and negative entries stay, so validation still sees them
         K = max(1, int(nz.sum(axis=2).max()))
@@ -124,9 +136,9 @@ class TabularMDP:
             raise PGBenchError("give reward_std (gaussian noise) or reward_width (uniform noise), not both")
         noise, scale = "none", np.zeros((S, A))
         if reward_std is not None:
-            noise, scale = "gaussian", _as_float("reward_std", np.broadcast_to(np.asarray(reward_std, float), (S, A)), (S, A))
+            noise, scale = "gaussian", _noise_scale("reward_std", reward_std, (S, A))
         elif reward_width is not None:
-            noise, scale = "uniform", _as_float("reward_width", np.broadcast_to(np.asarray(reward_width, float), (S, A)), (S, A))
+            noise, scale = "uniform", _noise_scale("reward_width", reward_width, (S, A))
         if np.any(scale < 0):
             raise PGBenchError("reward noise scale must be non-negative")
         # probabilities: non-negative rows summing to one
@@ -147,7 +159,10 @@ class TabularMDP:
             max_steps = int(max_steps)
             if max_steps < 1:
                 raise PGBenchError(f"max_steps must be a positive integer; got {max_steps}")
-        next_prob = next_prob / sums[..., None]  # exact normalisation within tolerance
+        # exact normalisation within tolerance; rows already within rounding of 1 are kept as they
+        # are, so that normalising is idempotent (a saved and reloaded problem is bit-identical)
+        renorm = np.abs(sums - 1.0) > 2 * K * np.finfo(np.float64).eps
+        next_prob = np.where(renorm[..., None], next_prob / sums[..., None], next_prob)
         mdp = cls(next_idx=next_idx, next_prob=next_prob, R=R, rho0=rho0, gamma=gamma, horizon=horizon,
                   terminal=terminal, reward_noise=noise, reward_scale=scale, max_steps=max_steps, name=name)
         _readonly(next_idx, next_prob, R, rho0, terminal, scale)
