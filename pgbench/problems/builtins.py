@@ -39,6 +39,8 @@ def garnet(S: int = 20, A: int = 4, b: int = 3, seed: int = 0, gamma: float = 0.
     S, A, b = int(S), int(A), int(b)
     if S < 1 or A < 1 or not 1 <= b <= S:
         raise PGBenchError(f"garnet needs S >= 1, A >= 1 and 1 <= b <= S; got S={S}, A={A}, b={b}")
+    if int(seed) < 0 or noise < 0:
+        raise PGBenchError(f"garnet needs seed >= 0 and noise >= 0; got seed={seed}, noise={noise}")
     rng = np.random.default_rng(int(seed))
     if b * 4 < S:
         # rejection for distinct successors is cheap when b << S (no S-sized permutations)

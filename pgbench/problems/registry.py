@@ -4,6 +4,8 @@ from __future__ import annotations
 import inspect
 import os
 
+import numpy as np
+
 from pgbench.errors import PGBenchError
 from pgbench.problems import builtins as _b
 
@@ -28,6 +30,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
             key, eq, val = item.partition("=")
             if not eq or not key.strip():
                 raise PGBenchError(f"malformed parameter {item!r} in {spec!r}: expected key=value")
+            if key.strip() in params:
+                raise PGBenchError(f"duplicate parameter {key.strip()!r} in {spec!r}")
             params[key.strip()] = val.strip()
     return name.strip(), params
 
@@ -41,6 +45,8 @@ def coerce(value: str, default, what: str):
             if value.lower() in ("0", "false", "no"):
                 return False
             raise ValueError(value)
+        if isinstance(default, (int, float)) and not np.isfinite(float(value)):
+            raise PGBenchError(f"{what}: {value!r} is not a finite number")
         if isinstance(default, int):
             f = float(value)
             if f != int(f):
@@ -49,7 +55,9 @@ def coerce(value: str, default, what: str):
         if isinstance(default, float):
             return float(value)
         return value
-    except ValueError:
+    except ValueError as exc:
+        if isinstance(exc, PGBenchError):
+            raise
         raise PGBenchError(f"{what}: cannot read {value!r} as {type(default).__name__}") from None
 
 
