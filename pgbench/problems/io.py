@@ -20,7 +20,10 @@ def load_npz(path: str) -> MDPProblem:
     if not os.path.exists(path):
         raise PGBenchError(f"no such problem file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file holds one bare array
+            raise ValueError("it holds a single array, not named arrays (P, R, rho0, gamma, ...)")
+        with z:
             data = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise PGBenchError(f"cannot read {path} as a .npz problem file: {exc}") from None
@@ -37,8 +40,8 @@ def load_npz(path: str) -> MDPProblem:
         if np.ndim(data["horizon"]) != 0:
             raise PGBenchError(f"{path}: horizon must be a scalar integer")
         h = data["horizon"].item()
-        if h != int(h) or h < 0:
-            raise PGBenchError(f"{path}: horizon must be a non-negative integer (0 = unbounded); got {h}")
+        if not isinstance(h, (int, float)) or not np.isfinite(h) or h != int(h) or h < 0:
+            raise PGBenchError(f"{path}: horizon must be a non-negative integer (0 = unbounded); got {h!r}")
         horizon = int(h) or None
     name = os.path.splitext(os.path.basename(path))[0]
     mdp = TabularMDP.from_dense(data["P"], data["R"], data["rho0"], data["gamma"].item(), horizon=horizon,

@@ -142,7 +142,10 @@ class LinearSoftmax(SoftmaxPolicy):
     kind = "linear"
 
     def __init__(self, features):
-        phi = np.array(features, dtype=np.float64)
+        try:
+            phi = np.array(features, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise PGBenchError("features must be a numeric (S, A, d) array") from None
         if phi.ndim != 3:
             raise PGBenchError(f"features must have shape (S, A, d); got {phi.shape}")
         if not np.all(np.isfinite(phi)):
