@@ -228,6 +228,8 @@ class TabularMDP:
 
     def default_max_steps(self) -> int:
         """Cap for sampling an unbounded problem: discounting leaves < 1e-10 of the return beyond it."""
+        if self.gamma == 0.0:  # only step 0 counts (and log(0) would warn)
+            return 10
         if self.gamma < 1.0:
             return int(min(100_000, max(10, np.ceil(np.log(1e-10) / np.log(self.gamma)))))
         return 10_000
