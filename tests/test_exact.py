@@ -255,6 +255,32 @@ def test_tabular_unbounded_closed_forms(name, seed):
     np.testing.assert_allclose(nat[~visited], 0.0, atol=1e-8)
 
 
+@pytest.mark.parametrize("name,seed", [("garnet_tab_unbounded", 1), ("garnet_lin_finite", 2), ("frozen_lake", 1)])
+def test_policy_contract_equals_score_table_sum(name, seed):
+    """``contract(theta, C) = sum_{s,a} C[s,a] g(s,a)`` for arbitrary weights C (estimators pass
+    weights whose rows do not sum to zero, unlike the exact gradient's)."""
+    problem = _case(name, seed)
+    pol, th = problem.policy, problem.theta
+    _, _, scores = _naive(problem)
+    C = np.random.default_rng(seed).normal(size=(pol.S, pol.A))
+    expect = np.einsum("sa,sad->d", C, scores)
+    np.testing.assert_allclose(pol.contract(th, C).reshape(-1), expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("error")  # log(gamma) = log(0) used to warn when choosing the sampling cap
+def test_gamma_zero_is_the_expected_immediate_reward():
+    """gamma = 0: ``J = sum_s rho0(s) sum_a pi R`` and ``dJ/dtheta[s,a] = rho0(s) pi (R - r_pi)``."""
+    p = make("garnet:S=5,A=3,b=2,seed=2,gamma=0")
+    th = random_theta(p, 2)
+    e = np.exp(th - th.max(axis=1, keepdims=True))
+    pi = e / e.sum(axis=1, keepdims=True)
+    r_pi = (pi * p.mdp.R).sum(axis=1)
+    gt = exact(p, th)
+    assert gt.J == pytest.approx(float(p.mdp.rho0 @ r_pi), rel=1e-14)
+    np.testing.assert_allclose(gt.grad, p.mdp.rho0[:, None] * pi * (p.mdp.R - r_pi[:, None]), rtol=1e-12, atol=1e-16)
+    assert gt.truncated_J == 0.0
+
+
 # ---------------------------------------------------------------------------- SPEC closed forms
 def test_boltzmann_bandit_closed_form():
     p = make("boltzmann_bandit")
