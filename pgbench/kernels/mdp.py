@@ -1,0 +1,385 @@
+"""Numba CPU kernels: roll out episodes and accumulate score weights (SPEC sections 3 and 5).
+
+Layout (stumpy-style): ``_rollout`` is one episode's work; ``_batch_stats`` (pass 1) and
+``_score_weights`` (pass 2) are the parallel loops over work items; the public entry point is
+:func:`pgbench.measure.engine.sample_mdp`.
+
+A work item is one chunk of one trial's episodes. The number of chunks depends on the batch
+size alone and episodes draw their own streams, so the result never depends on the thread
+count. Nothing per episode is kept: every item folds its episodes into accumulators
+
+    C[e, s, a] = sum_{episodes} sum_{t : (s_t, a_t) = (s, a)} psi^e_t
+
+from which estimator e's gradient is ``(1/N) sum_{s,a} C[e, s, a] grad log pi(a|s)``. The
+per-step weight ``psi^e_t`` is the estimator (codes in :mod:`pgbench.estimators.catalogue`).
+Estimators whose weights depend on the whole batch (leave-one-out and in-batch baselines, the
+fitted critic, weighted importance sampling) read batch statistics from a first pass over the
+same streams.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from pgbench.estimators.catalogue import (
+    REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B,
+    VALUE_B, TIME_B_LOO, TRUE_ADV, ALL_ACTION, GAE, GEOMETRIC, IS_PD, ENTROPY, FISHER)
+from pgbench.kernels.rng import stream, uniform, normal
+
+# batch statistics (pass 1), per trial
+ST_R, ST_W, ST_WR, ST_Z, ST_ZR, ST_N = range(6)
+N_STATS = 6
+# W(tau)-proxy statistics (pass 2), per trial
+PX_W, PX_Z, PX_WW, PX_ZZ, PX_WZ, PX_AW, PX_ALOO, PX_N = range(8)
+N_PROXY = 8
+
+
+@njit(cache=True)
+def build_alias(q, prob, alias):
+    """Walker's alias tables (Vose's construction) for every row of ``q`` (rows sum to 1).
+
+    Drawing then costs one uniform and two loads whatever the row length: with
+    ``x = u n, i = floor(x)``, the outcome is i if ``x - i < prob[i]`` and ``alias[i]`` otherwise.
+    """
+    rows, n = q.shape
+    small = np.empty(n, np.int64)
+    large = np.empty(n, np.int64)
+    scaled = np.empty(n)
+    for r in range(rows):
+        ns = 0
+        nl = 0
+        for i in range(n):
+            scaled[i] = q[r, i] * n
+            if scaled[i] < 1.0:
+                small[ns] = i
+                ns += 1
+            else:
+                large[nl] = i
+                nl += 1
+        while ns > 0 and nl > 0:
+            ns -= 1
+            lo = small[ns]
+            nl -= 1
+            hi = large[nl]
+            prob[r, lo] = scaled[lo]
+            alias[r, lo] = hi
+            scaled[hi] = (scaled[hi] + scaled[lo]) - 1.0
+            if scaled[hi] < 1.0:
+                small[ns] = hi
+                ns += 1
+            else:
+                large[nl] = hi
+                nl += 1
+        # leftovers are 1 up to rounding
+        for j in range(nl):
+            prob[r, large[j]] = 1.0
+            alias[r, large[j]] = large[j]
+        for j in range(ns):
+            prob[r, small[j]] = 1.0
+            alias[r, small[j]] = small[j]
+
+
+@njit(inline="always", cache=True)
+def _alias_draw(prob, alias, row, u):
+    n = prob.shape[1]
+    x = u * n
+    i = min(int(x), n - 1)
+    # arithmetic select: the comparison is a coin flip, so a branch would mispredict half the time
+    keep = np.int64(x - i < prob[row, i])
+    return keep * i + (1 - keep) * alias[row, i]
+
+
+@njit(inline="always", cache=True)
+def _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, noise_kind, noise_scale,
+             terminal, cap, buf_s, buf_a, buf_r):
+    """Sample one episode into the buffers; returns (length L, u_geo, s0, s1).
+
+    One uniform picks (a, s') jointly from the alias table of ``mu(a|s) P(s'|s, a)`` over slots
+    ``a * K + k``. The successor and action of both candidates (the slot and its alias) are
+    tabulated, so the next state is one load away from the current one; reward noise takes its
+    own draws. ``buf_s[L]`` holds the state after the last step (terminal, or where the cap cut
+    in). ``u_geo`` is drawn first in every episode, used or not, so the other draws do not
+    depend on which estimators run.
+    """
+    u_geo, s0, s1 = uniform(s0, s1)
+    u, s0, s1 = uniform(s0, s1)
+    s = _alias_draw(rho_p, rho_a, 0, u)
+    n = step_p.shape[1]
+    L = cap
+    for t in range(cap):
+        u, s0, s1 = uniform(s0, s1)
+        x = u * n
+        i = min(int(x), n - 1)
+        if x - i < step_p[s, i]:
+            sn = slot_next[s, i]
+            a = slot_act[i]
+        else:
+            sn = alias_next[s, i]
+            a = alias_act[s, i]
+        r = R[s, a]
+        if noise_kind == 1:
+            z, s0, s1 = normal(s0, s1)
+            r += noise_scale[s, a] * z
+        elif noise_kind == 2:
+            u, s0, s1 = uniform(s0, s1)
+            r += noise_scale[s, a] * (u - 0.5)
+        buf_s[t] = s
+        buf_a[t] = a
+        buf_r[t] = r
+        s = sn
+        if terminal[sn]:
+            L = t + 1
+            break
+    buf_s[L] = s
+    return L, u_geo, s0, s1
+
+
+@njit(inline="always", cache=True)
+def _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_w, need_z, cnt, ns, zvec):
+    """Discounted return R, and when asked the proxy W(tau) and the exact ||z||^2 of one episode."""
+    Rep = 0.0
+    for t in range(L):
+        Rep += gpow[t] * buf_r[t]
+    W = 0.0
+    if need_w:
+        for t in range(L):
+            s = buf_s[t]
+            W += 1.0 - 2.0 * pi[s, buf_a[t]] + pi2sum[s]
+    Z = 0.0
+    if need_z:
+        A = pi.shape[1]
+        if linear:
+            d = zvec.shape[0]
+            for k in range(d):
+                zvec[k] = 0.0
+            for t in range(L):
+                for k in range(d):
+                    zvec[k] += score[buf_s[t], buf_a[t], k]
+            for k in range(d):
+                Z += zvec[k] * zvec[k]
+        else:
+            # tabular: z restricted to row s is n_s - N_s pi_s (action counts n_s, visits N_s)
+            for t in range(L):
+                cnt[buf_s[t], buf_a[t]] += 1.0
+                ns[buf_s[t]] += 1.0
+            for t in range(L):
+                s = buf_s[t]
+                if ns[s] > 0.0:
+                    acc = 0.0
+                    for b in range(A):
+                        v = cnt[s, b] - ns[s] * pi[s, b]
+                        acc += v * v
+                        cnt[s, b] = 0.0
+                    Z += acc
+                    ns[s] = 0.0
+    return Rep, W, Z
+
+
+@njit(parallel=True, cache=True)
+def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
+                 rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, pi2sum, R, noise_kind, noise_scale, terminal,
+                 gamma, gpow, cap, finite, linear, score, need_z, rho_ratio,
+                 out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
+    """Pass 1: per work item, sums over its episodes of R, W, W R, ||z||^2, ||z||^2 R, the
+    reward-to-go per step (for leave-one-out time baselines), per-(t, s) returns (fitted critic)
+    and per-step cumulative importance ratios (weighted IS)."""
+    S, A = pi.shape
+    n_items = n_trials * n_chunks
+    per = (N + n_chunks - 1) // n_chunks
+    want_sg = out_SG.shape[1] > 0
+    want_fit = out_fit_sum.shape[1] > 0
+    want_rho = out_rho.shape[1] > 0
+    for item in prange(n_items):
+        trial = trial0 + item // n_chunks
+        c = item % n_chunks
+        buf_s = np.empty(cap + 1, np.int64)
+        buf_a = np.empty(cap, np.int64)
+        buf_r = np.empty(cap)
+        G_t = np.empty(cap)
+        cnt = np.zeros((S, A)) if (need_z and not linear) else np.zeros((1, 1))
+        ns = np.zeros(S) if (need_z and not linear) else np.zeros(1)
+        zvec = np.zeros(score.shape[2])
+        for i in range(c * per, min(N, (c + 1) * per)):
+            s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, noise_kind,
+                                         noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+            Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, need_z,
+                                         cnt, ns, zvec)
+            out_stats[item, ST_R] += Rep
+            out_stats[item, ST_W] += W
+            out_stats[item, ST_WR] += W * Rep
+            out_stats[item, ST_Z] += Z
+            out_stats[item, ST_ZR] += Z * Rep
+            out_stats[item, ST_N] += 1.0
+            if want_sg or want_fit:
+                G = 0.0
+                for t in range(L - 1, -1, -1):
+                    G = buf_r[t] + gamma * G
+                    G_t[t] = G
+                if want_sg:
+                    for t in range(L):
+                        out_SG[item, t] += G_t[t]
+                if want_fit:
+                    for t in range(L):
+                        ti = t if finite else 0
+                        out_fit_sum[item, ti, buf_s[t]] += G_t[t]
+                        out_fit_cnt[item, ti, buf_s[t]] += 1.0
+            if want_rho:
+                w = 1.0
+                for t in range(cap):
+                    if t < L:
+                        w *= rho_ratio[buf_s[t], buf_a[t]]
+                    out_rho[item, t] += w
+    return out_stats
+
+
+@njit(parallel=True, cache=True)
+def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
+                   rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, logpi, pi2sum, R, noise_kind, noise_scale, terminal,
+                   gamma, gpow, cap, finite, linear, score,
+                   codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
+                   b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy,
+                   outC, out_proxy):
+    """Pass 2: per work item and estimator e, ``C[e, s, a] += psi^e_t`` over its episodes.
+
+    ``fpar[e]`` holds the estimator's scalar parameters (b, lambda, beta, weighted flag);
+    ``crit[e]`` indexes ``critics`` (the critic's V per step, for gae/td0; -1 for the fitted
+    critic, read from ``b_fitV``). ``b_*`` are the per-trial batch statistics of pass 1.
+    """
+    S, A = pi.shape
+    n_est = codes.shape[0]
+    n_items = n_trials * n_chunks
+    per = (N + n_chunks - 1) // n_chunks
+    lg = 1.0 / np.log(gamma) if 0.0 < gamma < 1.0 else 0.0
+    need_w = want_proxy
+    need_rho = False
+    for e in range(n_est):
+        need_w = need_w or codes[e] == W_B or codes[e] == W_B_LOO
+        need_rho = need_rho or codes[e] == IS_PD
+    for item in prange(n_items):
+        k = item // n_chunks
+        trial = trial0 + k
+        c = item % n_chunks
+        buf_s = np.empty(cap + 1, np.int64)
+        buf_a = np.empty(cap, np.int64)
+        buf_r = np.empty(cap)
+        cumrho = np.empty(cap)
+        run = np.zeros(n_est)
+        cnt = np.zeros((S, A)) if (need_z and not linear) else np.zeros((1, 1))
+        ns = np.zeros(S) if (need_z and not linear) else np.zeros(1)
+        zvec = np.zeros(score.shape[2])
+        C = outC[item]
+        SR = b_stats[k, ST_R]
+        SW = b_stats[k, ST_W]
+        SWR = b_stats[k, ST_WR]
+        SZ = b_stats[k, ST_Z]
+        SZR = b_stats[k, ST_ZR]
+        for i in range(c * per, min(N, (c + 1) * per)):
+            s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, noise_kind,
+                                         noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+            Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_w, need_z,
+                                         cnt, ns, zvec)
+            # geometric termination: the episode of the killed process is the prefix t <= H
+            H = cap
+            if lg != 0.0:
+                hf = np.floor(np.log(1.0 - u_geo) * lg)
+                if hf < cap:
+                    H = int(hf)
+            elif gamma == 0.0:
+                H = 0
+            if need_rho:
+                w = 1.0
+                for t in range(L):
+                    w *= rho_ratio[buf_s[t], buf_a[t]]
+                    cumrho[t] = w
+            if want_proxy:
+                b_w = SWR / SW if SW > 0 else 0.0
+                b_loo = (SR - Rep) / (N - 1) if N > 1 else 0.0
+                out_proxy[item, PX_W] += W
+                out_proxy[item, PX_Z] += Z
+                out_proxy[item, PX_WW] += W * W
+                out_proxy[item, PX_ZZ] += Z * Z
+                out_proxy[item, PX_WZ] += W * Z
+                out_proxy[item, PX_AW] += (Rep - b_w) ** 2 * W
+                out_proxy[item, PX_ALOO] += (Rep - b_loo) ** 2 * W
+                out_proxy[item, PX_N] += 1.0
+            # episode-level baselines
+            for e in range(n_est):
+                run[e] = 0.0
+            G = 0.0
+            for t in range(L - 1, -1, -1):
+                s = buf_s[t]
+                a = buf_a[t]
+                r = buf_r[t]
+                sn = buf_s[t + 1]
+                G = r + gamma * G
+                gt = gpow[t]
+                tq = t if finite else 0
+                tv = t if finite else 0
+                tvn = t + 1 if finite else 0
+                for e in range(n_est):
+                    code = codes[e]
+                    if code == RTG:
+                        psi = gt * G
+                    elif code == REINFORCE:
+                        psi = Rep
+                    elif code == RTG_NO_GAMMA:
+                        psi = G
+                    elif code == CONST_B or code == OPT_CONST_B:
+                        psi = Rep - fpar[e, 0]
+                    elif code == BATCH_MEAN_B:
+                        psi = Rep - SR / N
+                    elif code == RLOO:
+                        psi = Rep - (SR - Rep) / (N - 1)
+                    elif code == W_B:
+                        psi = Rep - (SWR / SW if SW > 0 else 0.0)
+                    elif code == W_B_LOO:
+                        den = SW - W
+                        psi = Rep - ((SWR - W * Rep) / den if den > 0 else 0.0)
+                    elif code == SCORE_NORM_B:
+                        psi = Rep - (SZR / SZ if SZ > 0 else 0.0)
+                    elif code == VALUE_B:
+                        psi = gt * (G - Vtab[tv, s])
+                    elif code == TIME_B_LOO:
+                        psi = gt * (G - (b_SG[k, t] - G) / (N - 1))
+                    elif code == TRUE_ADV:
+                        psi = gt * (Qtab[tq, s, a] - Vtab[tv, s])
+                    elif code == ALL_ACTION:
+                        for b in range(A):
+                            C[e, s, b] += gt * pi[s, b] * Qtab[tq, s, b]
+                        continue
+                    elif code == GAE:
+                        ci = crit[e]
+                        if ci >= 0:
+                            v_t = critics[ci, tv, s]
+                            v_n = critics[ci, tvn, sn]
+                        else:
+                            v_t = b_fitV[k, tv, s]
+                            v_n = b_fitV[k, tvn, sn]
+                        if t == L - 1 and terminal[sn]:
+                            v_n = 0.0
+                        delta = r + gamma * v_n - v_t
+                        run[e] = delta + gamma * fpar[e, 0] * run[e]
+                        psi = gt * run[e]
+                    elif code == GEOMETRIC:
+                        if t <= H:
+                            run[e] += r
+                            psi = run[e]
+                        else:
+                            continue
+                    elif code == IS_PD:
+                        wk = cumrho[t]
+                        if fpar[e, 0] != 0.0:
+                            wk = wk / b_rho[k, t] * N
+                        run[e] += gt * wk * r
+                        psi = run[e]
+                    elif code == ENTROPY:
+                        run[e] = (r - fpar[e, 0] * logpi[s, a]) + gamma * run[e]
+                        psi = gt * run[e]
+                    elif code == FISHER:
+                        psi = gt
+                    else:
+                        continue
+                    C[e, s, a] += psi
+    return outC

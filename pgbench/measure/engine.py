@@ -1,0 +1,367 @@
+"""Sampling engine: turns (problem, estimators, N, K, seed) into K gradient estimates per estimator.
+
+The numba kernels live in :mod:`pgbench.kernels.mdp`; this module prepares their tables
+(sampling CDFs, oracle values, critics), splits the work into items whose layout depends on
+N alone, reduces items in a fixed order and turns score weights into gradients.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pgbench.errors import PGBenchError
+from pgbench.estimators import catalogue as cat
+from pgbench.estimators.catalogue import EstimatorSpec, parse
+from pgbench.exact import GroundTruth, exact
+from pgbench.kernels import mdp as K_
+from pgbench.kernels.rng import cell_key, seed_u64
+from pgbench.problems.problem import MDPProblem
+
+MAX_CHUNKS = 16
+MIN_CHUNK = 256
+ITEM_MEMORY_BUDGET = 256 * 2 ** 20  # bytes of accumulators alive at once
+PILOT_EPISODES = 100_000
+
+
+def alias_tables(q: np.ndarray):
+    """Alias tables (prob, alias) for each row of q."""
+    q = np.ascontiguousarray(q, dtype=np.float64)
+    prob = np.empty_like(q)
+    alias = np.empty(q.shape, dtype=np.int64)
+    K_.build_alias(q, prob, alias)
+    return prob, alias
+
+
+def n_chunks_for(N: int) -> int:
+    """Chunks per trial: a function of N only, so results do not depend on the thread count."""
+    return int(min(MAX_CHUNKS, max(1, -(-N // MIN_CHUNK))))
+
+
+@dataclass
+class Tables:
+    """Everything the kernels read, for one (problem, theta, behaviour policy)."""
+
+    pi: np.ndarray
+    logpi: np.ndarray
+    pi2sum: np.ndarray
+    rho_p: np.ndarray  # alias table of rho0, (1, S)
+    rho_a: np.ndarray
+    step_p: np.ndarray  # alias tables of mu(a|s) P(s'|s, a) over slots a * K + k, (S, A K)
+    step_a: np.ndarray
+    slot_next: np.ndarray  # next state of each slot, (S, A K)
+    slot_act: np.ndarray  # action of each slot, (A K,)
+    alias_next: np.ndarray  # next state and action of each slot's alias, (S, A K)
+    alias_act: np.ndarray
+    R: np.ndarray
+    noise_kind: int
+    noise_scale: np.ndarray
+    terminal: np.ndarray
+    gamma: float
+    gpow: np.ndarray
+    cap: int
+    finite: bool
+    linear: bool
+    score: np.ndarray
+    rho_ratio: np.ndarray
+
+
+def behaviour_policy(pi: np.ndarray, spec: EstimatorSpec) -> np.ndarray:
+    """mu for importance sampling: uniform, or the eps-mixture of pi and uniform."""
+    A = pi.shape[1]
+    p = spec.p
+    if p["mu"] == "uniform":
+        return np.full_like(pi, 1.0 / A)
+    return (1.0 - p["eps"]) * pi + p["eps"] / A
+
+
+def make_tables(problem: MDPProblem, theta: np.ndarray, mu: np.ndarray | None = None) -> Tables:
+    mdp = problem.mdp
+    pol = problem.policy
+    pi = pol.probs(theta)
+    mu = pi if mu is None else mu
+    cap = mdp.episode_cap
+    linear = pol.kind == "linear"
+    score = np.ascontiguousarray(pol.score_table(theta)) if linear else np.zeros((1, 1, 1))
+    noise_kind = {"none": 0, "gaussian": 1, "uniform": 2}[mdp.reward_noise]
+    with np.errstate(divide="ignore"):
+        logpi = np.log(pi)
+    S, A, Kn = mdp.next_prob.shape
+    rho_p, rho_a = alias_tables(mdp.rho0[None, :])
+    step_p, step_a = alias_tables((mu[:, :, None] * mdp.next_prob).reshape(S, A * Kn))
+    slot_next = np.ascontiguousarray(mdp.next_idx.reshape(S, A * Kn))
+    slot_act = np.repeat(np.arange(A, dtype=np.int64), Kn)
+    alias_next = np.ascontiguousarray(np.take_along_axis(slot_next, step_a, axis=1))
+    alias_act = np.ascontiguousarray(slot_act[step_a])
+    return Tables(
+        pi=pi, logpi=logpi, pi2sum=(pi * pi).sum(axis=1), rho_p=rho_p, rho_a=rho_a, step_p=step_p, step_a=step_a,
+        slot_next=slot_next, slot_act=slot_act, alias_next=alias_next, alias_act=alias_act, R=np.ascontiguousarray(mdp.R),
+        noise_kind=noise_kind, noise_scale=np.ascontiguousarray(mdp.reward_scale),
+        terminal=np.ascontiguousarray(mdp.terminal), gamma=float(mdp.gamma),
+        gpow=mdp.gamma ** np.arange(cap + 1, dtype=np.float64), cap=int(cap), finite=mdp.horizon is not None,
+        linear=linear, score=score, rho_ratio=pi / mu)
+
+
+def oracle_tables(gt: GroundTruth):
+    """V per step with a zero row after the horizon (finite) or one row (unbounded); Q likewise."""
+    if gt.V.ndim == 2:
+        V = np.vstack([gt.V, np.zeros((1, gt.V.shape[1]))])
+        Q = gt.Q
+    else:
+        V = gt.V[None, :]
+        Q = gt.Q[None, :, :]
+    return np.ascontiguousarray(V), np.ascontiguousarray(Q)
+
+
+def perturbed_critic(V: np.ndarray, terminal: np.ndarray, scale: float, seed: int, finite: bool) -> np.ndarray:
+    """Exact V plus a fixed N(0, scale^2) error per (t, s) from ``seed`` (zero where V is fixed at 0)."""
+    err = np.random.default_rng(int(seed)).normal(size=V.shape) * scale
+    out = V + err
+    out[:, terminal] = 0.0
+    if finite:
+        out[-1] = 0.0
+    return out
+
+
+@dataclass
+class SampleResult:
+    """K estimates per estimator, on common random numbers, with what they estimate."""
+
+    specs: list
+    estimates: np.ndarray  # (K, n_est, d)
+    targets: np.ndarray  # (n_est, d): the exact gradient each estimator is measured against
+    seconds: float
+    episodes: int  # episodes sampled in the timed passes (all groups and passes)
+    N: int
+    K: int
+    extras: dict = field(default_factory=dict)
+
+
+def _specs(estimators) -> list:
+    if isinstance(estimators, (str, EstimatorSpec)):
+        estimators = [estimators]
+    specs = [parse(e) for e in estimators]
+    if not specs:
+        raise PGBenchError("no estimator given")
+    return specs
+
+
+def _check_sizes(N, K):
+    for name, v, lo in (("batch size N", N, 1), ("trials K", K, 1)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+            raise PGBenchError(f"{name} must be an integer >= {lo}; got {v!r}")
+
+
+def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, cell=None, theta=None,
+               proxy: bool = False, gt: GroundTruth | None = None) -> SampleResult:
+    """Run K trials of batch size N for every estimator, on the same episodes.
+
+    Trial k, episode i draws the stream ``(seed, cell, k, i)``; ``cell`` defaults to a hash of
+    the problem id, theta and N, so two cells never share episodes while estimators in one cell do.
+    """
+    _check_sizes(N, K)
+    specs = _specs(estimators)
+    th = problem.resolve_theta(theta)
+    mdp = problem.mdp
+    for sp in specs:
+        if sp.info.target != "mdp":
+            raise PGBenchError(f"estimator {sp.name} is for stochastic objectives, not MDPs")
+        if N < 2 and sp.name in ("rloo", "w_baseline_loo", "time_baseline_loo"):
+            raise PGBenchError(f"{sp.name} needs batch size N >= 2 (leave-one-out); got N={N}")
+        if sp.name == "natural" and N < 1:
+            raise PGBenchError("natural needs N >= 1")
+    gt = gt or exact(problem, th)
+    cell = cell_key(problem.name, th, N) if cell is None else int(cell)
+    seed64, cell64 = seed_u64(seed), np.uint64(cell % (1 << 64))
+
+    # the kernel's estimator list: requested ones, bases of natural, the Fisher accumulator
+    from pgbench.estimators.user import UserSpec
+    kspecs: list = []
+
+    def kindex(sp) -> int:
+        for j, q in enumerate(kspecs):
+            if q.label == sp.label and q.name == sp.name:
+                return j
+        kspecs.append(sp)
+        return len(kspecs) - 1
+
+    fisher_spec = EstimatorSpec(cat.EstimatorInfo("_fisher", "", "", code=cat.FISHER), ())
+    plan = []  # (kind, index, index) per requested spec
+    for sp in specs:
+        if sp.name == "natural":
+            plan.append(("natural", kindex(sp.base), kindex(fisher_spec)))
+        else:
+            plan.append(("plain", kindex(sp), -1))
+
+    V, Q = oracle_tables(gt)
+    finite = mdp.horizon is not None
+    tabs = make_tables(problem, th)
+    cap = tabs.cap
+    extras: dict = {}
+    # oracle optimal constant baseline from an independent pilot (its own cell: unbiased)
+    opt_b = None
+    if any(q.name == "optimal_const_baseline" for q in kspecs):
+        opt_b = optimal_constant_baseline(problem, th, seed)
+        extras["optimal_const_baseline_b"] = opt_b
+
+    # group estimators by behaviour policy: on-policy, and one group per IS behaviour
+    groups: dict = {}
+    for j, q in enumerate(kspecs):
+        key = ("on",) if q.name != "importance_sampling" else ("is", q.p["mu"], q.p["eps"])
+        groups.setdefault(key, []).append(j)
+
+    n_k = len(kspecs)
+    C_all = np.zeros((K, n_k, mdp.S, mdp.A))
+    n_chunks = n_chunks_for(N)
+    item_bytes = max(1, n_k * mdp.S * mdp.A * 8)
+    block = int(max(1, min(K, ITEM_MEMORY_BUDGET // (n_chunks * item_bytes))))
+    proxy_stats = np.zeros((K, K_.N_PROXY)) if proxy else None
+    episodes = 0
+    seconds = 0.0
+    for key, members in groups.items():
+        gtabs = tabs if key[0] == "on" else make_tables(problem, th, behaviour_policy(tabs.pi, kspecs[members[0]]))
+        gspecs = [kspecs[j] for j in members]
+        codes = np.array([_code(q) for q in gspecs], dtype=np.int64)
+        fpar = np.zeros((len(gspecs), 2))
+        crit = np.full(len(gspecs), -1, dtype=np.int64)
+        critics = [V]
+        for e, q in enumerate(gspecs):
+            p = q.p
+            if q.name == "const_baseline":
+                fpar[e, 0] = p["b"]
+            elif q.name == "optimal_const_baseline":
+                fpar[e, 0] = opt_b
+            elif q.name in ("gae", "td0"):
+                fpar[e, 0] = p.get("lambda", 0.0)
+                if p["critic"] == "exact":
+                    crit[e] = 0
+                elif p["critic"] == "perturbed":
+                    critics.append(perturbed_critic(V, mdp.terminal, p["scale"], p["seed"], finite))
+                    crit[e] = len(critics) - 1
+            elif q.name == "importance_sampling":
+                fpar[e, 0] = 1.0 if p["weighted"] else 0.0
+            elif q.name == "entropy_bonus":
+                fpar[e, 0] = p["beta"]
+        critics_arr = np.ascontiguousarray(np.stack(critics))
+        need_fit = any(q.name in ("gae", "td0") and q.p["critic"] == "fitted" for q in gspecs)
+        need_sg = any(q.name == "time_baseline_loo" for q in gspecs)
+        need_rho = any(q.name == "importance_sampling" and q.p["weighted"] for q in gspecs)
+        want_proxy = proxy and key[0] == "on"
+        need_z = want_proxy or any(q.name == "score_norm_baseline" for q in gspecs)
+        need_pass1 = want_proxy or any(q.in_batch for q in gspecs)
+        Tfit = mdp.horizon if finite else 1
+        _warm(gtabs, seed64, cell64, N)
+        for k0 in range(0, K, block):
+            nb = min(block, K - k0)
+            n_items = nb * n_chunks
+            t0 = time.perf_counter()
+            b_stats = np.zeros((nb, K_.N_STATS))
+            b_SG = np.zeros((nb, cap if need_sg else 0))
+            b_fitV = np.zeros((nb, (Tfit + 1) if finite else 1, mdp.S if need_fit else 0))
+            b_rho = np.zeros((nb, cap if need_rho else 0))
+            if need_pass1:
+                st = np.zeros((n_items, K_.N_STATS))
+                sg = np.zeros((n_items, b_SG.shape[1]))
+                fs = np.zeros((n_items, Tfit if need_fit else 0, mdp.S))
+                fc = np.zeros_like(fs)
+                rh = np.zeros((n_items, b_rho.shape[1]))
+                K_._batch_stats(seed64, cell64, k0, nb, N, n_chunks, gtabs.rho_p, gtabs.rho_a, gtabs.step_p, gtabs.slot_next, gtabs.slot_act, gtabs.alias_next, gtabs.alias_act, gtabs.pi,
+                                gtabs.pi2sum, gtabs.R, gtabs.noise_kind,
+                                gtabs.noise_scale, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite,
+                                gtabs.linear, gtabs.score, need_z, gtabs.rho_ratio, st, sg, fs, fc, rh)
+                episodes += nb * N
+                b_stats = _reduce(st, nb, n_chunks)
+                b_SG = _reduce(sg, nb, n_chunks)
+                b_rho = _reduce(rh, nb, n_chunks)
+                if need_fit:
+                    fsum, fcnt = _reduce(fs, nb, n_chunks), _reduce(fc, nb, n_chunks)
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        fit = np.where(fcnt > 0, fsum / np.maximum(fcnt, 1.0), 0.0)
+                    b_fitV[:, :Tfit, :] = fit
+            outC = np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
+            out_proxy = np.zeros((n_items, K_.N_PROXY if want_proxy else 0))
+            K_._score_weights(seed64, cell64, k0, nb, N, n_chunks, gtabs.rho_p, gtabs.rho_a, gtabs.step_p, gtabs.slot_next, gtabs.slot_act, gtabs.alias_next, gtabs.alias_act, gtabs.pi,
+                              gtabs.logpi, gtabs.pi2sum, gtabs.R, gtabs.noise_kind,
+                              gtabs.noise_scale, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
+                              gtabs.score, codes, fpar, crit, critics_arr, V, Q, gtabs.rho_ratio,
+                              b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy, outC, out_proxy)
+            episodes += nb * N
+            seconds += time.perf_counter() - t0
+            C_all[k0:k0 + nb][:, members] = _reduce(outC, nb, n_chunks)
+            if want_proxy:
+                proxy_stats[k0:k0 + nb] = _reduce(out_proxy, nb, n_chunks)
+    C_all /= N
+    pol = problem.policy
+    d = int(np.prod(th.shape))
+    est = np.zeros((K, len(specs), d))
+    targets = np.zeros((len(specs), d))
+    for r, (sp, (kind, j, jf)) in enumerate(zip(specs, plan)):
+        for k in range(K):
+            g = pol.contract(th, C_all[k, j]).reshape(-1)
+            if kind == "natural":
+                F = pol.fisher(th, C_all[k, jf])
+                g = pol.fisher_solve(th, F, g).reshape(-1)
+            est[k, r] = g
+        targets[r] = _target(problem, th, gt, sp)
+    if proxy:
+        extras["proxy"] = proxy_stats
+    return SampleResult(specs, est, targets, seconds, episodes, N, K, extras)
+
+
+def _reduce(x: np.ndarray, nb: int, n_chunks: int) -> np.ndarray:
+    """Sum item accumulators per trial, chunks in order (the fixed reduction order)."""
+    return x.reshape((nb, n_chunks) + x.shape[1:]).sum(axis=1)
+
+
+def _code(q) -> int:
+    return q.info.code
+
+
+def _target(problem, th, gt: GroundTruth, sp: EstimatorSpec) -> np.ndarray:
+    """What an estimator estimates: grad J, grad J_beta, or the natural gradient F^+ grad J."""
+    if sp.name == "entropy_bonus":
+        return exact(problem, th, beta=sp.p["beta"]).grad.reshape(-1)
+    if sp.name == "natural":
+        return gt.natural_gradient().reshape(-1)
+    return gt.grad.reshape(-1)
+
+
+_WARMED: set = set()
+
+
+def _warm(t: Tables, seed64, cell64, N) -> None:
+    """Compile (or load from cache) the kernels for these argument types outside the timed region."""
+    key = (t.linear, t.noise_kind)
+    if key in _WARMED:
+        return
+    z = np.zeros
+    K_._batch_stats(seed64, cell64, 0, 0, 1, 1, t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act, t.alias_next, t.alias_act, t.pi,
+                    t.pi2sum, t.R, t.noise_kind, t.noise_scale, t.terminal, t.gamma, t.gpow, t.cap, t.finite, t.linear,
+                    t.score, False, t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0, 0)), z((0, 0)))
+    K_._score_weights(seed64, cell64, 0, 0, 1, 1, t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act, t.alias_next, t.alias_act, t.pi,
+                      t.logpi, t.pi2sum, t.R, t.noise_kind, t.noise_scale, t.terminal, t.gamma, t.gpow, t.cap, t.finite,
+                      t.linear, t.score, z(1, np.int64), z((1, 2)), z(1, np.int64), z((1, 1, 1)), z((1, 1)),
+                      z((1, 1, 1)), t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0)), False, False,
+                      z((0, 1, 1, 1)), z((0, 0)))
+    _WARMED.add(key)
+
+
+def optimal_constant_baseline(problem: MDPProblem, th: np.ndarray, seed: int,
+                              episodes: int = PILOT_EPISODES) -> float:
+    """``b* = E[R ||z||^2] / E[||z||^2]`` (the trace-optimal constant baseline).
+
+    Estimated from an independent pilot batch (its own cell), so the estimator that uses it
+    stays unbiased whatever the pilot's error.
+    """
+    tabs = make_tables(problem, th)
+    n_chunks = n_chunks_for(episodes)
+    st = np.zeros((n_chunks, K_.N_STATS))
+    z = np.zeros
+    cell = np.uint64(cell_key("optimal_const_baseline pilot", problem.name, th) % (1 << 64))
+    K_._batch_stats(seed_u64(seed), cell, 0, 1, episodes, n_chunks, tabs.rho_p, tabs.rho_a, tabs.step_p,
+                    tabs.slot_next, tabs.slot_act, tabs.alias_next, tabs.alias_act, tabs.pi, tabs.pi2sum, tabs.R, tabs.noise_kind, tabs.noise_scale,
+                    tabs.terminal, tabs.gamma, tabs.gpow, tabs.cap, tabs.finite, tabs.linear, tabs.score, True,
+                    tabs.rho_ratio, st, z((n_chunks, 0)), z((n_chunks, 0, 0)), z((n_chunks, 0, 0)), z((n_chunks, 0)))
+    s = st.sum(axis=0)
+    return float(s[K_.ST_ZR] / s[K_.ST_Z]) if s[K_.ST_Z] > 0 else 0.0
