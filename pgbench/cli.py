@@ -89,8 +89,16 @@ def _cmd_exact(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end like every other bad input: one line, exit status 2."""
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(2, f"pgbench: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgbench", description=__doc__.split("\n")[0])
+    p = _Parser(prog="pgbench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     pl = sub.add_parser("list", help="list problems or estimators")
     pl.add_argument("what", nargs="?", default="problems")
