@@ -9,6 +9,13 @@ from pgbench.errors import PGBenchError
 from pgbench.problems.policies import softmax_rows
 
 
+def _numeric_theta(theta) -> np.ndarray:
+    try:
+        return np.array(theta, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise PGBenchError("theta must be a numeric array") from None
+
+
 @dataclass(frozen=True, eq=False)
 class GaussianToy:
     """``x ~ N(theta, 1)``, ``f(x, theta) = x^2 theta``: ``J = theta (theta^2 + 1)``, ``dJ/dtheta = 1 + 3 theta^2``.
@@ -30,7 +37,7 @@ class GaussianToy:
     dim = 1
 
     def check_theta(self, theta) -> np.ndarray:
-        th = np.array(theta, dtype=np.float64).reshape(-1)
+        th = _numeric_theta(theta)
         if th.shape != (1,):
             raise PGBenchError(f"gaussian_toy has one parameter; got theta of shape {np.shape(theta)}")
         if not np.isfinite(th[0]):
@@ -85,7 +92,7 @@ class CategoricalObjective:
         return self.K
 
     def check_theta(self, theta):
-        th = np.array(theta, dtype=np.float64).reshape(-1)
+        th = _numeric_theta(theta)
         if th.shape != (self.K,):
             raise PGBenchError(f"theta has shape {np.shape(theta)}, expected ({self.K},)")
         if not np.all(np.isfinite(th)):
