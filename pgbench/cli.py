@@ -97,6 +97,67 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pgbench: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    if isinstance(v, (np.floating, float)):
+        return None if not np.isfinite(v) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def _cmd_measure(args) -> int:
+    from pgbench.problems import make
+    from pgbench.measure.measure import measure
+    prob = make(args.problem)
+    theta = _theta_arg(prob, args.theta) if args.theta else None
+    df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
+                 proxy=args.proxy, backend=args.backend)
+    rows = [_jsonable(r) for r in df.to_dict(orient="records")]
+    if args.json:
+        if args.proxy and "proxy" in df.attrs:
+            for r in rows:
+                r["proxy"] = _jsonable(df.attrs["proxy"])
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+        return 0
+    import pandas as pd
+    cols = ["estimator", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se",
+            "cosine", "p_value"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(f"{prob.name}: N={args.batch}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
+        print(df[cols].to_string(index=False))
+        print(f"sampling: {df['seconds'][0]:.3g} s, {df['episodes_per_second'][0]:.3g} episodes/s")
+        if not np.isnan(df["truncated_mass"][0]):
+            print(f"episode cap cuts off probability {df['truncated_mass'][0]:.3g} of still running")
+        if len(df.attrs.get("paired", [])):
+            print("paired against " + str(df.attrs["paired"]["reference"][0]) + " (same episodes):")
+            print(df.attrs["paired"][["estimator", "mse_diff", "mse_diff_se", "variance_ratio", "p_value"]]
+                  .to_string(index=False))
+        if "proxy" in df.attrs:
+            print("W(tau) proxy: " + ", ".join(f"{k}={v:.4g}" for k, v in df.attrs["proxy"].items()))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from pgbench.bench import format_bench, run_bench
+    from pgbench.measure.backend import resolve_backend
+    backend = resolve_backend(args.backend)
+    if backend == "cuda":
+        from pgbench.kernels.cuda import run_bench_cuda
+        r = run_bench_cuda(episodes=args.episodes, repeat=args.repeat, quick=args.quick)
+    else:
+        r = run_bench(episodes=args.episodes, repeat=args.repeat, quick=args.quick)
+    print(json.dumps(_jsonable(r)) if args.json else format_bench(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgbench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -111,11 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--natural", action="store_true", help="also print the min-norm natural gradient")
     pe.add_argument("--json", action="store_true")
     pe.set_defaults(fn=_cmd_exact)
-    try:
-        from pgbench.measure.cli import add_commands
-        add_commands(sub)
-    except ImportError:  # measurement not built yet
-        pass
+    pm = sub.add_parser("measure", help="measure estimators' bias, variance and MSE on one cell")
+    pm.add_argument("problem", help="a problem id or a .npz path")
+    pm.add_argument("--estimator", "-e", action="append", required=True,
+                    help="estimator id, e.g. reinforce_rtg or gae:lambda=0.9,critic=perturbed,scale=0.1 (repeatable)")
+    pm.add_argument("--batch", "-N", type=int, required=True, help="batch size N (episodes per estimate)")
+    pm.add_argument("--trials", "-K", type=int, default=100, help="independent trials K (default 100)")
+    pm.add_argument("--seed", type=int, default=0)
+    pm.add_argument("--theta", default=None, help="zeros | random:SEED | FILE.npy (default: the problem's theta)")
+    pm.add_argument("--proxy", action="store_true", help="also report the W(tau) proxy diagnostics")
+    pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    pm.add_argument("--json", action="store_true")
+    pm.set_defaults(fn=_cmd_measure)
+    pb = sub.add_parser("bench", help="kernel throughput against NumPy and the generator floor")
+    pb.add_argument("--episodes", type=int, default=400_000)
+    pb.add_argument("--repeat", type=int, default=3)
+    pb.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
+    pb.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
+    pb.add_argument("--json", action="store_true")
+    pb.set_defaults(fn=_cmd_bench)
     return p
 
 
@@ -127,6 +202,9 @@ def main(argv=None) -> int:
     except PGBenchError as exc:
         print(f"pgbench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("pgbench: interrupted", file=sys.stderr)
         return 130

@@ -142,13 +142,19 @@ def _split_params(text: str, spec: str) -> dict:
     return out
 
 
-def parse(spec) -> EstimatorSpec:
-    """``"gae:lambda=0.9,critic=perturbed,scale=0.1"`` -> an :class:`EstimatorSpec` (validated)."""
+def parse(spec, kind: str = "mdp") -> EstimatorSpec:
+    """``"gae:lambda=0.9,critic=perturbed,scale=0.1"`` -> an :class:`EstimatorSpec` (validated).
+
+    ``kind`` is the problem kind (``mdp``, ``gaussian``, ``categorical``): a name such as
+    ``rloo`` exists for MDPs and for categorical objectives.
+    """
     if isinstance(spec, EstimatorSpec):
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise PGBenchError(f"an estimator must be a name like 'reinforce' or 'gae:lambda=0.9'; got {spec!r}")
     name, _, rest = spec.strip().partition(":")
+    if kind != "mdp" and name in _objective_names():
+        return _objective_spec(name, _split_params(rest, spec), spec)
     if name not in MDP_ESTIMATORS:
         from pgbench.estimators import user
         if name in user.USER_ESTIMATORS:
@@ -156,7 +162,7 @@ def parse(spec) -> EstimatorSpec:
         objective_names = _objective_names()
         if name in objective_names:
             return _objective_spec(name, _split_params(rest, spec), spec)
-        known = sorted(MDP_ESTIMATORS) + sorted(objective_names) + sorted(user.USER_ESTIMATORS)
+        known = sorted(set(MDP_ESTIMATORS) | set(objective_names) | set(user.USER_ESTIMATORS))
         raise PGBenchError(f"unknown estimator {name!r}; known: {', '.join(known)}")
     info = MDP_ESTIMATORS[name]
     raw = _split_params(rest, spec)

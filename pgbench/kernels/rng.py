@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -98,4 +98,22 @@ def uniforms(seed, cell, trial, episode, n):
     out = np.empty(n)
     for i in range(n):
         out[i], s0, s1 = uniform(s0, s1)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def rng_floor(seed, cell, n_episodes, steps, n_chunks):
+    """The generator alone at 2 uniforms per step, seeded per episode as the kernels are:
+    the floor that sampling kernels are compared with (``pgbench bench``)."""
+    out = np.zeros(n_chunks)
+    per = (n_episodes + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        acc = 0.0
+        for i in range(c * per, min(n_episodes, (c + 1) * per)):
+            s0, s1 = stream(seed, cell, np.uint64(0), np.uint64(i))
+            for t in range(steps):
+                u, s0, s1 = uniform(s0, s1)
+                v, s0, s1 = uniform(s0, s1)
+                acc += u * v
+        out[c] = acc
     return out

@@ -1,0 +1,102 @@
+"""Throughput benchmark (``pgbench bench``): ns per environment step of the sampling kernel,
+against a vectorised-NumPy implementation of the same estimator and against the generator
+alone, all timed in one run (ratios, not absolute times, are what survive a noisy machine)."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import numba
+import numpy as np
+
+from pgbench.kernels.rng import rng_floor, seed_u64
+from pgbench.measure.engine import sample_mdp
+from pgbench.problems.registry import make
+
+BENCH_PROBLEM = "garnet:S=20,A=4,b=3,seed=0,horizon=50"
+ALL_AT_ONCE = ["reinforce", "reinforce_rtg", "rtg_no_gamma_t", "const_baseline:b=1", "batch_mean_baseline", "rloo",
+               "w_baseline", "w_baseline_loo", "score_norm_baseline", "value_baseline", "time_baseline_loo",
+               "true_advantage", "all_action", "gae:lambda=0.9", "td0", "geometric_termination", "entropy_bonus",
+               "natural"]
+
+
+def _best(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _kernel_ns(problem, estimators, episodes: int, threads: int, repeat: int) -> float:
+    numba.set_num_threads(threads)
+    steps = problem.mdp.horizon
+    K = 2 * max(2, threads)
+    N = max(1, episodes // K)
+    secs = []
+    for r in range(repeat):
+        res = sample_mdp(problem, estimators, N=N, K=K, seed=r)
+        secs.append(res.seconds / (res.episodes / (N * K)))  # per pass over N*K episodes
+    return min(secs) / (N * K * steps) * 1e9
+
+
+def run_bench(episodes: int = 400_000, repeat: int = 3, quick: bool = False, backend: str = "cpu") -> dict:
+    """Time the kernel (1 thread and all threads), the NumPy reference and the generator floor."""
+    if quick:
+        episodes, repeat = 20_000, 1
+    prob = make(BENCH_PROBLEM)
+    steps = prob.mdp.horizon
+    n_all = numba.config.NUMBA_NUM_THREADS
+    sample_mdp(prob, ["reinforce_rtg"], N=64, K=2)  # compile outside the timings
+    sample_mdp(prob, ALL_AT_ONCE, N=64, K=2)
+    out: dict = {"problem": BENCH_PROBLEM, "estimator": "reinforce_rtg", "steps_per_episode": steps,
+                 "episodes": episodes, "threads": n_all, "backend": backend}
+    out["ns_per_step_1thread"] = _kernel_ns(prob, ["reinforce_rtg"], episodes, 1, repeat)
+    out["ns_per_step_all_threads"] = _kernel_ns(prob, ["reinforce_rtg"], episodes, n_all, repeat)
+    out["thread_scaling"] = out["ns_per_step_1thread"] / out["ns_per_step_all_threads"]
+    out["ns_per_step"] = out["ns_per_step_all_threads"]
+    out["ns_per_step_per_core"] = out["ns_per_step_all_threads"] * n_all
+    # the generator alone, seeded per episode like the kernel, on all threads
+    numba.set_num_threads(n_all)
+    rng_floor(seed_u64(0), np.uint64(1), 10, steps, 2)
+    t = _best(lambda: rng_floor(seed_u64(0), np.uint64(1), episodes, steps, 16), repeat)
+    out["ns_per_step_rng_floor"] = t / (episodes * steps) * 1e9
+    # vectorised NumPy, same estimator (NumPy runs on one core; its generator is its own)
+    from pgbench.kernels.numpy_ref import reinforce_rtg_numpy
+    n_np = max(1000, episodes // 20)
+    t = _best(lambda: reinforce_rtg_numpy(prob, None, n_np, seed=0), max(1, repeat - 1))
+    out["ns_per_step_numpy"] = t / (n_np * steps) * 1e9
+    out["speedup_vs_numpy"] = out["ns_per_step_numpy"] / out["ns_per_step"]
+    out["speedup_vs_numpy_1thread"] = out["ns_per_step_numpy"] / out["ns_per_step_1thread"]
+    out["ratio_to_rng_floor"] = out["ns_per_step"] / out["ns_per_step_rng_floor"]
+    # every estimator at once, on the same episodes
+    out["all_estimators"] = len(ALL_AT_ONCE)
+    out["ns_per_step_all_estimators"] = _kernel_ns(prob, ALL_AT_ONCE, episodes // 4, n_all, max(1, repeat - 1))
+    numba.set_num_threads(n_all)
+    out["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                      "numba": numba.__version__, "numpy": np.__version__, "threading_layer": _layer()}
+    return out
+
+
+def _layer() -> str:
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "not initialised"
+
+
+def format_bench(r: dict) -> str:
+    lines = [
+        f"pgbench bench: {r['estimator']} on {r['problem']} ({r['steps_per_episode']} steps/episode), "
+        f"{r['threads']} threads",
+        f"  kernel, all threads   {r['ns_per_step']:8.2f} ns/step  ({r['ns_per_step_per_core']:.2f} ns/step per core)",
+        f"  kernel, 1 thread      {r['ns_per_step_1thread']:8.2f} ns/step  (scaling x{r['thread_scaling']:.2f})",
+        f"  generator floor       {r['ns_per_step_rng_floor']:8.2f} ns/step  (kernel / floor = {r['ratio_to_rng_floor']:.2f})",
+        f"  vectorised NumPy      {r['ns_per_step_numpy']:8.2f} ns/step  (kernel is x{r['speedup_vs_numpy']:.1f} faster; "
+        f"x{r['speedup_vs_numpy_1thread']:.1f} on 1 thread)",
+        f"  all {r['all_estimators']} estimators    {r['ns_per_step_all_estimators']:8.2f} ns/step (one pass per group, "
+        f"two where in-batch estimators need batch statistics)",
+    ]
+    return "\n".join(lines)

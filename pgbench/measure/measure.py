@@ -1,0 +1,175 @@
+"""Measure estimators on one cell (problem, theta, batch size N): SPEC section 4.
+
+``measure(problem, estimators, batch=N, trials=K, seed=S)`` runs K independent trials of
+batch size N for every estimator on common random numbers and returns a tidy DataFrame, one
+row per estimator, with bias, variance, MSE (and their standard errors), cosine, the
+unbiasedness p-value and cost. Paired comparisons between estimators (same episodes) are in
+``df.attrs["paired"]``; the W(tau)-proxy diagnostics in ``df.attrs["proxy"]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pgbench.errors import PGBenchError
+from pgbench.estimators.catalogue import parse
+from pgbench.measure import metrics
+from pgbench.problems.registry import make
+
+RESULT_COLUMNS = ["problem", "estimator", "unbiased", "N", "K", "seed", "d", "exact_grad_norm", "mean", "bias_norm",
+                  "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance", "variance_se",
+                  "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value",
+                  "test", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass"]
+
+
+@dataclass
+class Cell:
+    """Raw output of one cell: the K estimates of every estimator and what they estimate."""
+
+    problem: object
+    specs: list
+    estimates: np.ndarray  # (K, n_est, d)
+    targets: np.ndarray  # (n_est, d)
+    N: int
+    K: int
+    seed: int
+    seconds: float
+    episodes: int
+    theta_shape: tuple
+    extras: dict = field(default_factory=dict)
+
+
+def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
+             cell=None, backend: str = "cpu") -> Cell:
+    """Sample one cell (no statistics): the building block of :func:`measure` and the suites."""
+    prob = make(problem) if isinstance(problem, str) else problem
+    if isinstance(estimators, str):
+        estimators = [estimators]
+    specs = [parse(e, prob.kind) for e in estimators]
+    if not specs:
+        raise PGBenchError("no estimator given")
+    _check_int("batch size N", batch, 1)
+    _check_int("trials K", trials, 2)
+    from pgbench.measure.backend import resolve_backend
+    backend = resolve_backend(backend)
+    if prob.kind == "mdp":
+        user = [s for s in specs if getattr(s.info, "code", 0) == -2]
+        if user and backend != "cpu":
+            raise PGBenchError("user-defined estimators run on the CPU backend only")
+        if backend == "cuda":
+            from pgbench.kernels.cuda import sample_mdp_cuda as sampler
+        else:
+            from pgbench.measure.engine import sample_mdp as sampler
+        res = sampler(prob, specs, batch, trials, seed=seed, cell=cell, theta=theta, proxy=proxy)
+        th_shape = prob.resolve_theta(theta).shape
+        extras = dict(res.extras)
+        if prob.mdp.horizon is None:
+            from pgbench.exact import exact
+            gt = exact(prob, theta)
+            extras["truncated_mass"] = gt.truncated_mass
+            extras["truncated_J"] = gt.truncated_J
+        return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
+                    th_shape, extras)
+    # stochastic objectives
+    from pgbench.kernels.objectives import sample_objective
+    from pgbench.kernels.rng import cell_key
+    import time
+    th = prob.resolve_theta(theta)
+    for s in specs:
+        if prob.kind not in s.info.target.split("/"):
+            raise PGBenchError(f"estimator {s.name} does not apply to a {prob.kind} objective")
+    if theta is not None:
+        from dataclasses import replace
+        prob = replace(prob, theta=th)
+    cell = cell_key(prob.name, th, batch) if cell is None else cell
+    sample_objective(prob, [s.name for s in specs], [s.p for s in specs], 2, 1, seed, cell)  # compile untimed
+    t0 = time.perf_counter()
+    est = sample_objective(prob, [s.name for s in specs], [s.p for s in specs], batch, trials, seed, cell)
+    secs = time.perf_counter() - t0
+    targets = np.tile(prob.grad(th).reshape(1, -1), (len(specs), 1))
+    return Cell(prob, specs, est.reshape(trials, len(specs), -1), targets, batch, trials, seed, secs,
+                batch * trials, th.shape)
+
+
+def _check_int(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise PGBenchError(f"{name} must be an integer >= {lo}; got {v!r}")
+
+
+def summarize_cell(cell: Cell) -> pd.DataFrame:
+    """Tidy metrics of a cell, one row per estimator (see :data:`RESULT_COLUMNS`)."""
+    rows = []
+    for j, sp in enumerate(cell.specs):
+        m = metrics.summarize(cell.estimates[:, j, :], cell.targets[j])
+        c = metrics.cost(cell.seconds, cell.episodes, m["mse"])
+        rows.append({
+            "problem": cell.problem.name, "estimator": sp.label, "unbiased": bool(sp.unbiased), "N": cell.N,
+            "K": cell.K, "seed": cell.seed, "d": cell.estimates.shape[2],
+            "exact_grad_norm": float(np.linalg.norm(cell.targets[j])),
+            "mean": np.asarray(m["mean"]).reshape(cell.theta_shape).tolist(),
+            "bias_norm": m["bias_norm"], "bias_norm_se": m["bias_norm_se"],
+            "bias_norm_lo": m["bias_norm_ci"][0], "bias_norm_hi": m["bias_norm_ci"][1], "rel_bias": m["rel_bias"],
+            "variance": m["variance"], "variance_se": m["variance_se"], "variance_lo": m["variance_ci"][0],
+            "variance_hi": m["variance_ci"][1], "mse": m["mse"], "mse_se": m["mse_se"], "mse_lo": m["mse_ci"][0],
+            "mse_hi": m["mse_ci"][1], "cosine": m["cosine"], "cosine_se": m["cosine_se"], "p_value": m["p_value"],
+            "test": m["test"], "seconds": c["seconds"], "episodes": cell.episodes,
+            "episodes_per_second": c["episodes_per_second"], "mse_x_seconds": c["work_normalised_mse"],
+            "truncated_mass": cell.extras.get("truncated_mass", np.nan),
+        })
+    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    df.attrs["paired"] = paired_table(cell)
+    if "proxy" in cell.extras:
+        df.attrs["proxy"] = proxy_summary(cell)
+    if "optimal_const_baseline_b" in cell.extras:
+        df.attrs["optimal_const_baseline_b"] = cell.extras["optimal_const_baseline_b"]
+    return df
+
+
+def paired_table(cell: Cell) -> pd.DataFrame:
+    """Every estimator against the first one, on the same episodes: MSE difference and variance
+    ratio with their own intervals, and a test that their means agree."""
+    rows = []
+    if len(cell.specs) < 2:
+        return pd.DataFrame(rows)
+    ref = cell.specs[0]
+    same_target = [np.allclose(cell.targets[j], cell.targets[0]) for j in range(len(cell.specs))]
+    for j in range(1, len(cell.specs)):
+        if not same_target[j]:
+            continue
+        p = metrics.paired(cell.estimates[:, j, :], cell.estimates[:, 0, :], cell.targets[0])
+        rows.append({"estimator": cell.specs[j].label, "reference": ref.label, **{k: v for k, v in p.items()
+                                                                               if np.isscalar(v) or isinstance(v, tuple)}})
+    return pd.DataFrame(rows)
+
+
+def proxy_summary(cell: Cell) -> dict:
+    """W(tau) against the exact ||z||^2: their correlation, and the variance ratio of w_baseline
+    to rloo predicted by ``E[A_w^2 W] / E[A_rloo^2 W]`` beside the measured one (if both ran)."""
+    from pgbench.kernels import mdp as K_
+    P = cell.extras["proxy"].sum(axis=0)
+    n = P[K_.PX_N]
+    mw, mz = P[K_.PX_W] / n, P[K_.PX_Z] / n
+    cov = P[K_.PX_WZ] / n - mw * mz
+    vw, vz = P[K_.PX_WW] / n - mw * mw, P[K_.PX_ZZ] / n - mz * mz
+    corr = float(cov / np.sqrt(vw * vz)) if vw > 0 and vz > 0 else float("nan")
+    out = {"corr_W_znorm2": corr, "mean_W": float(mw), "mean_znorm2": float(mz),
+           "predicted_var_ratio_w_vs_rloo": float(P[K_.PX_AW] / P[K_.PX_ALOO]) if P[K_.PX_ALOO] > 0 else float("nan")}
+    labels = [s.label for s in cell.specs]
+    if "w_baseline" in labels and "rloo" in labels:
+        jw, jr = labels.index("w_baseline"), labels.index("rloo")
+        vw_ = np.sum(np.var(cell.estimates[:, jw, :], axis=0, ddof=1))
+        vr_ = np.sum(np.var(cell.estimates[:, jr, :], axis=0, ddof=1))
+        out["measured_var_ratio_w_vs_rloo"] = float(vw_ / vr_) if vr_ > 0 else float("nan")
+    return out
+
+
+def measure(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
+            backend: str = "cpu") -> pd.DataFrame:
+    """Measure estimators on one cell; a tidy DataFrame, one row per estimator.
+
+    >>> df = measure("three_step_bandit", ["reinforce", "reinforce_rtg"], batch=16, trials=200)  # doctest: +SKIP
+    """
+    return summarize_cell(run_cell(problem, estimators, batch, trials, seed=seed, theta=theta, proxy=proxy,
+                                   backend=backend))

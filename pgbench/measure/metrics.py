@@ -1,0 +1,601 @@
+"""Bias, variance, MSE and their uncertainties for one measured cell (SPEC section 4).
+
+A cell runs ``K`` independent trials of an estimator and records the trial estimates
+``g_1 .. g_K`` (each already a batch average over ``N`` episodes) of the exact gradient
+``g = grad J``.  Write ``m = (1/K) sum_k g_k``, ``r_k = g_k - m`` (residuals),
+``e_k = g_k - g`` (errors), ``b = m - g`` (estimated bias), ``beta = E g_k - g`` (true bias),
+``S = (1/(K-1)) sum_k r_k r_k^T`` (sample covariance; ``Sigma`` is its population value) and
+``S_m = S / K``, ``Sigma_m = Sigma / K`` (covariance of ``m``).
+
+Point estimates
+---------------
+- ``bias = m - g``, ``bias_norm = ||m - g||``, ``rel_bias = ||m - g|| / ||g||`` (nan if ``g = 0``)
+- ``variance = tr S = 1/(K-1) sum_k ||r_k||^2`` (unbiased for ``tr Sigma``)
+- ``mse = 1/K sum_k ||e_k||^2`` (unbiased for ``E||g_k - g||^2 = ||beta||^2 + tr Sigma``)
+- ``cosine = 1/K sum_k cos(g_k, g)``, ``cos(x, y) = <x, y> / (||x|| ||y||)``, and ``cos = 0``
+  when either vector is zero.
+
+Uncertainties (``level`` is the two-sided confidence level, ``a = 1 - level``)
+--------------------------------------------------------------------------
+- ``mse_se = sd(||e_k||^2) / sqrt(K)`` (``sd`` with ``ddof = 1``): ``mse`` is a mean of ``K``
+  iid terms.  ``cosine_se`` and ``mean_se`` (per coordinate) likewise; ``cosine_ci`` is the
+  Student-t interval clipped to ``[-1, 1]``.
+- ``variance_se``: delete-one jackknife of ``tr S``.  With ``q_k = ||r_k||^2`` the leave-one-out
+  variances are ``v_(k) = (sum_j q_j - K q_k / (K-1)) / (K-2)``, which gives the closed form
+  ``Var_J = K / ((K-1) (K-2)^2) sum_k (q_k - qbar)^2``.  It estimates the exact
+  ``Var(tr S) = (E||Y||^4 - (tr Sigma)^2) / K + 2 tr(Sigma^2) / (K (K-1))``
+  (``Y = g_k - E g_k``) to leading order, carries the fourth moments of the real, non-Gaussian
+  estimator, and (Efron-Stein inequality) is biased upward, never downward.  Needs ``K >= 3``;
+  nan otherwise.
+- ``variance_ci`` and ``mse_ci``: scaled chi-square (Satterthwaite-Patnaik) intervals.  A
+  positive estimate ``T`` with standard error ``s`` is modelled as ``T ~ theta chi2_nu / nu``
+  with ``nu = 2 T^2 / s^2`` degrees of freedom, giving
+  ``[nu T / chi2_{1-a/2}(nu), nu T / chi2_{a/2}(nu)]``.  Exact for Gaussian isotropic trials
+  when ``nu`` is known; unlike a symmetric normal interval it follows the right skew of sums of
+  squares and stays positive.  With ``nu`` estimated, coverage is close to nominal for
+  ``K >= 50`` and a little low for small ``K`` or heavy tails (see tests/test_metrics.py).
+- ``bias_norm_se``: second-order delta method on the squared norm.  For
+  ``m ~ N(E g_k, Sigma_m)`` (the CLT: ``m`` averages ``K`` batch averages),
+  ``E||b||^2 = ||beta||^2 + tr Sigma_m`` and ``Var||b||^2 = 4 beta^T Sigma_m beta + 2 tr(Sigma_m^2)``,
+  so ``se(||b||) = sqrt(Var||b||^2) / (2 sqrt(E||b||^2))``.  Far from zero this is the delta
+  method ``sqrt(b^T Sigma_m b) / ||b||``; at ``beta = 0`` it is the spread of the norm of pure
+  noise (``sigma / sqrt(2K)`` for isotropic noise in many dimensions), so it stays finite and
+  meaningful where ``||b||`` is far from normal.  Plug-ins: ``Var||b||^2`` by its unbiased
+  form ``4 b^T S_m b - 2 tr(S_m^2)`` clamped below at its known minimum ``2 tr(S_m^2)``;
+  ``E||b||^2`` by ``||b||^2`` clamped below at ``tr S_m``; ``tr(Sigma^2)`` by the unbiased
+  (under normality) ``(K-1)^2 / ((K-2)(K+1)) (tr S^2 - (tr S)^2 / (K-1))``.
+- ``bias_norm_ci``: a CI for ``||beta|| = ||E g_k - g||`` by test inversion.  The hypothesised
+  bias is ``beta = t u`` along the observed direction ``u = b / ||b||``; then
+  ``||b||^2 = t^2 ||u_null||^2 + sum_i l_i chi'^2_1(t^2 (v_i . u)^2 / l_i)`` over the
+  eigenpairs ``(l_i, v_i)`` of ``S_m`` (``u_null``: the part of ``u`` outside their span), a
+  quadratic form whose distribution is approximated by Liu, Tang & Zhang (2009) (a noncentral
+  chi-square matching four cumulants; exact for isotropic noise and for ``d = 1``).  The lower
+  end is the ``t`` with ``P_t(||b||^2 <= q_obs) = 1 - a/2`` (0 if already below at ``t = 0``);
+  the upper end the ``t`` with ``P_t = a/2``, floored at the experiment's *resolution* (the
+  upper end that the median zero-bias outcome would give), so the interval never collapses to
+  ``{0}`` when the trials happen to sit unusually close to ``g``.  Flooring only widens it.
+  ``rel_bias_se``/``rel_bias_ci`` are these divided by ``||g||``.
+
+Test of ``H0: E g_k = g`` (``p_value``, ``test``)
+-------------------------------------------------
+- Let ``r`` be the numerical rank of ``S``: the number of principal directions of the centred
+  trials whose standard deviation exceeds ``max(rtol * scale, eps max(K, d) sd_max)``, with
+  ``scale = max(||g||, max_k ||g_k||)``.  If ``K - r >= 10`` and ``K >= 2 r``
+  (:data:`HOTELLING_MIN_DF`, :data:`HOTELLING_MIN_RATIO`) the test is Hotelling's ``T^2`` on the
+  column space of ``S``: ``T^2 = K b^T S^+ b`` and ``(K - r) / (r (K - 1)) T^2 ~ F(r, K - r)``.
+  Gradient coordinates are often exactly linearly dependent (tabular softmax scores sum to
+  zero in each state), so ``Sigma`` is singular.  Under H0 the trials and ``g`` lie in
+  ``E g_k + col(Sigma)`` and ``col(S) = col(Sigma)`` almost surely once ``K - 1 >= rank``, so the
+  pseudo-inverse test with ``r`` numerator degrees of freedom is exact for Gaussian trials.
+  A component of ``b`` outside ``col(S)`` larger than ``rtol * scale`` plus six noise standard
+  deviations of the discarded directions is a certain violation of H0: ``p = 0``.
+- Otherwise (too few trials for a stable inverse covariance), each coordinate ``j`` gets a
+  two-sided one-sample t-test (``K - 1`` df).  Coordinates with zero variance
+  (``sd_j <= rtol * scale``) are skipped when their bias is zero and give ``p = 0`` when it is
+  not.  The p-values are adjusted by Holm's step-down procedure and the smallest adjusted
+  p-value, ``min(1, n p_min)`` over the ``n`` tested coordinates, is reported (``p = 1`` when
+  none is tested).  Holm controls the family-wise error rate, so this branch is conservative.
+
+Cost: the SVD of the centred ``K x d`` trial matrix, ``O(K d min(K, d))``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from scipy.optimize import brentq
+
+from pgbench.errors import PGBenchError
+
+__all__ = ["summarize", "paired", "cost", "HOTELLING_MIN_DF", "HOTELLING_MIN_RATIO", "DEFAULT_RTOL"]
+
+HOTELLING_MIN_DF = 10
+"""Hotelling's test needs at least this many denominator degrees of freedom ``K - r``..."""
+HOTELLING_MIN_RATIO = 2.0
+"""... and at least this many trials per dimension of the covariance's column space."""
+DEFAULT_RTOL = 1e-8
+"""Spreads and biases below ``rtol * scale`` are numerical zeros (exact gradients are good to ~1e-9)."""
+
+_EPS = float(np.finfo(float).eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# input contracts
+
+
+def _check_level(level: float) -> float:
+    try:
+        level = float(level)
+    except (TypeError, ValueError):
+        raise PGBenchError(f"level must be a number in (0, 1); got {level!r}") from None
+    if not 0.0 < level < 1.0:
+        raise PGBenchError(f"level must be in (0, 1); got {level}")
+    return level
+
+
+def _check_rtol(rtol: float) -> float:
+    try:
+        rtol = float(rtol)
+    except (TypeError, ValueError):
+        raise PGBenchError(f"rtol must be a number in [0, 1); got {rtol!r}") from None
+    if not 0.0 <= rtol < 1.0:
+        raise PGBenchError(f"rtol must be in [0, 1); got {rtol}")
+    return rtol
+
+
+def _as_real_array(x: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged nested lists and the like
+        raise PGBenchError(f"{name} must be a numeric array: {exc}") from None
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+            or arr.dtype == np.bool_):
+        raise PGBenchError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _check_samples(samples: Any, name: str = "samples") -> np.ndarray:
+    """``samples`` of shape ``(K, *p)`` as a finite float array of shape ``(K, d)``."""
+    arr = _as_real_array(samples, name)
+    if arr.ndim < 2:
+        raise PGBenchError(f"{name} must have shape (K, d), one row per trial; got shape {arr.shape}")
+    K = arr.shape[0]
+    if K < 2:
+        raise PGBenchError(f"{name} needs K >= 2 trials to estimate a variance; got K={K}")
+    d = int(np.prod(arr.shape[1:]))
+    if d < 1:
+        raise PGBenchError(f"{name} has no coordinates: shape {arr.shape}")
+    arr = arr.reshape(K, d)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        k, j = np.argwhere(~finite)[0]
+        n_bad = int((~finite.all(axis=1)).sum())
+        raise PGBenchError(f"{name} contains non-finite values (NaN or inf) in {n_bad} of {K} trials; "
+                           f"first at trial {k}, coordinate {j} (value {arr[k, j]})")
+    return arr
+
+
+def _check_exact(exact: Any, trial_shape: tuple[int, ...], d: int, name: str = "exact") -> np.ndarray:
+    arr = _as_real_array(exact, name)
+    if arr.shape != tuple(trial_shape) and arr.shape != (d,):
+        raise PGBenchError(f"{name} must have shape {tuple(trial_shape)}, the shape of one trial, "
+                           f"to match the samples; got {arr.shape}")
+    arr = arr.reshape(d)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise PGBenchError(f"{name} contains non-finite values (NaN or inf); first at coordinate "
+                           f"{int(np.flatnonzero(bad)[0])}")
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------
+# statistical building blocks
+
+
+def _z(level: float) -> float:
+    return float(stats.norm.ppf(0.5 + level / 2.0))
+
+
+def _mean_se(terms: np.ndarray) -> float:
+    """Standard error ``sd(terms, ddof=1) / sqrt(K)`` of the mean of ``K`` iid terms."""
+    return float(np.std(terms, ddof=1) / math.sqrt(terms.shape[0]))
+
+
+def _t_ci(est: float, se: float, K: int, level: float) -> tuple[float, float]:
+    """Student-t interval ``est -/+ t_{K-1} se`` for the mean of ``K`` iid terms."""
+    if not math.isfinite(se):
+        return (math.nan, math.nan)
+    h = float(stats.t.ppf(0.5 + level / 2.0, K - 1)) * se
+    return (est - h, est + h)
+
+
+def _scaled_chi2_ci(est: float, se: float, level: float) -> tuple[float, float]:
+    """Satterthwaite interval for a positive quantity: ``est ~ theta chi2_nu / nu``, ``nu = 2 est^2 / se^2``."""
+    if not (math.isfinite(est) and math.isfinite(se)):
+        return (math.nan, math.nan)
+    if se <= 0.0 or est <= 0.0:
+        return (est, est)
+    nu = 2.0 * est * est / (se * se)
+    a = 1.0 - level
+    if nu > 1e10:  # chi2 quantiles at their normal limit
+        h = _z(level) * math.sqrt(2.0 / nu)
+        return (est / (1.0 + h), est / (1.0 - h))
+    lo = nu * est / float(stats.chi2.ppf(1.0 - a / 2.0, nu))
+    hi = nu * est / float(stats.chi2.ppf(a / 2.0, nu))
+    return (lo, hi)
+
+
+def _loo_variances(q: np.ndarray) -> np.ndarray:
+    """Leave-one-out ``tr S`` from ``q_k = ||g_k - m||^2``: ``(sum q - K q_k / (K-1)) / (K-2)``."""
+    K = q.shape[0]
+    return (q.sum() - K * q / (K - 1)) / (K - 2)
+
+
+def _variance_se(q: np.ndarray) -> float:
+    """Delete-one jackknife standard error of ``tr S``; nan for ``K < 3``."""
+    K = q.shape[0]
+    if K < 3:
+        return math.nan
+    ss = float(np.sum((q - q.mean()) ** 2))
+    return math.sqrt(K * ss / ((K - 1) * (K - 2) ** 2))
+
+
+def _svd_residuals(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values and right singular vectors (rows) of the centred trial matrix."""
+    try:
+        _, s, Vt = np.linalg.svd(R, full_matrices=False)
+    except np.linalg.LinAlgError:  # gesdd can fail to converge; gesvd is slower but robust
+        import scipy.linalg as sla
+        _, s, Vt = sla.svd(R, full_matrices=False, lapack_driver="gesvd")
+    return s, Vt
+
+
+def _principal_mask(sd_dir: np.ndarray, K: int, d: int, tol: float) -> np.ndarray:
+    """Principal directions whose standard deviation exceeds ``max(tol, eps max(K, d) sd_max)``."""
+    sd_max = float(sd_dir[0]) if sd_dir.size else 0.0
+    return sd_dir > max(tol, _EPS * max(K, d) * sd_max)
+
+
+def _trace_sigma_sq(s: np.ndarray, K: int) -> float:
+    """Estimate of ``tr(Sigma^2)`` from the singular values ``s`` of the centred trials.
+
+    ``tr S^2 = sum s_i^4 / (K-1)^2``; for ``K >= 3`` the unbiased (Gaussian) estimator
+    ``(K-1)^2 / ((K-2)(K+1)) (tr S^2 - (tr S)^2 / (K-1))`` removes the ``(tr Sigma)^2 / K``
+    bias that dominates when ``d`` is large against ``K``.
+    """
+    lam = s * s / (K - 1)
+    trS2 = float(np.sum(lam * lam))
+    if K < 3:
+        return trS2
+    trS = float(np.sum(lam))
+    return max((K - 1) ** 2 / ((K - 2) * (K + 1)) * (trS2 - trS * trS / (K - 1)), 0.0)
+
+
+def _ltz_cdf(q: float, shift: float, lam: np.ndarray, nc: np.ndarray) -> float:
+    """``P(shift + sum_i lam_i chi'^2_1(nc_i) <= q)`` by Liu, Tang & Zhang (2009).
+
+    The quadratic form is replaced by a standardised noncentral chi-square whose skewness (and
+    kurtosis where possible) match; exact when all ``lam_i`` are equal.
+    """
+    c1 = shift + float(np.sum(lam * (1.0 + nc)))
+    c2, c3, c4 = (float(np.sum(lam ** k * (1.0 + k * nc))) for k in (2, 3, 4))
+    if c2 <= 0.0:
+        return 1.0 if q >= c1 else 0.0
+    s1, s2 = c3 / c2 ** 1.5, c4 / c2 ** 2
+    if s1 * s1 > s2:
+        a = 1.0 / (s1 - math.sqrt(s1 * s1 - s2))
+        delta = s1 * a ** 3 - a * a
+        dof = a * a - 2.0 * delta
+    else:
+        a, delta, dof = 1.0 / s1, 0.0, 1.0 / (s1 * s1)
+    x = (q - c1) / math.sqrt(c2) * a + dof + delta
+    if x <= 0.0:
+        return 0.0
+    if delta <= 0.0:
+        return float(stats.chi2.cdf(x, dof))
+    return float(stats.ncx2.cdf(x, dof, delta))
+
+
+def _bias_norm_ci(b: np.ndarray, lam: np.ndarray, V: np.ndarray, level: float) -> tuple[float, float]:
+    """CI for ``||beta||`` by inverting ``P_t(||b||^2 <= q_obs)`` (module docstring).
+
+    ``lam`` (descending) and ``V`` (rows) are the nonzero eigenpairs of ``S_m``.  The interval
+    is the union of those for the two directions of ``beta``: observed and top eigenvector.
+    """
+    q = float(b @ b)
+    nb = math.sqrt(q)
+    if lam.size == 0:  # no noise: the bias is known exactly
+        return (nb, nb)
+    a = 1.0 - level
+    # median of ||b||^2 at zero bias under the same approximation: central, so a chi-square in
+    # dof = c2^3 / c3^2 degrees of freedom standardised to mean c1 and variance 2 c2
+    c1, c2, c3 = (float(np.sum(lam ** k)) for k in (1, 2, 3))
+    dof = c2 ** 3 / c3 ** 2
+    q_med = max(c1 + (float(stats.chi2.ppf(0.5, dof)) - dof) * math.sqrt(c2 / dof), 0.0)
+    t0 = math.sqrt(q) + math.sqrt(c1)
+
+    los, his = [], []
+    for u in ((b / nb,) if nb > 0.0 else ()) + (V[0],):
+        proj = V @ u
+        null2 = max(1.0 - float(proj @ proj), 0.0)
+        w = proj * proj / lam
+
+        def cdf(t: float, qq: float) -> float:
+            return _ltz_cdf(qq, t * t * null2, lam, t * t * w)
+
+        def solve(target: float, qq: float) -> float:
+            if cdf(0.0, qq) <= target:
+                return 0.0
+            hi = t0
+            while cdf(hi, qq) > target:
+                hi *= 2.0
+            return float(brentq(lambda t: cdf(t, qq) - target, 0.0, hi, xtol=1e-12 * hi, rtol=1e-10))
+
+        los.append(solve(1.0 - a / 2.0, q))
+        his.append(max(solve(a / 2.0, q), solve(a / 2.0, q_med)))
+    return (min(los), max(his))
+
+
+def _mean_test(X: np.ndarray, target: np.ndarray, scale: float, rtol: float,
+               svd: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, str, int]:
+    """p-value of ``H0: E X_k = target`` by Hotelling's ``T^2`` or Holm-adjusted t-tests.
+
+    Returns ``(p_value, test, rank)``; the rule and the singular case are in the module docstring.
+    """
+    K, d = X.shape
+    m = X.mean(axis=0)
+    b = m - target
+    s, Vt = svd if svd is not None else _svd_residuals(X - m)
+    sd_dir = s / math.sqrt(K - 1)  # standard deviations along the principal directions
+    tol = rtol * scale
+    keep = _principal_mask(sd_dir, K, d, tol)
+    r = int(keep.sum())
+    fp_slack = 16.0 * _EPS * scale  # rounding in m - target
+
+    if K - r >= HOTELLING_MIN_DF and K >= HOTELLING_MIN_RATIO * r:
+        V = Vt[keep]  # (r, d) orthonormal basis of col(S)
+        c = V @ b
+        b_null = b - V.T @ c
+        dropped_var = float(np.sum(sd_dir[~keep] ** 2))
+        if float(np.linalg.norm(b_null)) > tol + 6.0 * math.sqrt(dropped_var / K) + fp_slack:
+            return 0.0, "hotelling", r
+        if r == 0:
+            return 1.0, "hotelling", r
+        T2 = K * float(np.sum(c * c / sd_dir[keep] ** 2))
+        F = (K - r) / (r * (K - 1)) * T2
+        return float(stats.f.sf(F, r, K - r)), "hotelling", r
+
+    sd = X.std(axis=0, ddof=1)
+    zero_var = sd <= tol
+    if np.any(zero_var & (np.abs(b) > tol + 6.0 * sd / math.sqrt(K) + fp_slack)):
+        return 0.0, "holm", r
+    tested = ~zero_var
+    n = int(tested.sum())
+    if n == 0:
+        return 1.0, "holm", r
+    t = b[tested] / (sd[tested] / math.sqrt(K))
+    p = np.sort(2.0 * stats.t.sf(np.abs(t), K - 1))
+    holm = np.maximum.accumulate(np.minimum(1.0, (n - np.arange(n)) * p))
+    return float(holm[0]), "holm", r
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
+              rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
+    """Bias, variance, MSE and cosine of ``K`` trial estimates against the exact gradient.
+
+    Parameters
+    ----------
+    samples : array of shape ``(K, d)``, or ``(K, *p)`` (flattened)
+        Trial estimates ``g_1 .. g_K``; ``K >= 2``, all finite.
+    exact : array of shape ``(d,)``, or ``p``
+        The exact gradient ``g``.
+    level : float
+        Confidence level of the intervals, default 0.95.
+    rtol : float
+        Relative size, against ``scale = max(||g||, max_k ||g_k||)``, below which standard
+        deviations and biases count as numerical zeros (covariance rank, skipped coordinates).
+
+    Returns
+    -------
+    dict
+        ``K``, ``d``, ``level``, ``rank`` (numerical rank of ``S``); ``mean`` and ``mean_se``
+        (arrays ``(d,)``); ``bias`` (array ``(d,)``, ``m - g``); ``grad_norm`` (``||g||``);
+        ``bias_norm``, ``bias_norm_se``, ``bias_norm_ci``; ``rel_bias``, ``rel_bias_se``,
+        ``rel_bias_ci``; ``variance``, ``variance_se``, ``variance_ci``; ``mse``, ``mse_se``,
+        ``mse_ci``; ``cosine``, ``cosine_se``, ``cosine_ci``; ``p_value`` and ``test``
+        (``'hotelling'`` or ``'holm'``) for ``H0: E g_k = g``.  Intervals are ``(lo, hi)``
+        tuples of floats, scalars are floats.  Formulas in the module docstring.
+    """
+    level = _check_level(level)
+    rtol = _check_rtol(rtol)
+    X = _check_samples(samples)
+    K, d = X.shape
+    g = _check_exact(exact, np.shape(samples)[1:], d)
+
+    m = X.mean(axis=0)
+    b = m - g
+    R = X - m
+    E = X - g
+    q = np.einsum("kj,kj->k", R, R)  # ||g_k - m||^2
+    err2 = np.einsum("kj,kj->k", E, E)  # ||g_k - g||^2
+    norm_g = float(np.linalg.norm(g))
+    norms = np.sqrt(np.einsum("kj,kj->k", X, X))
+    scale = max(norm_g, float(norms.max()))
+
+    variance = float(q.sum() / (K - 1))
+    variance_se = _variance_se(q)
+    mse = float(err2.mean())
+    mse_se = _mean_se(err2)
+
+    denom = norms * norm_g
+    safe = np.where(denom > 0.0, denom, 1.0)
+    cos = np.clip(np.where(denom > 0.0, (X @ g) / safe, 0.0), -1.0, 1.0)
+    cosine = float(cos.mean())
+    cosine_se = _mean_se(cos)
+    lo_c, hi_c = _t_ci(cosine, cosine_se, K, level)
+
+    # bias norm: second-order delta method on ||b||^2, and the inverted CI
+    s, Vt = _svd_residuals(R)
+    bias_norm = float(np.linalg.norm(b))
+    tr_Sm = variance / K
+    tr_Sm2 = _trace_sigma_sq(s, K) / (K * K)
+    bSb = float(np.sum((R @ b) ** 2)) / ((K - 1) * K)  # b^T S_m b
+    sd_sq = math.sqrt(max(4.0 * bSb - 2.0 * tr_Sm2, 2.0 * tr_Sm2))  # sd of ||b||^2
+    mean_sq = max(bias_norm ** 2, tr_Sm)  # E ||b||^2
+    bias_norm_se = sd_sq / (2.0 * math.sqrt(mean_sq)) if mean_sq > 0.0 else 0.0
+    sd_dir = s / math.sqrt(K - 1)
+    keep = _principal_mask(sd_dir, K, d, rtol * scale)
+    bias_norm_ci = _bias_norm_ci(b, sd_dir[keep] ** 2 / K, Vt[keep], level)
+
+    if norm_g > 0.0:
+        rel_bias = bias_norm / norm_g
+        rel_bias_se = bias_norm_se / norm_g
+        rel_bias_ci = (bias_norm_ci[0] / norm_g, bias_norm_ci[1] / norm_g)
+    else:
+        rel_bias = rel_bias_se = math.nan
+        rel_bias_ci = (math.nan, math.nan)
+
+    p_value, test, rank = _mean_test(X, g, scale, rtol, svd=(s, Vt))
+
+    return {
+        "K": K,
+        "d": d,
+        "level": level,
+        "rank": rank,
+        "mean": m,
+        "mean_se": X.std(axis=0, ddof=1) / math.sqrt(K),
+        "bias": b,
+        "grad_norm": norm_g,
+        "bias_norm": bias_norm,
+        "bias_norm_se": float(bias_norm_se),
+        "bias_norm_ci": bias_norm_ci,
+        "rel_bias": float(rel_bias),
+        "rel_bias_se": float(rel_bias_se),
+        "rel_bias_ci": rel_bias_ci,
+        "variance": variance,
+        "variance_se": variance_se,
+        "variance_ci": _scaled_chi2_ci(variance, variance_se, level),
+        "mse": mse,
+        "mse_se": mse_se,
+        "mse_ci": _scaled_chi2_ci(mse, mse_se, level),
+        "cosine": cosine,
+        "cosine_se": cosine_se,
+        "cosine_ci": (max(lo_c, -1.0), min(hi_c, 1.0)),
+        "p_value": p_value,
+        "test": test,
+    }
+
+
+def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
+           level: float = 0.95, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
+    """Compare two estimators computed on the same episodes (common random numbers).
+
+    Trial ``k`` of ``samples_a`` and of ``samples_b`` used the same episodes, so the pairs are
+    iid across ``k`` and their positive correlation sharpens every comparison.
+
+    - MSE difference ``mse_diff = mse_a - mse_b = (1/K) sum_k delta_k`` with
+      ``delta_k = ||a_k - g||^2 - ||b_k - g||^2``; ``mse_diff_se = sd(delta) / sqrt(K)``,
+      the Student-t interval ``mse_diff_ci`` and two-sided ``mse_diff_p`` (H0: equal MSE).
+    - Variance ratio ``variance_ratio = tr S_a / tr S_b``.  Its uncertainty is the delete-one
+      jackknife of ``log(tr S_a / tr S_b)`` with each pair left out together (closed-form
+      leave-one-out variances): ``log_variance_ratio_se``, the interval
+      ``variance_ratio_ci = ratio * exp(-/+ z se)`` and ``variance_ratio_p`` (normal test of
+      ``log ratio = 0``).  nan where a (leave-one-out) variance is zero or ``K < 3``; the ratio
+      is ``inf`` when only ``b`` has zero variance.
+    - Mean difference ``mean_diff = m_a - m_b`` and ``p_value``/``test`` for
+      ``H0: E a_k = E b_k``: the Hotelling/Holm rule of :func:`summarize` applied to the
+      differences ``a_k - b_k`` against zero (``rank`` is that of their covariance).
+
+    Returns
+    -------
+    dict
+        ``K``, ``d``, ``level``, ``mse_a``, ``mse_b``, ``mse_diff``, ``mse_diff_se``,
+        ``mse_diff_ci``, ``mse_diff_p``, ``variance_a``, ``variance_b``, ``variance_ratio``,
+        ``log_variance_ratio_se``, ``variance_ratio_ci``, ``variance_ratio_p``, ``mean_diff``
+        (array ``(d,)``), ``mean_diff_norm``, ``p_value``, ``test``, ``rank``.
+    """
+    level = _check_level(level)
+    rtol = _check_rtol(rtol)
+    shape_a, shape_b = np.shape(samples_a), np.shape(samples_b)
+    A = _check_samples(samples_a, "samples_a")
+    B = _check_samples(samples_b, "samples_b")
+    if shape_a != shape_b:
+        raise PGBenchError(f"samples_a and samples_b must have the same shape (paired trials); "
+                           f"got {shape_a} and {shape_b}")
+    K, d = A.shape
+    g = _check_exact(exact, shape_a[1:], d)
+    z = _z(level)
+
+    ea = np.einsum("kj,kj->k", A - g, A - g)
+    eb = np.einsum("kj,kj->k", B - g, B - g)
+    delta = ea - eb
+    mse_diff = float(delta.mean())
+    mse_diff_se = _mean_se(delta)
+    if mse_diff_se > 0.0:
+        mse_diff_p = float(2.0 * stats.t.sf(abs(mse_diff) / mse_diff_se, K - 1))
+    else:
+        mse_diff_p = 1.0 if mse_diff == 0.0 else 0.0
+
+    Ra, Rb = A - A.mean(axis=0), B - B.mean(axis=0)
+    qa = np.einsum("kj,kj->k", Ra, Ra)
+    qb = np.einsum("kj,kj->k", Rb, Rb)
+    va, vb = float(qa.sum() / (K - 1)), float(qb.sum() / (K - 1))
+    if vb > 0.0:
+        ratio = va / vb
+    else:
+        ratio = math.nan if va == 0.0 else math.inf
+    log_se = math.nan
+    if K >= 3 and va > 0.0 and vb > 0.0:
+        la, lb = _loo_variances(qa), _loo_variances(qb)
+        if np.all(la > 0.0) and np.all(lb > 0.0):
+            th = np.log(la) - np.log(lb)
+            log_se = math.sqrt((K - 1) / K * float(np.sum((th - th.mean()) ** 2)))
+    if math.isfinite(log_se) and math.isfinite(ratio):
+        ratio_ci = (ratio * math.exp(-z * log_se), ratio * math.exp(z * log_se))
+        if log_se > 0.0:
+            ratio_p = float(2.0 * stats.norm.sf(abs(math.log(ratio)) / log_se))
+        else:
+            ratio_p = 1.0 if ratio == 1.0 else 0.0
+    else:
+        ratio_ci, ratio_p = (math.nan, math.nan), math.nan
+
+    D = A - B
+    scale = max(float(np.linalg.norm(g)), float(np.sqrt(np.einsum("kj,kj->k", A, A)).max()),
+                float(np.sqrt(np.einsum("kj,kj->k", B, B)).max()))
+    p_value, test, rank = _mean_test(D, np.zeros(d), scale, rtol)
+    mean_diff = D.mean(axis=0)
+
+    return {
+        "K": K,
+        "d": d,
+        "level": level,
+        "mse_a": float(ea.mean()),
+        "mse_b": float(eb.mean()),
+        "mse_diff": mse_diff,
+        "mse_diff_se": mse_diff_se,
+        "mse_diff_ci": _t_ci(mse_diff, mse_diff_se, K, level),
+        "mse_diff_p": mse_diff_p,
+        "variance_a": va,
+        "variance_b": vb,
+        "variance_ratio": float(ratio),
+        "log_variance_ratio_se": float(log_se),
+        "variance_ratio_ci": ratio_ci,
+        "variance_ratio_p": ratio_p,
+        "mean_diff": mean_diff,
+        "mean_diff_norm": float(np.linalg.norm(mean_diff)),
+        "p_value": p_value,
+        "test": test,
+        "rank": rank,
+    }
+
+
+def cost(seconds: float, episodes: int, mse: float) -> dict[str, float]:
+    """Throughput and work-normalised error of a cell.
+
+    ``episodes_per_second = episodes / seconds`` and ``work_normalised_mse = mse * seconds``:
+    since MSE falls like ``1/N`` at a fixed estimator, ``mse * seconds`` is the error per unit
+    of compute, so halving the time at equal MSE counts the same as halving the MSE.
+    """
+    try:
+        seconds_f = float(seconds)
+        mse_f = float(mse)
+    except (TypeError, ValueError):
+        raise PGBenchError(f"cost needs numeric seconds and mse; got {seconds!r} and {mse!r}") from None
+    if not (math.isfinite(seconds_f) and seconds_f > 0.0):
+        raise PGBenchError(f"seconds must be finite and > 0; got {seconds!r}")
+    if isinstance(episodes, (bool, np.bool_)) or not isinstance(episodes, (int, np.integer)) or episodes < 0:
+        raise PGBenchError(f"episodes must be a non-negative integer; got {episodes!r}")
+    if not (math.isfinite(mse_f) and mse_f >= 0.0):
+        raise PGBenchError(f"mse must be finite and >= 0; got {mse!r}")
+    return {
+        "seconds": seconds_f,
+        "episodes": int(episodes),
+        "episodes_per_second": int(episodes) / seconds_f,
+        "work_normalised_mse": mse_f * seconds_f,
+    }
