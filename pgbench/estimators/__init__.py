@@ -1,0 +1,6 @@
+"""Estimators: the catalogue of SPEC section 3 (names, parameters, unbiasedness) and user plug-ins."""
+from pgbench.estimators.catalogue import MDP_ESTIMATORS, EstimatorSpec, parse, describe
+from pgbench.estimators.user import register_estimator, unregister_estimator, USER_ESTIMATORS
+
+__all__ = ["MDP_ESTIMATORS", "EstimatorSpec", "parse", "describe", "register_estimator", "unregister_estimator",
+           "USER_ESTIMATORS"]

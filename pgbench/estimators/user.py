@@ -1,8 +1,69 @@
-"""User-defined estimators (filled in below the registry)."""
+"""Bring your own estimator: a small numba function of one episode, measured like the built-ins.
+
+The function fills per-step weights ``psi[t]``; pgbench turns them into the estimate
+``(1/N) sum_i sum_t psi_t^i grad log pi(a_t|s_t)`` and measures it on the same episodes
+(the same random streams) as the built-in estimators of the cell. Signature::
+
+    @numba.njit
+    def my_estimator(states, actions, rewards, L, gamma, pi, V, Q, psi):
+        ...  # fill psi[0:L]
+
+- ``states[t], actions[t], rewards[t]`` for ``t < L``; ``states[L]`` is the state after the
+  last step (terminal, or where the cap cut the episode).
+- ``pi[s, a]`` the policy; ``V[tv, s]`` and ``Q[tq, s, a]`` exact oracle values: for a finite
+  horizon ``tv = tq = t`` and ``V[T] = 0``; for an unbounded problem use row 0.
+- ``psi`` has room for the whole episode; write ``psi[t]`` for every ``t < L``.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from pgbench.errors import PGBenchError
+
 USER_ESTIMATORS: dict = {}
+USER_CODE = -2
 
 
-class UserSpec:  # placeholder type, replaced by the plug-in implementation
-    pass
+@dataclass(frozen=True)
+class UserEstimator:
+    name: str
+    fn: object
+    unbiased: bool
+    doc: str
+
+    def spec(self, params: dict):
+        from pgbench.estimators.catalogue import EstimatorInfo, EstimatorSpec
+        if params:
+            raise PGBenchError(f"user estimator {self.name} takes no parameters; got {', '.join(params)}")
+        info = EstimatorInfo(self.name, self.doc, "yes" if self.unbiased else "no", target="mdp", code=USER_CODE)
+        return EstimatorSpec(info, ())
+
+
+UserSpec = UserEstimator
+
+
+def register_estimator(name: str, unbiased: bool, doc: str = "user-defined estimator", replace: bool = False):
+    """Decorator: register a numba-compiled per-episode weight function under ``name``.
+
+    ``unbiased`` is your claim; pgbench tests it (``p_value``) against the exact gradient.
+    """
+    from pgbench.estimators.catalogue import MDP_ESTIMATORS
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PGBenchError(f"an estimator name must be an identifier; got {name!r}")
+    if name in MDP_ESTIMATORS:
+        raise PGBenchError(f"{name!r} is a built-in estimator; choose another name")
+
+    def deco(fn):
+        if not hasattr(fn, "py_func"):
+            raise PGBenchError(f"estimator {name!r} must be a numba.njit function (got {type(fn).__name__})")
+        if name in USER_ESTIMATORS and not replace:
+            raise PGBenchError(f"estimator {name!r} is already registered (pass replace=True to redefine it)")
+        USER_ESTIMATORS[name] = UserEstimator(name, fn, bool(unbiased), doc)
+        return fn
+
+    return deco
+
+
+def unregister_estimator(name: str) -> None:
+    USER_ESTIMATORS.pop(name, None)

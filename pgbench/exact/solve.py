@@ -32,8 +32,19 @@ def _gather_next(mdp: TabularMDP, V: np.ndarray) -> np.ndarray:
     return np.einsum("sak,sak->sa", mdp.next_prob, V[mdp.next_idx])
 
 
+_SINGULAR = ("I - gamma P_pi is singular: the episode need not end (use gamma < 1, "
+             "a finite horizon, or terminal states every state can reach)")
+
+
 class _Dynamics:
-    """``P_pi`` restricted to the rows that matter, dense or sparse, built once per (mdp, pi)."""
+    """``P_pi`` with the rows and columns of terminal states zeroed, built once per (mdp, pi).
+
+    Built straight from the fixed-width sparse form (never from a dense ``P``): a dense array
+    for the dense method, a CSR matrix for the sparse one, and a CSR matrix for stepping
+    distributions forward whenever that is cheaper than a dense matrix-vector product.
+    Terminal rows and columns are zero, so ``(I - gamma P_pi) x = b`` is the identity on terminal
+    states: solving it on all states gives the non-terminal solution and ``x = b = 0`` on terminals.
+    """
 
     def __init__(self, mdp: TabularMDP, pi: np.ndarray, method: str):
         if method == "auto":
@@ -43,51 +54,53 @@ class _Dynamics:
         self.method = method
         self.mdp = mdp
         self.live = ~mdp.terminal
-        if method == "dense":
-            M = np.einsum("sa,sat->st", pi, mdp.P)
-        else:
-            M = mdp.transition_matrix(pi)
-        # terminal states earn nothing after entry: zero their rows and columns
+        S, A, K = mdp.next_prob.shape
+        w = pi[:, :, None] * mdp.next_prob
         if mdp.terminal.any():
-            keep = self.live.astype(float)
-            if method == "dense":
-                M = M * keep[:, None] * keep[None, :]
-            else:
-                D = sp.diags(keep)
-                M = (D @ M @ D).tocsr()
-        self.P_pi = M
+            # terminal states earn nothing after entry: drop their rows and the columns into them
+            w = w * (self.live[:, None, None] & self.live[mdp.next_idx])
+        self._lu = None
+        self._csr = None
+        if method == "sparse" or (S >= 256 and S * A * K * 4 <= S * S):
+            # duplicate column indices within a row are allowed: every product below sums them
+            self._csr = sp.csr_matrix((w.ravel(), mdp.next_idx.ravel(), np.arange(0, S * A * K + 1, A * K)),
+                                      shape=(S, S))
+        if method == "dense":
+            flat = (np.arange(S)[:, None, None] * S + mdp.next_idx).ravel()
+            self.P_pi = np.bincount(flat, weights=w.ravel(), minlength=S * S).reshape(S, S)
+        else:
+            self.P_pi = self._csr
 
     def step_forward(self, d: np.ndarray) -> np.ndarray:
-        return self.P_pi.T @ d
+        """``P_pi^T d``: one step of a (sub-)distribution over states."""
+        if self._csr is not None:
+            return self._csr.T @ d
+        return d @ self.P_pi
 
     def solve(self, gamma: float, b: np.ndarray, transpose: bool = False) -> np.ndarray:
-        """Solve ``(I - gamma P_pi) x = b`` (or its transpose) on non-terminal states."""
-        live = self.live
+        """Solve ``(I - gamma P_pi) x = b`` (or its transpose) on non-terminal states (x = 0 on terminal ones)."""
+        b = np.where(self.live, b, 0.0)
         if self.method == "dense":
-            M = self.P_pi[np.ix_(live, live)]
-            if transpose:
-                M = M.T
-            lhs = np.eye(M.shape[0]) - gamma * M
-            try:
-                x_live = np.linalg.solve(lhs, b[live])
-            except np.linalg.LinAlgError:
-                raise PGBenchError("I - gamma P_pi is singular: the episode need not end (use gamma < 1, "
-                                   "a finite horizon, or terminal states every state can reach)") from None
-        else:
-            idx = np.flatnonzero(live)
-            M = self.P_pi[idx][:, idx]
-            if transpose:
-                M = M.T.tocsr()
-            lhs = (sp.identity(M.shape[0], format="csr") - gamma * M).tocsr()
-            rhs = b[live]
-            x_live, info = spla.gmres(lhs, rhs, rtol=1e-13, atol=0.0, restart=60, maxiter=200)
-            res = np.linalg.norm(lhs @ x_live - rhs)
-            if info != 0 or not res <= 1e-9 * max(1.0, np.linalg.norm(rhs)):
-                x_live = spla.spsolve(lhs.tocsc(), rhs)
-                if not np.all(np.isfinite(x_live)):
-                    raise PGBenchError("I - gamma P_pi is singular: the episode need not end")
-        x = np.zeros(self.mdp.S)
-        x[live] = x_live
+            if self._lu is None or self._lu[0] != gamma:
+                import scipy.linalg as sla
+                lhs = -gamma * self.P_pi
+                lhs.flat[::lhs.shape[0] + 1] += 1.0
+                lu, piv = sla.lu_factor(lhs, overwrite_a=True, check_finite=False)
+                if not np.all(np.diag(lu) != 0):
+                    raise PGBenchError(_SINGULAR)
+                self._lu = (gamma, (lu, piv))
+            import scipy.linalg as sla
+            return sla.lu_solve(self._lu[1], b, trans=1 if transpose else 0, check_finite=False)
+        M = self.P_pi.T if transpose else self.P_pi
+        S = self.mdp.S
+        op = spla.LinearOperator((S, S), matvec=lambda x: x - gamma * (M @ x), dtype=np.float64)
+        x, info = spla.gmres(op, b, rtol=1e-13, atol=0.0, restart=60, maxiter=200)
+        res = np.linalg.norm(op.matvec(x) - b)
+        if info != 0 or not res <= 1e-9 * max(1.0, np.linalg.norm(b)):
+            lhs = (sp.identity(S, format="csc") - gamma * M).tocsc()
+            x = spla.spsolve(lhs, b)
+            if not np.all(np.isfinite(x)):
+                raise PGBenchError(_SINGULAR)
         return x
 
 
@@ -177,7 +190,6 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
     R = np.where(mdp.terminal[:, None], 0.0, R)
     dyn = _Dynamics(mdp, pi, method)
     gamma = mdp.gamma
-    live = (~mdp.terminal).astype(float)
     trunc_mass = trunc_J = None
     if mdp.horizon is not None:
         T = mdp.horizon
@@ -191,7 +203,7 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
         d = np.zeros((T, mdp.S))
         d[0] = mdp.rho0
         for t in range(1, T):
-            d[t] = dyn.step_forward(d[t - 1]) * live
+            d[t] = dyn.step_forward(d[t - 1])
         J = float(mdp.rho0 @ V[0])
         Adv = Q - V[..., None]
         C = np.einsum("t,ts,sa,tsa->sa", gamma ** np.arange(T), d, pi, Adv)
@@ -207,7 +219,7 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
             max_steps = mdp.max_steps
         dt = mdp.rho0.copy()
         for _ in range(int(max_steps)):
-            dt = dyn.step_forward(dt) * live
+            dt = dyn.step_forward(dt)
         trunc_mass = float(dt.sum())
         trunc_J = float(gamma ** max_steps * (dt @ V)) if gamma > 0 else 0.0
     grad = pol.contract(th, C).reshape(th.shape)

@@ -383,3 +383,36 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
                         continue
                     C[e, s, a] += psi
     return outC
+
+
+_USER_KERNELS: dict = {}
+
+
+def user_kernel(fn):
+    """The pass-2 kernel for a user's per-episode weight function ``fn`` (compiled once per fn)."""
+    if fn in _USER_KERNELS:
+        return _USER_KERNELS[fn]
+
+    @njit(parallel=True)
+    def kernel(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
+               alias_act, R, noise_kind, noise_scale, terminal, gamma, cap, pi, Vtab, Qtab, outC):
+        n_items = n_trials * n_chunks
+        per = (N + n_chunks - 1) // n_chunks
+        for item in prange(n_items):
+            trial = trial0 + item // n_chunks
+            c = item % n_chunks
+            buf_s = np.empty(cap + 1, np.int64)
+            buf_a = np.empty(cap, np.int64)
+            buf_r = np.empty(cap)
+            psi = np.zeros(cap)
+            for i in range(c * per, min(N, (c + 1) * per)):
+                s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
+                L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
+                                             alias_act, R, noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+                fn(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi)
+                for t in range(L):
+                    outC[item, 0, buf_s[t], buf_a[t]] += psi[t]
+        return outC
+
+    _USER_KERNELS[fn] = kernel
+    return kernel

@@ -14,6 +14,7 @@ import numpy as np
 from pgbench.errors import PGBenchError
 from pgbench.estimators import catalogue as cat
 from pgbench.estimators.catalogue import EstimatorSpec, parse
+from pgbench.estimators.user import USER_CODE, USER_ESTIMATORS
 from pgbench.exact import GroundTruth, exact
 from pgbench.kernels import mdp as K_
 from pgbench.kernels.rng import cell_key, seed_u64
@@ -176,7 +177,6 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     seed64, cell64 = seed_u64(seed), np.uint64(cell % (1 << 64))
 
     # the kernel's estimator list: requested ones, bases of natural, the Fisher accumulator
-    from pgbench.estimators.user import UserSpec
     kspecs: list = []
 
     def kindex(sp) -> int:
@@ -208,7 +208,12 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     # group estimators by behaviour policy: on-policy, and one group per IS behaviour
     groups: dict = {}
     for j, q in enumerate(kspecs):
-        key = ("on",) if q.name != "importance_sampling" else ("is", q.p["mu"], q.p["eps"])
+        if q.info.code == USER_CODE:
+            key = ("user", q.name)
+        elif q.name == "importance_sampling":
+            key = ("is", q.p["mu"], q.p["eps"])
+        else:
+            key = ("on",)
         groups.setdefault(key, []).append(j)
 
     n_k = len(kspecs)
@@ -220,7 +225,13 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     episodes = 0
     seconds = 0.0
     for key, members in groups.items():
-        gtabs = tabs if key[0] == "on" else make_tables(problem, th, behaviour_policy(tabs.pi, kspecs[members[0]]))
+        if key[0] == "user":
+            t0 = time.perf_counter()
+            C_all[:, members[0]] = _run_user(kspecs[members[0]], tabs, V, Q, seed64, cell64, N, K, n_chunks)
+            seconds += time.perf_counter() - t0
+            episodes += N * K
+            continue
+        gtabs = tabs if key[0] != "is" else make_tables(problem, th, behaviour_policy(tabs.pi, kspecs[members[0]]))
         gspecs = [kspecs[j] for j in members]
         codes = np.array([_code(q) for q in gspecs], dtype=np.int64)
         fpar = np.zeros((len(gspecs), 2))
@@ -365,3 +376,24 @@ def optimal_constant_baseline(problem: MDPProblem, th: np.ndarray, seed: int,
                     tabs.rho_ratio, st, z((n_chunks, 0)), z((n_chunks, 0, 0)), z((n_chunks, 0, 0)), z((n_chunks, 0)))
     s = st.sum(axis=0)
     return float(s[K_.ST_ZR] / s[K_.ST_Z]) if s[K_.ST_Z] > 0 else 0.0
+
+
+def _run_user(spec: EstimatorSpec, t: Tables, V, Q, seed64, cell64, N: int, K: int, n_chunks: int) -> np.ndarray:
+    """Score weights of a user estimator, per trial, on the cell's streams."""
+    kern = K_.user_kernel(USER_ESTIMATORS[spec.name].fn)
+    out = np.zeros((K, t.pi.shape[0], t.pi.shape[1]))
+    args = (t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act, t.alias_next, t.alias_act, t.R, t.noise_kind,
+            t.noise_scale, t.terminal, t.gamma, t.cap, t.pi, V, Q)
+    z = np.zeros((0, 1) + t.pi.shape)
+    try:
+        kern(seed64, cell64, 0, 0, 1, 1, *args, z)  # compile outside the loop, with a clear error
+    except Exception as exc:
+        raise PGBenchError(f"user estimator {spec.name!r} failed to compile or run with the documented "
+                           f"signature (states, actions, rewards, L, gamma, pi, V, Q, psi): {exc}") from None
+    block = max(1, min(K, ITEM_MEMORY_BUDGET // max(1, n_chunks * t.pi.size * 8)))
+    for k0 in range(0, K, block):
+        nb = min(block, K - k0)
+        outC = np.zeros((nb * n_chunks, 1) + t.pi.shape)
+        kern(seed64, cell64, k0, nb, N, n_chunks, *args, outC)
+        out[k0:k0 + nb] = _reduce(outC[:, 0], nb, n_chunks)
+    return out

@@ -84,7 +84,7 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from scipy.optimize import brentq
 
 from pgbench.errors import PGBenchError
@@ -253,14 +253,16 @@ def _trace_sigma_sq(s: np.ndarray, K: int) -> float:
     return max((K - 1) ** 2 / ((K - 2) * (K + 1)) * (trS2 - trS * trS / (K - 1)), 0.0)
 
 
-def _ltz_cdf(q: float, shift: float, lam: np.ndarray, nc: np.ndarray) -> float:
-    """``P(shift + sum_i lam_i chi'^2_1(nc_i) <= q)`` by Liu, Tang & Zhang (2009).
+def _ltz_cdf(q: float, c: tuple[float, float, float, float]) -> float:
+    """``P(Q <= q)`` for a quadratic form ``Q`` in normals with cumulant terms ``c = (c1..c4)``.
 
-    The quadratic form is replaced by a standardised noncentral chi-square whose skewness (and
-    kurtosis where possible) match; exact when all ``lam_i`` are equal.
+    For ``Q = shift + sum_i lam_i chi'^2_1(nc_i)``, ``c1 = shift + sum lam_i (1 + nc_i)`` and
+    ``c_k = sum lam_i^k (1 + k nc_i)`` (``k = 2, 3, 4``; the cumulants are
+    ``2^(k-1) (k-1)! c_k``).  Liu, Tang & Zhang (2009) replace ``Q`` by a standardised noncentral
+    chi-square with matching skewness (and kurtosis where possible); exact when all ``lam_i``
+    are equal.
     """
-    c1 = shift + float(np.sum(lam * (1.0 + nc)))
-    c2, c3, c4 = (float(np.sum(lam ** k * (1.0 + k * nc))) for k in (2, 3, 4))
+    c1, c2, c3, c4 = c
     if c2 <= 0.0:
         return 1.0 if q >= c1 else 0.0
     s1, s2 = c3 / c2 ** 1.5, c4 / c2 ** 2
@@ -274,36 +276,39 @@ def _ltz_cdf(q: float, shift: float, lam: np.ndarray, nc: np.ndarray) -> float:
     if x <= 0.0:
         return 0.0
     if delta <= 0.0:
-        return float(stats.chi2.cdf(x, dof))
-    return float(stats.ncx2.cdf(x, dof, delta))
+        return float(special.chdtr(dof, x))
+    return float(special.chndtr(x, dof, delta))
 
 
 def _bias_norm_ci(b: np.ndarray, lam: np.ndarray, V: np.ndarray, level: float) -> tuple[float, float]:
     """CI for ``||beta||`` by inverting ``P_t(||b||^2 <= q_obs)`` (module docstring).
 
     ``lam`` (descending) and ``V`` (rows) are the nonzero eigenpairs of ``S_m``.  The interval
-    is the union of those for the two directions of ``beta``: observed and top eigenvector.
+    is the union of those for two directions of ``beta``: the observed one and the top
+    eigenvector (the widest distribution of ``||b||^2``, hence the conservative choice).
     """
     q = float(b @ b)
     nb = math.sqrt(q)
     if lam.size == 0:  # no noise: the bias is known exactly
         return (nb, nb)
     a = 1.0 - level
+    A = [float(np.sum(lam ** k)) for k in range(1, 5)]  # sum lam^k
     # median of ||b||^2 at zero bias under the same approximation: central, so a chi-square in
     # dof = c2^3 / c3^2 degrees of freedom standardised to mean c1 and variance 2 c2
-    c1, c2, c3 = (float(np.sum(lam ** k)) for k in (1, 2, 3))
-    dof = c2 ** 3 / c3 ** 2
-    q_med = max(c1 + (float(stats.chi2.ppf(0.5, dof)) - dof) * math.sqrt(c2 / dof), 0.0)
-    t0 = math.sqrt(q) + math.sqrt(c1)
+    dof = A[1] ** 3 / A[2] ** 2
+    q_med = max(A[0] + (float(stats.chi2.ppf(0.5, dof)) - dof) * math.sqrt(A[1] / dof), 0.0)
+    t0 = math.sqrt(q) + math.sqrt(A[0])
 
     los, his = [], []
     for u in ((b / nb,) if nb > 0.0 else ()) + (V[0],):
         proj = V @ u
         null2 = max(1.0 - float(proj @ proj), 0.0)
-        w = proj * proj / lam
+        P = [float(np.sum(lam ** (k - 1) * proj * proj)) for k in range(1, 5)]  # sum lam^k nc_i / t^2
 
         def cdf(t: float, qq: float) -> float:
-            return _ltz_cdf(qq, t * t * null2, lam, t * t * w)
+            t2 = t * t
+            return _ltz_cdf(qq, (A[0] + t2 * (P[0] + null2), A[1] + 2.0 * t2 * P[1],
+                                 A[2] + 3.0 * t2 * P[2], A[3] + 4.0 * t2 * P[3]))
 
         def solve(target: float, qq: float) -> float:
             if cdf(0.0, qq) <= target:
