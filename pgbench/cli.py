@@ -45,9 +45,15 @@ def _cmd_list(args) -> int:
     if what == "estimators":
         from pgbench.estimators.catalogue import describe as edesc
         for name, params, unbiased, doc in edesc():
-            print(f"{name + (':' + params if params else ''):40s} {unbiased:10s} {doc}")
+            print(f"{name + (':' + params if params else ''):52s} {unbiased:36s} {doc}")
         return 0
-    raise PGBenchError(f"pgbench list takes 'problems' or 'estimators'; got {what!r}")
+    if what == "suites":
+        from pgbench.suites.registry import SUITES
+        for sid, su in SUITES.items():
+            print(f"{sid:32s} {su.problem:40s} N={','.join(map(str, su.batch_sizes))} K={su.trials}  "
+                  f"[{','.join(su.tags)}]")
+        return 0
+    raise PGBenchError(f"pgbench list takes 'problems', 'estimators' or 'suites'; got {what!r}")
 
 
 def _cmd_exact(args) -> int:
@@ -145,6 +151,44 @@ def _cmd_measure(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from pgbench.suites.runner import run
+    if args.resume and (args.suites or args.out):
+        raise PGBenchError("--resume continues a run as it was started; give no suites or --out with it")
+    executor = None
+    if args.executor != "local":
+        from pgbench.suites.distributed import make_executor
+        executor = make_executor(args.executor, args.scheduler, args.workers)
+    try:
+        path = run(args.suites or None, quick=args.quick, out=args.out, seed=args.seed, resume=args.resume,
+                   executor=executor, report=not args.no_report)
+    finally:
+        if executor is not None:
+            executor.close()
+    print(f"results: {path}")
+    if not args.no_report:
+        import os
+        print(f"report:  {os.path.join(path, 'report.md')} and report.html")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from pgbench.reports.report import write_report
+    md, html = write_report(args.run_dir)
+    print(f"wrote {md} and {html}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from pgbench.reports.compare import compare, format_compare
+    df = compare(args.run_a, args.run_b)
+    if args.json:
+        print(df.to_json(orient="records"))
+    else:
+        print(format_compare(df))
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from pgbench.bench import format_bench, run_bench
     from pgbench.measure.backend import resolve_backend
@@ -184,6 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     pm.add_argument("--json", action="store_true")
     pm.set_defaults(fn=_cmd_measure)
+    pr = sub.add_parser("run", help="run benchmark suites and write results and a report")
+    pr.add_argument("suites", nargs="*", help="suite ids or families (default: all; see `pgbench list suites`)")
+    pr.add_argument("--quick", action="store_true", help="the cheap subset of every suite")
+    pr.add_argument("--out", default=None, help="run directory (default results/run-DATE-TIME)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    pr.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
+    pr.add_argument("--executor", default="local", choices=["local", "dask", "dask-local"],
+                    help="where cells run: here, a Dask cluster (--scheduler), or a local Dask cluster")
+    pr.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask")
+    pr.add_argument("--workers", type=int, default=2, help="workers of --executor dask-local")
+    pr.set_defaults(fn=_cmd_run)
+    prep = sub.add_parser("report", help="write report.md and report.html for a run directory")
+    prep.add_argument("run_dir")
+    prep.set_defaults(fn=_cmd_report)
+    pc = sub.add_parser("compare", help="cells whose metrics moved beyond their confidence intervals")
+    pc.add_argument("run_a")
+    pc.add_argument("run_b")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(fn=_cmd_compare)
     pb = sub.add_parser("bench", help="kernel throughput against NumPy and the generator floor")
     pb.add_argument("--episodes", type=int, default=400_000)
     pb.add_argument("--repeat", type=int, default=3)

@@ -397,3 +397,18 @@ def _run_user(spec: EstimatorSpec, t: Tables, V, Q, seed64, cell64, N: int, K: i
         kern(seed64, cell64, k0, nb, N, n_chunks, *args, outC)
         out[k0:k0 + nb] = _reduce(outC[:, 0], nb, n_chunks)
     return out
+
+
+def episode_samples(problem: MDPProblem, theta=None, n: int = 2000, seed: int = 0) -> dict:
+    """Per-episode return R, proxy W(tau) and exact ||z||^2 of n episodes (for scatter plots):
+    pass 1 with one episode per trial makes every work item a single episode."""
+    th = problem.resolve_theta(theta)
+    t = make_tables(problem, th)
+    st = np.zeros((n, K_.N_STATS))
+    z = np.zeros
+    cell = np.uint64(cell_key("episode samples", problem.name, th) % (1 << 64))
+    K_._batch_stats(seed_u64(seed), cell, 0, n, 1, 1, t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act,
+                    t.alias_next, t.alias_act, t.pi, t.pi2sum, t.R, t.noise_kind, t.noise_scale, t.terminal, t.gamma,
+                    t.gpow, t.cap, t.finite, t.linear, t.score, True, t.rho_ratio, st, z((n, 0)), z((n, 0, 0)),
+                    z((n, 0, 0)), z((n, 0)))
+    return {"R": st[:, K_.ST_R], "W": st[:, K_.ST_W], "znorm2": st[:, K_.ST_Z]}

@@ -1,0 +1,114 @@
+"""Benchmark suites declared as data (bsuite-style): ids like ``baselines/garnet-20``.
+
+A suite is a problem (and theta), a list of estimators, a list of batch sizes and a number of
+trials. Each batch size is one *cell*: every estimator of the suite runs on the same episodes
+there. ``quick`` variants keep a few cells with fewer trials (the CI subset).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pgbench.errors import PGBenchError
+
+
+@dataclass(frozen=True)
+class Suite:
+    id: str
+    problem: str
+    estimators: tuple
+    batch_sizes: tuple
+    trials: int
+    tags: tuple = ()
+    theta: Optional[str] = None  # None (the problem's), "zeros" or "random:SEED"
+    description: str = ""
+    proxy: bool = False
+    quick_batch_sizes: tuple = ()
+    quick_trials: int = 0
+    figures: tuple = field(default=())  # report figures this suite feeds
+
+    def cells(self, quick: bool = False) -> list[int]:
+        return list(self.quick_batch_sizes if quick and self.quick_batch_sizes else self.batch_sizes)
+
+    def n_trials(self, quick: bool = False) -> int:
+        return self.quick_trials if quick and self.quick_trials else self.trials
+
+
+BASELINES = ("reinforce", "const_baseline:b=1.0", "batch_mean_baseline", "rloo", "w_baseline", "w_baseline_loo",
+             "score_norm_baseline", "optimal_const_baseline", "value_baseline")
+GAE_SWEEP = tuple(f"gae:lambda={lam},critic={c}" + (",scale=0.3" if c == "perturbed" else "")
+                  for c in ("exact", "perturbed") for lam in (0.0, 0.5, 0.8, 0.9, 0.95, 1.0))
+
+SUITES = {s.id: s for s in [
+    Suite("ladder/three-step-bandit", "three_step_bandit", ("reinforce", "reinforce_rtg", "value_baseline", "rloo"),
+          (1, 2, 4, 16, 64, 256, 1024), 400, tags=("variance", "ladder", "1/N"),
+          description="Full return > reward-to-go > baseline, and variance falling as 1/N.",
+          quick_batch_sizes=(1, 16, 256), quick_trials=100, figures=("variance_vs_N", "bias_variance")),
+    Suite("baselines/garnet-20", "garnet:S=20,A=4,b=3,seed=0,horizon=20", BASELINES + ("reinforce_rtg",), (4, 16, 64), 200,
+          tags=("baselines",), theta="random:1", proxy=True,
+          description="Constant, batch-mean, leave-one-out, W-weighted, score-norm, value and optimal baselines.",
+          quick_batch_sizes=(16,), quick_trials=60, figures=("bias_variance", "efficiency", "proxy")),
+    Suite("baselines/chain-6", "chain:n=6,gamma=0.9", BASELINES + ("reinforce_rtg",), (4, 16, 64), 200,
+          tags=("baselines",), theta="random:2", proxy=True,
+          description="Baselines on a RiverSwim chain (sparse, delayed reward).",
+          quick_batch_sizes=(16,), quick_trials=60, figures=("bias_variance", "efficiency")),
+    Suite("baselines/gridworld-4", "gridworld:n=4,slip=0.1,gamma=0.9", BASELINES + ("reinforce_rtg",), (4, 16, 64), 200,
+          tags=("baselines", "terminal"), theta="random:3", proxy=True,
+          description="Baselines on a slippery gridworld with a terminal goal.",
+          quick_batch_sizes=(16,), quick_trials=60, figures=("bias_variance", "efficiency")),
+    Suite("gae/garnet-10", "garnet:S=10,A=3,b=3,seed=1,horizon=20", GAE_SWEEP + ("reinforce_rtg", "td0:critic=fitted",
+          "gae:lambda=0.9,critic=fitted"), (16,), 300, tags=("gae", "critic"), theta="random:4",
+          description="GAE lambda sweep with the exact critic (unbiased for every lambda) and a perturbed one "
+                      "(bias shrinking as lambda -> 1, variance growing).",
+          quick_trials=80, figures=("gae_lambda",)),
+    Suite("discount/chain-6", "chain:n=6,gamma=0.8", ("reinforce_rtg", "rtg_no_gamma_t", "geometric_termination"),
+          (16, 64), 300, tags=("discount", "bias"), theta="random:5",
+          description="Dropping gamma^t (common practice) is biased (Thomas 2014); geometric termination is not.",
+          quick_batch_sizes=(16,), quick_trials=80, figures=("bias_variance",)),
+    Suite("objectives/gaussian-toy", "gaussian_toy", ("naive", "score_function", "reparameterization"),
+          (1, 10, 100), 400, tags=("objective", "reparameterization"),
+          description="x ~ N(theta, 1), f = x^2 theta at theta = 1: naive's mean is 2 (bias -2), the truth 4.",
+          quick_batch_sizes=(10,), quick_trials=100, figures=("bias_variance", "variance_vs_N")),
+    Suite("objectives/gumbel-temperature", "categorical:K=4", ("score_function", "rloo", "straight_through",
+          "gumbel_softmax:tau=0.1", "gumbel_softmax:tau=0.5", "gumbel_softmax:tau=1.0", "gumbel_softmax:tau=2.0",
+          "gumbel_softmax:tau=5.0"), (16,), 400, tags=("objective", "relaxation"), theta="random:6",
+          description="Gumbel-softmax: low temperature, little bias and much variance; high temperature, the reverse.",
+          quick_trials=100, figures=("bias_variance",)),
+    Suite("natural/garnet-8", "garnet:S=8,A=3,b=2,seed=2,horizon=15", ("reinforce_rtg", "natural",
+          "natural:base=true_advantage", "true_advantage"), (16, 64, 256), 200, tags=("natural",), theta="random:7",
+          description="Natural gradient F_hat^+ g_hat from one batch: biased (a ratio), the bias shrinking with N.",
+          quick_batch_sizes=(64,), quick_trials=60, figures=("bias_variance",)),
+    Suite("entropy/garnet-8", "garnet:S=8,A=3,b=2,seed=3,horizon=15", ("entropy_bonus:beta=0.0",
+          "entropy_bonus:beta=0.1", "entropy_bonus:beta=1.0"), (16,), 200, tags=("entropy",), theta="random:8",
+          description="Entropy-regularised gradient grad J_beta, each measured against its own exact value.",
+          quick_trials=60, figures=("bias_variance",)),
+    Suite("oracles/frozen-lake", "frozen_lake", ("reinforce_rtg", "value_baseline", "true_advantage", "all_action",
+          "time_baseline_loo", "importance_sampling:mu=mix,eps=0.3", "importance_sampling:mu=mix,eps=0.3,weighted=1"),
+          (16, 64), 200, tags=("oracle", "terminal"), theta="random:9",
+          description="Oracle baselines and critics, importance sampling, on FrozenLake 4x4.",
+          quick_batch_sizes=(16,), quick_trials=60, figures=("bias_variance", "efficiency")),
+]}
+
+DEFAULT_SUITES = tuple(SUITES)
+
+
+def get_suite(sid: str) -> Suite:
+    if sid not in SUITES:
+        raise PGBenchError(f"unknown suite {sid!r}; known: {', '.join(SUITES)}")
+    return SUITES[sid]
+
+
+def select(ids=None, tags=None) -> list[Suite]:
+    """Suites by id (a prefix like ``baselines`` selects a family) and/or tag."""
+    if not ids:
+        out = list(SUITES.values())
+    else:
+        out = []
+        for sid in ids:
+            hits = [s for s in SUITES.values() if s.id == sid or s.id.startswith(sid.rstrip("/") + "/")]
+            if not hits:
+                raise PGBenchError(f"unknown suite {sid!r}; known: {', '.join(SUITES)}")
+            out += [h for h in hits if h not in out]
+    if tags:
+        out = [s for s in out if set(tags) & set(s.tags)]
+    return out

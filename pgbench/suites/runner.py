@@ -1,0 +1,105 @@
+"""Running suites: cells in order, each written as soon as it finishes; ``resume`` skips
+finished cells. The same engine serves ``pgbench run`` and the pytest plugin."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from pgbench.errors import PGBenchError
+from pgbench.suites.registry import Suite, get_suite, select
+from pgbench.suites.store import RunDir, to_jsonable
+
+SCATTER_EPISODES = 1500
+LOO_ESTIMATORS = ("rloo", "w_baseline_loo", "time_baseline_loo")
+
+
+def suite_theta(suite: Suite, problem):
+    """The parameters a suite evaluates at: the problem's own, zeros, or N(0, 1) from a seed."""
+    if suite.theta is None:
+        return None
+    shape = problem.policy.theta_shape if problem.kind == "mdp" else problem.theta_shape
+    if suite.theta == "zeros":
+        return np.zeros(shape)
+    if suite.theta.startswith("random:"):
+        return np.random.default_rng(int(suite.theta.split(":")[1])).normal(size=shape)
+    raise PGBenchError(f"suite {suite.id}: theta must be None, 'zeros' or 'random:SEED'")
+
+
+def cell_id(suite: Suite, N: int) -> str:
+    return f"{suite.id}/N={N}"
+
+
+def run_cell_record(suite_id: str, N: int, quick: bool, seed: int) -> dict:
+    """Measure one cell of a suite; a JSON-ready record (rows, paired comparisons, diagnostics)."""
+    from pgbench.problems import make
+    from pgbench.measure.measure import measure
+    suite = get_suite(suite_id)
+    prob = make(suite.problem)
+    theta = suite_theta(suite, prob)
+    # leave-one-out estimators need a second episode in the batch; at N = 1 they sit the cell out
+    ests = [e for e in suite.estimators if N >= 2 or e.split(":")[0] not in LOO_ESTIMATORS]
+    t0 = time.time()
+    df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta,
+                 proxy=suite.proxy and N >= 2)
+    rec = {"suite": suite.id, "cell": cell_id(suite, N), "N": N, "K": suite.n_trials(quick), "seed": seed,
+           "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
+           "rows": df.to_dict(orient="records"), "paired": df.attrs["paired"].to_dict(orient="records"),
+           "wall_seconds": time.time() - t0}
+    if prob.kind == "mdp":
+        from pgbench.exact import exact
+        gt = exact(prob, theta)
+        rec["exact"] = {"J": gt.J, "grad_norm": gt.grad_norm, "truncated_mass": gt.truncated_mass}
+    if "proxy" in df.attrs:
+        rec["proxy"] = df.attrs["proxy"]
+        from pgbench.measure.engine import episode_samples
+        rec["scatter"] = episode_samples(prob, theta, n=SCATTER_EPISODES, seed=seed)
+    return to_jsonable(rec)
+
+
+def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
+    return [(s.id, N) for s in suites for N in s.cells(quick)]
+
+
+def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int = 0, resume: str | None = None,
+        progress: bool | None = None, executor=None, report: bool = True) -> str:
+    """Run suites into a run directory (new, or ``resume``d); returns its path."""
+    if resume:
+        rd = RunDir.open(resume)
+        meta = rd.meta()
+        suite_ids, quick, seed = meta["suites"], meta["quick"], meta["seed"]
+        rd.update_meta(status="running")
+    else:
+        suites = select(suite_ids)
+        suite_ids = [s.id for s in suites]
+        if out is None:
+            out = os.path.join("results", time.strftime("run-%Y%m%d-%H%M%S") + ("-quick" if quick else ""))
+        rd = RunDir.create(out, suite_ids, quick, seed)
+    cells = [c for c in plan([get_suite(s) for s in suite_ids], quick) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm import tqdm
+    bar = tqdm(total=len(cells), desc="pgbench run", unit="cell", disable=not progress, file=sys.stderr)
+    try:
+        if executor is None:
+            for sid, N in cells:
+                bar.set_postfix_str(f"{sid} N={N}")
+                rd.write_cell(run_cell_record(sid, N, quick, seed))
+                bar.update()
+        else:
+            from pgbench.suites.distributed import run_on_executor
+            run_on_executor(executor, rd, cells, quick, seed, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        rd.finalize(status="interrupted")
+        print(f"pgbench: interrupted; finished cells are kept in {rd.path} (continue with --resume {rd.path})",
+              file=sys.stderr)
+        raise
+    bar.close()
+    rd.finalize()
+    if report:
+        from pgbench.reports.report import write_report
+        write_report(rd.path)
+    return rd.path
