@@ -9,7 +9,8 @@ visitation ``d = rho0^T (I - gamma P_pi)^{-1}`` (it carries the gamma^t weights)
 
 Policy-gradient theorem: ``grad J = sum_t gamma^t sum_s d_t(s) sum_a pi(a|s) g(s,a) A_t(s,a)``
 (Sutton et al. 2000), evaluated as score weights ``C[s,a]`` contracted by the policy.
-Dense linear algebra for small S; scipy.sparse with an iterative solver for large S.
+Dense linear algebra (one LU factorisation serves V and d) for small S; scipy.sparse with GMRES
+for large S. ``P_pi`` is built from the fixed-width sparse form, never from a dense ``P``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
@@ -24,7 +26,8 @@ from pgbench.errors import PGBenchError
 from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.problem import MDPProblem
 
-DENSE_MAX_S = 1500
+DENSE_MAX_S = 1500  # "auto" solves densely up to this many states
+DENSE_MAX_ENTRIES = 25_000_000  # method="dense" refuses a P_pi larger than this (200 MB)
 
 
 def _gather_next(mdp: TabularMDP, V: np.ndarray) -> np.ndarray:
@@ -51,16 +54,18 @@ class _Dynamics:
             method = "dense" if mdp.S <= DENSE_MAX_S else "sparse"
         if method not in ("dense", "sparse"):
             raise PGBenchError(f"method must be 'auto', 'dense' or 'sparse'; got {method!r}")
+        S, A, K = mdp.next_prob.shape
+        if method == "dense" and S * S > DENSE_MAX_ENTRIES:
+            raise PGBenchError(f"dense P_pi would have {S}x{S} entries; use method='sparse' for S > {DENSE_MAX_S}")
         self.method = method
         self.mdp = mdp
         self.live = ~mdp.terminal
-        S, A, K = mdp.next_prob.shape
         w = pi[:, :, None] * mdp.next_prob
         if mdp.terminal.any():
             # terminal states earn nothing after entry: drop their rows and the columns into them
             w = w * (self.live[:, None, None] & self.live[mdp.next_idx])
         self._lu = None
-        self._csr = None
+        self._csr = self._csr_T = None
         if method == "sparse" or (S >= 256 and S * A * K * 4 <= S * S):
             # duplicate column indices within a row are allowed: every product below sums them
             self._csr = sp.csr_matrix((w.ravel(), mdp.next_idx.ravel(), np.arange(0, S * A * K + 1, A * K)),
@@ -74,7 +79,9 @@ class _Dynamics:
     def step_forward(self, d: np.ndarray) -> np.ndarray:
         """``P_pi^T d``: one step of a (sub-)distribution over states."""
         if self._csr is not None:
-            return self._csr.T @ d
+            if self._csr_T is None:
+                self._csr_T = self._csr.T  # a CSC view, made once (building it costs more than a product)
+            return self._csr_T @ d
         return d @ self.P_pi
 
     def solve(self, gamma: float, b: np.ndarray, transpose: bool = False) -> np.ndarray:
@@ -82,14 +89,12 @@ class _Dynamics:
         b = np.where(self.live, b, 0.0)
         if self.method == "dense":
             if self._lu is None or self._lu[0] != gamma:
-                import scipy.linalg as sla
                 lhs = -gamma * self.P_pi
                 lhs.flat[::lhs.shape[0] + 1] += 1.0
                 lu, piv = sla.lu_factor(lhs, overwrite_a=True, check_finite=False)
                 if not np.all(np.diag(lu) != 0):
                     raise PGBenchError(_SINGULAR)
                 self._lu = (gamma, (lu, piv))
-            import scipy.linalg as sla
             return sla.lu_solve(self._lu[1], b, trans=1 if transpose else 0, check_finite=False)
         M = self.P_pi.T if transpose else self.P_pi
         S = self.mdp.S
