@@ -18,7 +18,10 @@ same streams.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
 from numba import njit, prange
 
 from pgbench.estimators.catalogue import (
@@ -175,10 +178,188 @@ def _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, ne
     return Rep, W, Z
 
 
+# Accumulation goes through these so that the CUDA module can swap in atomic adds while
+# compiling the very same per-episode code for the device (see pgbench.kernels.cuda).
+@njit(inline="always", cache=True)
+def _acc2(arr, i, j, v):
+    arr[i, j] += v
+
+
+@njit(inline="always", cache=True)
+def _acc3(arr, i, j, k, v):
+    arr[i, j, k] += v
+
+
+@njit(inline="always", cache=True)
+def _acc4(arr, i, j, k, m, v):
+    arr[i, j, k, m] += v
+
+
+@njit(cache=True)
+def _episode_stats(row, L, buf_s, buf_a, buf_r, G_t, Rep, W, Z, gamma, finite, rho_ratio, cap,
+                   out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
+    """Pass-1 sums of one episode into row ``row`` of the outputs."""
+    _acc2(out_stats, row, ST_R, Rep)
+    _acc2(out_stats, row, ST_W, W)
+    _acc2(out_stats, row, ST_WR, W * Rep)
+    _acc2(out_stats, row, ST_Z, Z)
+    _acc2(out_stats, row, ST_ZR, Z * Rep)
+    _acc2(out_stats, row, ST_N, 1.0)
+    want_sg = out_SG.shape[1] > 0
+    want_fit = out_fit_sum.shape[1] > 0
+    if want_sg or want_fit:
+        G = 0.0
+        for t in range(L - 1, -1, -1):
+            G = buf_r[t] + gamma * G
+            G_t[t] = G
+        if want_sg:
+            for t in range(L):
+                _acc2(out_SG, row, t, G_t[t])
+        if want_fit:
+            for t in range(L):
+                ti = t if finite else 0
+                _acc3(out_fit_sum, row, ti, buf_s[t], G_t[t])
+                _acc3(out_fit_cnt, row, ti, buf_s[t], 1.0)
+    if out_rho.shape[1] > 0:
+        w = 1.0
+        for t in range(cap):
+            if t < L:
+                w *= rho_ratio[buf_s[t], buf_a[t]]
+            _acc2(out_rho, row, t, w)
+
+
+@njit(inline="always", cache=True)
+def _geometric_horizon(u_geo, gamma, lg, cap):
+    """H with Pr(H >= t) = gamma^t (killing with probability 1 - gamma per step), capped."""
+    if lg != 0.0:
+        hf = math.floor(math.log(1.0 - u_geo) * lg)
+        if hf < cap:
+            return int(hf)
+        return cap
+    if gamma == 0.0:
+        return 0
+    return cap
+
+
+@njit(cache=True)
+def _episode_weights(row, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, run, Rep, W, Z, gamma, gpow, cap, finite,
+                     lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
+                     b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy):
+    """Pass 2 for one episode: ``outC[row, e, s_t, a_t] += psi^e_t`` for every estimator e.
+
+    ``k`` indexes the per-trial batch statistics ``b_*`` (pass 1).
+    """
+    A = pi.shape[1]
+    n_est = codes.shape[0]
+    SR = b_stats[k, ST_R]
+    SW = b_stats[k, ST_W]
+    SWR = b_stats[k, ST_WR]
+    SZ = b_stats[k, ST_Z]
+    SZR = b_stats[k, ST_ZR]
+    # geometric termination: the episode of the killed process is the prefix t <= H
+    H = _geometric_horizon(u_geo, gamma, lg, cap)
+    if need_rho:
+        w = 1.0
+        for t in range(L):
+            w *= rho_ratio[buf_s[t], buf_a[t]]
+            cumrho[t] = w
+    if want_proxy:
+        b_w = SWR / SW if SW > 0 else 0.0
+        b_loo = (SR - Rep) / (N - 1) if N > 1 else 0.0
+        _acc2(out_proxy, row, PX_W, W)
+        _acc2(out_proxy, row, PX_Z, Z)
+        _acc2(out_proxy, row, PX_WW, W * W)
+        _acc2(out_proxy, row, PX_ZZ, Z * Z)
+        _acc2(out_proxy, row, PX_WZ, W * Z)
+        _acc2(out_proxy, row, PX_AW, (Rep - b_w) ** 2 * W)
+        _acc2(out_proxy, row, PX_ALOO, (Rep - b_loo) ** 2 * W)
+        _acc2(out_proxy, row, PX_N, 1.0)
+    for e in range(n_est):
+        run[e] = 0.0
+    G = 0.0
+    for t in range(L - 1, -1, -1):
+        s = buf_s[t]
+        a = buf_a[t]
+        r = buf_r[t]
+        sn = buf_s[t + 1]
+        G = r + gamma * G
+        gt = gpow[t]
+        tv = t if finite else 0
+        tvn = t + 1 if finite else 0
+        for e in range(n_est):
+            code = codes[e]
+            if code == RTG:
+                psi = gt * G
+            elif code == REINFORCE:
+                psi = Rep
+            elif code == RTG_NO_GAMMA:
+                psi = G
+            elif code == CONST_B or code == OPT_CONST_B:
+                psi = Rep - fpar[e, 0]
+            elif code == BATCH_MEAN_B:
+                psi = Rep - SR / N
+            elif code == RLOO:
+                psi = Rep - (SR - Rep) / (N - 1)
+            elif code == W_B:
+                psi = Rep - (SWR / SW if SW > 0 else 0.0)
+            elif code == W_B_LOO:
+                den = SW - W
+                psi = Rep - ((SWR - W * Rep) / den if den > 0 else 0.0)
+            elif code == SCORE_NORM_B:
+                psi = Rep - (SZR / SZ if SZ > 0 else 0.0)
+            elif code == VALUE_B:
+                psi = gt * (G - Vtab[tv, s])
+            elif code == TIME_B_LOO:
+                psi = gt * (G - (b_SG[k, t] - G) / (N - 1))
+            elif code == TRUE_ADV:
+                psi = gt * (Qtab[tv, s, a] - Vtab[tv, s])
+            elif code == ALL_ACTION:
+                for b in range(A):
+                    _acc4(outC, row, e, s, b, gt * pi[s, b] * Qtab[tv, s, b])
+                continue
+            elif code == GAE:
+                ci = crit[e]
+                if ci >= 0:
+                    v_t = critics[ci, tv, s]
+                    v_n = critics[ci, tvn, sn]
+                else:
+                    v_t = b_fitV[k, tv, s]
+                    v_n = b_fitV[k, tvn, sn]
+                if t == L - 1 and terminal[sn]:
+                    v_n = 0.0
+                delta = r + gamma * v_n - v_t
+                run[e] = delta + gamma * fpar[e, 0] * run[e]
+                psi = gt * run[e]
+            elif code == GEOMETRIC:
+                if t <= H:
+                    run[e] += r
+                    psi = run[e]
+                else:
+                    continue
+            elif code == IS_PD:
+                wk = cumrho[t]
+                if fpar[e, 0] != 0.0:
+                    wk = wk / b_rho[k, t] * N
+                run[e] += gt * wk * r
+                psi = run[e]
+            elif code == ENTROPY:
+                run[e] = (r - fpar[e, 0] * logpi[s, a]) + gamma * run[e]
+                psi = gt * run[e]
+            elif code == FISHER:
+                psi = gt
+            else:
+                continue
+            _acc4(outC, row, e, s, a, psi)
+
+
+def _log_inv_gamma(gamma: float) -> float:
+    return 1.0 / math.log(gamma) if 0.0 < gamma < 1.0 else 0.0
+
+
 @njit(parallel=True, cache=True)
 def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
-                 rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, pi2sum, R, noise_kind, noise_scale, terminal,
-                 gamma, gpow, cap, finite, linear, score, need_z, rho_ratio,
+                 rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, pi2sum, R, noise_kind,
+                 noise_scale, terminal, gamma, gpow, cap, finite, linear, score, need_z, rho_ratio,
                  out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
     """Pass 1: per work item, sums over its episodes of R, W, W R, ||z||^2, ||z||^2 R, the
     reward-to-go per step (for leave-one-out time baselines), per-(t, s) returns (fitted critic)
@@ -186,9 +367,6 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
     S, A = pi.shape
     n_items = n_trials * n_chunks
     per = (N + n_chunks - 1) // n_chunks
-    want_sg = out_SG.shape[1] > 0
-    want_fit = out_fit_sum.shape[1] > 0
-    want_rho = out_rho.shape[1] > 0
     for item in prange(n_items):
         trial = trial0 + item // n_chunks
         c = item % n_chunks
@@ -201,56 +379,33 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
         zvec = np.zeros(score.shape[2])
         for i in range(c * per, min(N, (c + 1) * per)):
             s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
-            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, noise_kind,
-                                         noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
+                                         noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
             Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, need_z,
                                          cnt, ns, zvec)
-            out_stats[item, ST_R] += Rep
-            out_stats[item, ST_W] += W
-            out_stats[item, ST_WR] += W * Rep
-            out_stats[item, ST_Z] += Z
-            out_stats[item, ST_ZR] += Z * Rep
-            out_stats[item, ST_N] += 1.0
-            if want_sg or want_fit:
-                G = 0.0
-                for t in range(L - 1, -1, -1):
-                    G = buf_r[t] + gamma * G
-                    G_t[t] = G
-                if want_sg:
-                    for t in range(L):
-                        out_SG[item, t] += G_t[t]
-                if want_fit:
-                    for t in range(L):
-                        ti = t if finite else 0
-                        out_fit_sum[item, ti, buf_s[t]] += G_t[t]
-                        out_fit_cnt[item, ti, buf_s[t]] += 1.0
-            if want_rho:
-                w = 1.0
-                for t in range(cap):
-                    if t < L:
-                        w *= rho_ratio[buf_s[t], buf_a[t]]
-                    out_rho[item, t] += w
+            _episode_stats(item, L, buf_s, buf_a, buf_r, G_t, Rep, W, Z, gamma, finite, rho_ratio, cap,
+                           out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho)
     return out_stats
 
 
 @njit(parallel=True, cache=True)
 def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
-                   rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, logpi, pi2sum, R, noise_kind, noise_scale, terminal,
-                   gamma, gpow, cap, finite, linear, score,
+                   rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, logpi, pi2sum, R,
+                   noise_kind, noise_scale, terminal, gamma, gpow, cap, finite, linear, score,
                    codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
-                   b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy,
+                   b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy, lg,
                    outC, out_proxy):
     """Pass 2: per work item and estimator e, ``C[e, s, a] += psi^e_t`` over its episodes.
 
     ``fpar[e]`` holds the estimator's scalar parameters (b, lambda, beta, weighted flag);
     ``crit[e]`` indexes ``critics`` (the critic's V per step, for gae/td0; -1 for the fitted
-    critic, read from ``b_fitV``). ``b_*`` are the per-trial batch statistics of pass 1.
+    critic, read from ``b_fitV``). ``b_*`` are the per-trial batch statistics of pass 1;
+    ``lg = 1 / log(gamma)`` (0 when gamma is 0 or 1) draws geometric horizons.
     """
     S, A = pi.shape
     n_est = codes.shape[0]
     n_items = n_trials * n_chunks
     per = (N + n_chunks - 1) // n_chunks
-    lg = 1.0 / np.log(gamma) if 0.0 < gamma < 1.0 else 0.0
     need_w = want_proxy
     need_rho = False
     for e in range(n_est):
@@ -268,120 +423,15 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
         cnt = np.zeros((S, A)) if (need_z and not linear) else np.zeros((1, 1))
         ns = np.zeros(S) if (need_z and not linear) else np.zeros(1)
         zvec = np.zeros(score.shape[2])
-        C = outC[item]
-        SR = b_stats[k, ST_R]
-        SW = b_stats[k, ST_W]
-        SWR = b_stats[k, ST_WR]
-        SZ = b_stats[k, ST_Z]
-        SZR = b_stats[k, ST_ZR]
         for i in range(c * per, min(N, (c + 1) * per)):
             s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
-            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, noise_kind,
-                                         noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
+                                         noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
             Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_w, need_z,
                                          cnt, ns, zvec)
-            # geometric termination: the episode of the killed process is the prefix t <= H
-            H = cap
-            if lg != 0.0:
-                hf = np.floor(np.log(1.0 - u_geo) * lg)
-                if hf < cap:
-                    H = int(hf)
-            elif gamma == 0.0:
-                H = 0
-            if need_rho:
-                w = 1.0
-                for t in range(L):
-                    w *= rho_ratio[buf_s[t], buf_a[t]]
-                    cumrho[t] = w
-            if want_proxy:
-                b_w = SWR / SW if SW > 0 else 0.0
-                b_loo = (SR - Rep) / (N - 1) if N > 1 else 0.0
-                out_proxy[item, PX_W] += W
-                out_proxy[item, PX_Z] += Z
-                out_proxy[item, PX_WW] += W * W
-                out_proxy[item, PX_ZZ] += Z * Z
-                out_proxy[item, PX_WZ] += W * Z
-                out_proxy[item, PX_AW] += (Rep - b_w) ** 2 * W
-                out_proxy[item, PX_ALOO] += (Rep - b_loo) ** 2 * W
-                out_proxy[item, PX_N] += 1.0
-            # episode-level baselines
-            for e in range(n_est):
-                run[e] = 0.0
-            G = 0.0
-            for t in range(L - 1, -1, -1):
-                s = buf_s[t]
-                a = buf_a[t]
-                r = buf_r[t]
-                sn = buf_s[t + 1]
-                G = r + gamma * G
-                gt = gpow[t]
-                tq = t if finite else 0
-                tv = t if finite else 0
-                tvn = t + 1 if finite else 0
-                for e in range(n_est):
-                    code = codes[e]
-                    if code == RTG:
-                        psi = gt * G
-                    elif code == REINFORCE:
-                        psi = Rep
-                    elif code == RTG_NO_GAMMA:
-                        psi = G
-                    elif code == CONST_B or code == OPT_CONST_B:
-                        psi = Rep - fpar[e, 0]
-                    elif code == BATCH_MEAN_B:
-                        psi = Rep - SR / N
-                    elif code == RLOO:
-                        psi = Rep - (SR - Rep) / (N - 1)
-                    elif code == W_B:
-                        psi = Rep - (SWR / SW if SW > 0 else 0.0)
-                    elif code == W_B_LOO:
-                        den = SW - W
-                        psi = Rep - ((SWR - W * Rep) / den if den > 0 else 0.0)
-                    elif code == SCORE_NORM_B:
-                        psi = Rep - (SZR / SZ if SZ > 0 else 0.0)
-                    elif code == VALUE_B:
-                        psi = gt * (G - Vtab[tv, s])
-                    elif code == TIME_B_LOO:
-                        psi = gt * (G - (b_SG[k, t] - G) / (N - 1))
-                    elif code == TRUE_ADV:
-                        psi = gt * (Qtab[tq, s, a] - Vtab[tv, s])
-                    elif code == ALL_ACTION:
-                        for b in range(A):
-                            C[e, s, b] += gt * pi[s, b] * Qtab[tq, s, b]
-                        continue
-                    elif code == GAE:
-                        ci = crit[e]
-                        if ci >= 0:
-                            v_t = critics[ci, tv, s]
-                            v_n = critics[ci, tvn, sn]
-                        else:
-                            v_t = b_fitV[k, tv, s]
-                            v_n = b_fitV[k, tvn, sn]
-                        if t == L - 1 and terminal[sn]:
-                            v_n = 0.0
-                        delta = r + gamma * v_n - v_t
-                        run[e] = delta + gamma * fpar[e, 0] * run[e]
-                        psi = gt * run[e]
-                    elif code == GEOMETRIC:
-                        if t <= H:
-                            run[e] += r
-                            psi = run[e]
-                        else:
-                            continue
-                    elif code == IS_PD:
-                        wk = cumrho[t]
-                        if fpar[e, 0] != 0.0:
-                            wk = wk / b_rho[k, t] * N
-                        run[e] += gt * wk * r
-                        psi = run[e]
-                    elif code == ENTROPY:
-                        run[e] = (r - fpar[e, 0] * logpi[s, a]) + gamma * run[e]
-                        psi = gt * run[e]
-                    elif code == FISHER:
-                        psi = gt
-                    else:
-                        continue
-                    C[e, s, a] += psi
+            _episode_weights(item, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, run, Rep, W, Z, gamma, gpow, cap,
+                             finite, lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
+                             b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy)
     return outC
 
 

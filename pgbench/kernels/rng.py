@@ -11,6 +11,7 @@ can mirror them line for line.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -66,8 +67,8 @@ def normal(s0, s1):
     """Standard normal by Box-Muller (one of the pair; two uniforms)."""
     u1, s0, s1 = uniform(s0, s1)
     u2, s0, s1 = uniform(s0, s1)
-    r = np.sqrt(-2.0 * np.log(1.0 - u1))  # 1 - u1 is in (0, 1]
-    return r * np.cos(2.0 * np.pi * u2), s0, s1
+    r = math.sqrt(-2.0 * math.log(1.0 - u1))  # 1 - u1 is in (0, 1]
+    return r * math.cos(2.0 * math.pi * u2), s0, s1
 
 
 def cell_key(*parts) -> int:

@@ -296,7 +296,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                               gtabs.logpi, gtabs.pi2sum, gtabs.R, gtabs.noise_kind,
                               gtabs.noise_scale, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
                               gtabs.score, codes, fpar, crit, critics_arr, V, Q, gtabs.rho_ratio,
-                              b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy, outC, out_proxy)
+                              b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy,
+                              K_._log_inv_gamma(gtabs.gamma), outC, out_proxy)
             episodes += nb * N
             seconds += time.perf_counter() - t0
             C_all[k0:k0 + nb][:, members] = _reduce(outC, nb, n_chunks)
@@ -354,7 +355,7 @@ def _warm(t: Tables, seed64, cell64, N) -> None:
                       t.logpi, t.pi2sum, t.R, t.noise_kind, t.noise_scale, t.terminal, t.gamma, t.gpow, t.cap, t.finite,
                       t.linear, t.score, z(1, np.int64), z((1, 2)), z(1, np.int64), z((1, 1, 1)), z((1, 1)),
                       z((1, 1, 1)), t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0)), False, False,
-                      z((0, 1, 1, 1)), z((0, 0)))
+                      0.0, z((0, 1, 1, 1)), z((0, 0)))
     _WARMED.add(key)
 
 
