@@ -80,7 +80,9 @@ def make(spec, theta=None):
         if hasattr(spec, "kind"):
             return spec if theta is None else spec.with_theta(theta) if isinstance(spec, MDPProblem) else spec
         raise PGBenchError(f"a problem must be a name or a path; got {type(spec).__name__}")
-    if spec.endswith(".npz") or os.path.sep in spec or os.path.exists(spec):
+    builtin = spec.partition(":")[0].strip() in REGISTRY
+    # a built-in name wins over a same-named file or folder in the working directory
+    if spec.endswith(".npz") or os.path.sep in spec or (os.path.exists(spec) and not builtin):
         from pgbench.problems.io import load_npz
         prob = load_npz(spec)
     else:
