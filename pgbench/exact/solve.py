@@ -222,6 +222,9 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
         C = d[:, None] * pi * (Q - V[:, None])
         if max_steps is None:
             max_steps = mdp.max_steps
+        if int(max_steps) != max_steps or max_steps < 0:
+            raise PGBenchError(f"max_steps must be a non-negative integer; got {max_steps!r}")
+        max_steps = int(max_steps)
         dt = mdp.rho0.copy()
         for _ in range(int(max_steps)):
             dt = dyn.step_forward(dt)
