@@ -442,6 +442,9 @@ def test_exact_refuses_bad_arguments():
         exact(p, np.full(p.policy.theta_shape, np.nan))
     with pytest.raises(PGBenchError, match="MDP"):
         exact(make("gaussian_toy"))
+    for bad in (-1, 2.5):
+        with pytest.raises(PGBenchError, match="max_steps"):
+            exact(p, max_steps=bad)
 
 
 def test_public_api():

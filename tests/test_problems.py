@@ -56,6 +56,17 @@ def test_registry_theta_argument():
     np.testing.assert_array_equal(make("gaussian_toy", theta=[3.0]).theta, [3.0])
 
 
+def test_builtin_name_wins_over_a_same_named_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chain").mkdir()
+    (tmp_path / "garnet").write_text("not a problem")
+    assert make("chain").mdp.S == 6
+    assert make("garnet:S=4").mdp.S == 4
+    P, R, rho0 = _small_dense()
+    np.savez(tmp_path / "mine.npz", P=P, R=R, rho0=rho0, gamma=0.5)
+    assert make("mine.npz").mdp.gamma == 0.5  # a relative path still works
+
+
 def test_describe_lists_every_builtin():
     names = [row[0] for row in describe()]
     assert sorted(names) == sorted(REGISTRY)
