@@ -155,7 +155,7 @@ def _check_sizes(N, K):
 
 
 def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, cell=None, theta=None,
-               proxy: bool = False, gt: GroundTruth | None = None) -> SampleResult:
+               proxy: bool = False, gt: GroundTruth | None = None, backend: str = "cpu") -> SampleResult:
     """Run K trials of batch size N for every estimator, on the same episodes.
 
     Trial k, episode i draws the stream ``(seed, cell, k, i)``; ``cell`` defaults to a hash of
@@ -226,6 +226,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     seconds = 0.0
     for key, members in groups.items():
         if key[0] == "user":
+            if backend != "cpu":
+                raise PGBenchError("user-defined estimators run on the CPU backend only")
             t0 = time.perf_counter()
             C_all[:, members[0]] = _run_user(kspecs[members[0]], tabs, V, Q, seed64, cell64, N, K, n_chunks)
             seconds += time.perf_counter() - t0
@@ -262,7 +264,11 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         need_z = want_proxy or any(q.name == "score_norm_baseline" for q in gspecs)
         need_pass1 = want_proxy or any(q.in_batch for q in gspecs)
         Tfit = mdp.horizon if finite else 1
-        _warm(gtabs, seed64, cell64, N)
+        if backend == "cpu":
+            kb = K_
+            _warm(gtabs, seed64, cell64, N)
+        else:
+            from pgbench.kernels import cuda as kb
         for k0 in range(0, K, block):
             nb = min(block, K - k0)
             n_items = nb * n_chunks
@@ -277,7 +283,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                 fs = np.zeros((n_items, Tfit if need_fit else 0, mdp.S))
                 fc = np.zeros_like(fs)
                 rh = np.zeros((n_items, b_rho.shape[1]))
-                K_._batch_stats(seed64, cell64, k0, nb, N, n_chunks, gtabs.rho_p, gtabs.rho_a, gtabs.step_p, gtabs.slot_next, gtabs.slot_act, gtabs.alias_next, gtabs.alias_act, gtabs.pi,
+                kb._batch_stats(seed64, cell64, k0, nb, N, n_chunks, gtabs.rho_p, gtabs.rho_a, gtabs.step_p, gtabs.slot_next, gtabs.slot_act, gtabs.alias_next, gtabs.alias_act, gtabs.pi,
                                 gtabs.pi2sum, gtabs.R, gtabs.noise_kind,
                                 gtabs.noise_scale, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite,
                                 gtabs.linear, gtabs.score, need_z, gtabs.rho_ratio, st, sg, fs, fc, rh)
@@ -292,7 +298,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                     b_fitV[:, :Tfit, :] = fit
             outC = np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
             out_proxy = np.zeros((n_items, K_.N_PROXY if want_proxy else 0))
-            K_._score_weights(seed64, cell64, k0, nb, N, n_chunks, gtabs.rho_p, gtabs.rho_a, gtabs.step_p, gtabs.slot_next, gtabs.slot_act, gtabs.alias_next, gtabs.alias_act, gtabs.pi,
+            kb._score_weights(seed64, cell64, k0, nb, N, n_chunks, gtabs.rho_p, gtabs.rho_a, gtabs.step_p, gtabs.slot_next, gtabs.slot_act, gtabs.alias_next, gtabs.alias_act, gtabs.pi,
                               gtabs.logpi, gtabs.pi2sum, gtabs.R, gtabs.noise_kind,
                               gtabs.noise_scale, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
                               gtabs.score, codes, fpar, crit, critics_arr, V, Q, gtabs.rho_ratio,

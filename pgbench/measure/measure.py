@@ -53,16 +53,15 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
     _check_int("batch size N", batch, 1)
     _check_int("trials K", trials, 2)
     from pgbench.measure.backend import resolve_backend
-    backend = resolve_backend(backend)
+    requested = backend
+    backend = resolve_backend(backend) if prob.kind == "mdp" or backend == "cuda" else "cpu"
     if prob.kind == "mdp":
         user = [s for s in specs if getattr(s.info, "code", 0) == -2]
         if user and backend != "cpu":
             raise PGBenchError("user-defined estimators run on the CPU backend only")
-        if backend == "cuda":
-            from pgbench.kernels.cuda import sample_mdp_cuda as sampler
-        else:
-            from pgbench.measure.engine import sample_mdp as sampler
-        res = sampler(prob, specs, batch, trials, seed=seed, cell=cell, theta=theta, proxy=proxy)
+        from pgbench.measure.engine import sample_mdp
+        res = sample_mdp(prob, specs, batch, trials, seed=seed, cell=cell, theta=theta, proxy=proxy,
+                         backend=backend)
         th_shape = prob.resolve_theta(theta).shape
         extras = dict(res.extras)
         if prob.mdp.horizon is None:
@@ -73,6 +72,8 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
         return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
                     th_shape, extras)
     # stochastic objectives
+    if requested == "cuda":
+        raise PGBenchError("stochastic objectives run on the CPU backend only (use --backend cpu or auto)")
     from pgbench.kernels.objectives import sample_objective
     from pgbench.kernels.rng import cell_key
     import time
