@@ -10,6 +10,11 @@ Two figures per size:
   (the steady state of a study that evaluates many thetas on one problem);
 - ``cold``: ``make(spec)`` then ``exact`` on the fresh problem (nothing cached anywhere), the cost
   of ``pgbench exact SPEC`` minus interpreter start-up.
+
+On a 2-core machine that is busy with something else, OpenBLAS's default of one thread per core
+makes the dense LU (S = 1000) and GMRES's vector operations (S = 10^5) several times slower and
+very noisy (threads wait for a core the other job holds). For stable figures on a shared machine
+run with ``OPENBLAS_NUM_THREADS=1``; compare ``min`` rather than ``mean`` otherwise.
 """
 from __future__ import annotations
 
