@@ -105,6 +105,7 @@ def describe() -> list[tuple[str, str, str]]:
     for name, fn in REGISTRY.items():
         sig = inspect.signature(fn)
         ps = ",".join(f"{k}={v.default}" for k, v in sig.parameters.items())
-        doc = (inspect.getdoc(fn) or "").split("\n")[0]
+        para = " ".join((inspect.getdoc(fn) or "").split("\n\n")[0].split())
+        doc = para.split(". ")[0].rstrip(".") + "."  # the first sentence, whole
         rows.append((name, ps, doc))
     return rows
