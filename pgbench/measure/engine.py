@@ -341,7 +341,9 @@ def _target(problem, th, gt: GroundTruth, sp: EstimatorSpec) -> np.ndarray:
     if sp.name == "entropy_bonus":
         return exact(problem, th, beta=sp.p["beta"]).grad.reshape(-1)
     if sp.name == "natural":
-        return gt.natural_gradient().reshape(-1)
+        # F^+ applied to whatever the base estimates (grad J, or grad J_beta for entropy_bonus)
+        base = _target(problem, th, gt, sp.base).reshape(th.shape)
+        return problem.policy.fisher_solve(th, gt.fisher(), base).reshape(-1)
     return gt.grad.reshape(-1)
 
 
