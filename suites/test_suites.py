@@ -1,0 +1,50 @@
+"""One test per suite cell (``baselines/garnet-20/N=16``...): measure the cell and check the
+measurement can be trusted.
+
+``--pgbench-quick`` selects each suite's quick cells; ``--pgbench-trials`` overrides the trials.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pgbench.suites.registry import SUITES
+
+# Every estimator that claims to be unbiased is tested for H0: E g = grad J in every cell, so one
+# full run makes ~150 such tests (~40 in the quick subset). A per-test threshold of 1e-6 is a
+# Bonferroni correction at a family-wise false-alarm rate below 150 * 1e-6 = 1.5e-4 per full run
+# (when the p-values are calibrated): a failure means a real bias (or a miscalibrated test), not
+# bad luck. The terminal summary flags the looser p < 1e-3 without failing anything.
+P_MIN = 1e-6
+
+FINITE = ("bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se", "exact_grad_norm", "p_value")
+
+
+def pytest_generate_tests(metafunc):
+    if "suite_cell" in metafunc.fixturenames:
+        quick = metafunc.config.getoption("pgbench_quick")
+        cells = [(s.id, N) for s in SUITES.values() for N in s.cells(quick)]
+        metafunc.parametrize("suite_cell", cells, ids=[f"{sid}/N={N}" for sid, N in cells])
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def test_cell(pgbench_cell, suite_cell):
+    suite_id, N = suite_cell
+    rec = pgbench_cell(suite_id, N)
+    rows = rec["rows"]
+    assert rows, f"{rec['cell']}: no estimator measured"
+    problems = []
+    for r in rows:
+        bad = [k for k in FINITE if not _finite(r.get(k))]
+        if bad:
+            problems.append(f"{r['estimator']}: non-finite {', '.join(bad)}")
+        if r["mse"] is not None and r["mse"] < 0 or r["variance"] is not None and r["variance"] < 0:
+            problems.append(f"{r['estimator']}: negative variance/MSE")
+        if r["unbiased"] and _finite(r.get("p_value")) and r["p_value"] <= P_MIN:
+            problems.append(f"{r['estimator']} claims to be unbiased but p = {r['p_value']:.3g} <= {P_MIN:g} "
+                            f"(|bias| = {r['bias_norm']:.3g} ± {r['bias_norm_se']:.2g}, test {r['test']})")
+    assert not problems, f"{rec['cell']} (K={rec['K']}, seed={rec['seed']}):\n  " + "\n  ".join(problems)
