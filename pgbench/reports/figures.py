@@ -1,0 +1,499 @@
+"""Report figures: each function takes tidy data and returns a :class:`matplotlib.figure.Figure`.
+
+The figures are built with the object-oriented API on an Agg canvas (no pyplot, no global
+state, nothing shown on screen), so they can be made from threads and in headless CI, and
+a figure is freed as soon as it is dropped. :func:`png_bytes` renders one to PNG.
+
+Tidy data is the results table of a run (:meth:`pgbench.suites.store.RunDir.tables`), one
+row per (cell, estimator) with the columns of :data:`pgbench.measure.measure.RESULT_COLUMNS`;
+pass the rows of one suite. Optional ``exact_variance`` / ``exact_mse`` columns are drawn as
+black-edged markers beside the measured values when present.
+
+=====================  ==========================================================
+:func:`variance_vs_n`  variance against N (log-log), a 1/N reference per estimator
+:func:`bias_variance`  bias^2, variance and MSE bars per estimator, one panel per N
+:func:`efficiency`     MSE against wall-clock seconds (log-log), iso-cost lines
+:func:`gae_lambda`     GAE bias and variance against lambda, one line per critic
+:func:`proxy_scatter`  W(tau) against the exact ||z||^2, with their correlation
+=====================  ==========================================================
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import NullLocator
+
+from pgbench.errors import PGBenchError
+
+DPI = 100
+
+# tab10, then ten darker colours from tab20b/tab20c: 20 colours distinct on white
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
+           "#756bb1", "#636363")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+CRITIC_COLORS = {"exact": "#1f77b4", "perturbed": "#d62728", "fitted": "#2ca02c"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def estimator_styles(labels: Iterable[str]) -> dict:
+    """``{label: (colour, marker)}`` in order of first appearance: the same estimator gets the
+    same colour and marker in every figure built from the same mapping."""
+    out = {}
+    for lab in labels:
+        if lab not in out:
+            i = len(out)
+            out[lab] = (PALETTE[i % len(PALETTE)], MARKERS[(i // len(PALETTE) + i) % len(MARKERS)])
+    return out
+
+
+def _styles(df: pd.DataFrame, styles: Optional[dict]) -> dict:
+    st = dict(styles or {})
+    extra = [e for e in _order(df["estimator"]) if e not in st]
+    if extra:
+        more = estimator_styles(list(st) + extra)
+        st.update({e: more[e] for e in extra})
+    return st
+
+
+def _order(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _suite_name(df: pd.DataFrame, suite: Optional[str]) -> str:
+    if suite:
+        return suite
+    if "suite" in df and df["suite"].nunique() == 1:
+        return str(df["suite"].iloc[0])
+    return ""
+
+
+def _title(suite: str, what: str) -> str:
+    return f"{suite}: {what}" if suite else what
+
+
+def _require(df: pd.DataFrame, cols: Iterable[str], what: str) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise PGBenchError(f"{what} needs a pandas DataFrame of results; got {type(df).__name__}")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise PGBenchError(f"{what} needs columns {', '.join(missing)} in the results table")
+    if df.empty:
+        raise PGBenchError(f"{what}: no rows to plot")
+
+
+def _num(series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+
+
+def _err(val: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Asymmetric error-bar lengths (2, n), zero where an end is missing."""
+    down = np.where(np.isfinite(lo), val - lo, 0.0)
+    up = np.where(np.isfinite(hi), hi - val, 0.0)
+    return np.vstack([np.clip(down, 0, None), np.clip(up, 0, None)])
+
+
+def _log_err(val: np.ndarray, lo: np.ndarray, hi: np.ndarray, floor: float) -> np.ndarray:
+    """Error bars on a log axis: a lower end at or below zero is drawn down to ``floor``."""
+    lo = np.where(np.isfinite(lo) & (lo > floor), lo, floor)
+    return _err(val, np.minimum(lo, val), hi)
+
+
+def _claimed_biased(v) -> bool:
+    """True only for an explicit 'not unbiased' (a missing claim is not a claim of bias)."""
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and not bool(v)
+
+
+def _exact_col(df: pd.DataFrame, col: str) -> Optional[np.ndarray]:
+    if col not in df.columns:
+        return None
+    v = _num(df[col])
+    return v if np.isfinite(v).any() else None
+
+
+def _legend_outside(ax, handles=None, labels=None, title=None) -> None:
+    kw = {} if handles is None else {"handles": handles}
+    if labels is not None:
+        kw["labels"] = labels
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, title=title,
+              title_fontsize=8, frameon=False, **kw)
+
+
+# ----------------------------------------------------------------------------- variance against N
+
+def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
+    """Variance (``tr Cov``) of each estimator against the batch size N on log-log axes, with
+    its confidence interval and a dashed ``1/N`` reference anchored at the smallest N."""
+    _require(df, ["estimator", "N", "variance"], "variance_vs_n")
+    suite = _suite_name(df, suite)
+    st = _styles(df, styles)
+    fig = _new_figure(8.5, 5.0)
+    ax = fig.add_subplot()
+    has_exact = False
+    n_values = sorted(set(int(n) for n in df["N"]))
+    for est in _order(df["estimator"]):
+        d = df[df["estimator"] == est].sort_values("N")
+        N, v = _num(d["N"]), _num(d["variance"])
+        ok = np.isfinite(v) & (v > 0) & np.isfinite(N) & (N > 0)
+        if not ok.any():
+            continue
+        N, v = N[ok], v[ok]
+        lo = _num(d["variance_lo"])[ok] if "variance_lo" in d else np.full_like(v, np.nan)
+        hi = _num(d["variance_hi"])[ok] if "variance_hi" in d else np.full_like(v, np.nan)
+        colour, marker = st[est]
+        ax.errorbar(N, v, yerr=_log_err(v, lo, hi, v.min() * 1e-3), color=colour, marker=marker, ms=5, lw=1.6,
+                    capsize=3, label=est)
+        if len(N) >= 2:
+            ax.plot(N, v[0] * N[0] / N, ls="--", lw=1.0, color=colour, alpha=0.6)
+        ex = _exact_col(d, "exact_variance")
+        if ex is not None:
+            ex = ex[ok]
+            m = np.isfinite(ex) & (ex > 0)
+            ax.plot(N[m], ex[m], ls="none", marker=marker, ms=9, mfc="none", mec="black", mew=1.0)
+            has_exact = True
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(n_values)
+    ax.set_xticklabels([str(n) for n in n_values])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("batch size N (episodes per estimate)")
+    ax.set_ylabel("variance  tr Cov(g_hat)")
+    ax.set_title(_title(suite, "variance against batch size N"))
+    handles, labels = ax.get_legend_handles_labels()
+    if len(n_values) >= 2:
+        handles.append(Line2D([], [], ls="--", color="grey"))
+        labels.append("1/N from smallest N")
+    else:
+        ax.text(0.02, 0.02, f"one batch size only (N = {n_values[0]}): no slope to show", transform=ax.transAxes,
+                fontsize=8, color="dimgrey")
+    if has_exact:
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=9))
+        labels.append("exact variance")
+    _legend_outside(ax, handles, labels)
+    return fig
+
+
+# ----------------------------------------------------------------------------- bias / variance / MSE bars
+
+def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None,
+                  max_cols: int = 3) -> Figure:
+    """Per estimator, three bars side by side: bias^2 (``||mean - g||^2``, hatched), variance
+    (solid) and MSE (outlined; MSE = bias^2 + variance), each with its confidence interval; one
+    panel per batch size N. The x axis is logarithmic when the values span more than two
+    decades. Estimators claimed biased are marked ``(biased)``."""
+    _require(df, ["estimator", "N", "bias_norm", "variance", "mse"], "bias_variance")
+    suite = _suite_name(df, suite)
+    st = _styles(df, styles)
+    n_values = sorted(set(int(n) for n in df["N"]))
+    ncols = min(max_cols, len(n_values))
+    nrows = math.ceil(len(n_values) / ncols)
+    n_est = len(_order(df["estimator"]))
+    label_w = max(len(str(e)) for e in df["estimator"]) * 0.065 + 0.8
+    fig = _new_figure(min(4.2 * ncols + label_w + 1.0, 20), max(2.6, 0.42 * n_est + 1.4) * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    h = 0.27
+    all_ests = _order(df["estimator"])
+    unb_all = dict(zip(df["estimator"], df["unbiased"])) if "unbiased" in df else {}
+    for k, N in enumerate(n_values):
+        ax = axes[k // ncols][k % ncols]
+        d = df[df["N"] == N].drop_duplicates("estimator")
+
+        def col(name, base):
+            return _num(d[name]) if name in d else _num(d[base]) * np.nan
+
+        b = _num(d["bias_norm"])
+        comp = {"bias2": (b ** 2, col("bias_norm_lo", "bias_norm") ** 2, col("bias_norm_hi", "bias_norm") ** 2),
+                "variance": (_num(d["variance"]), col("variance_lo", "variance"), col("variance_hi", "variance")),
+                "mse": (_num(d["mse"]), col("mse_lo", "mse"), col("mse_hi", "mse"))}
+        allv = np.concatenate([np.concatenate(c) for c in comp.values()])
+        pos = allv[np.isfinite(allv) & (allv > 0)]
+        vmax = pos.max() if pos.size else 1.0
+        use_log = pos.size > 0 and vmax / max(pos.min(), vmax * 1e-12) > 100.0
+        left = max(pos.min(), vmax * 1e-6) / 2 if use_log else 0.0
+        for i, est in enumerate(d["estimator"]):
+            colour, _ = st[est]
+            y = -all_ests.index(est)
+            # top to bottom: bias^2, variance, MSE
+            for off, key, style in ((h, "bias2", dict(facecolor=colour, alpha=0.35, hatch="///", edgecolor=colour)),
+                                    (0.0, "variance", dict(facecolor=colour, edgecolor=colour)),
+                                    (-h, "mse", dict(facecolor="white", edgecolor=colour, linewidth=1.6))):
+                val, lo, hi = (c[i] for c in comp[key])
+                if not np.isfinite(val):
+                    continue
+                ax.barh(y + off, max(val - left, 0.0), height=h * 0.9, left=left, **style)
+                if np.isfinite(lo) or np.isfinite(hi):
+                    v1, lo1, hi1 = np.array([val]), np.array([lo]), np.array([hi])
+                    e = _log_err(v1, lo1, hi1, left) if use_log else _err(v1, lo1, hi1)
+                    ax.errorbar([val], [y + off], xerr=e, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+            for name, off in (("exact_mse", -h), ("exact_variance", 0.0)):
+                ex = _exact_col(d, name)
+                if ex is not None and np.isfinite(ex[i]):
+                    ax.plot([ex[i]], [y + off], marker="D", ms=5, color="black", ls="none", zorder=5)
+        ax.set_ylim(-len(all_ests) + 0.5, 0.5)
+        if k % ncols == 0:
+            ax.set_yticks([-i for i in range(len(all_ests))])
+            ax.set_yticklabels([e + ("  (biased)" if _claimed_biased(unb_all.get(e)) else "") for e in all_ests],
+                               fontsize=9)
+            for t, e in zip(ax.get_yticklabels(), all_ests):
+                t.set_color(st[e][0])
+        if use_log:
+            ax.set_xscale("log")
+            ax.set_xlim(left=left)
+        else:
+            ax.set_xlim(left=0.0)
+        ax.grid(True, axis="x", which="major", alpha=0.3)
+        ax.set_title(f"N = {N}", fontsize=10)
+        ax.set_xlabel("squared error units" + (" (log)" if use_log else ""), fontsize=9)
+    for k in range(len(n_values), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    grey = "#555555"
+    handles = [Patch(facecolor=grey, alpha=0.35, hatch="///", edgecolor=grey, label="bias^2 = ||mean - g||^2"),
+               Patch(facecolor=grey, edgecolor=grey, label="variance"),
+               Patch(facecolor="white", edgecolor=grey, linewidth=1.6, label="MSE = bias^2 + variance"),
+               Line2D([], [], color="black", marker="|", ls="none", label="95% CI")]
+    if _exact_col(df, "exact_mse") is not None or _exact_col(df, "exact_variance") is not None:
+        handles.append(Line2D([], [], color="black", marker="D", ls="none", ms=5, label="exact value"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(_title(suite, "bias^2, variance and MSE per estimator"), fontsize=12)
+    return fig
+
+
+# ----------------------------------------------------------------------------- efficiency
+
+def efficiency(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
+    """MSE against wall-clock seconds on log-log axes, one line per estimator through its batch
+    sizes (labelled with N), with dotted iso-cost lines ``MSE x seconds = const``: lower-left is
+    better. Estimators of a cell share their episodes, so they share the cell's time."""
+    _require(df, ["estimator", "N", "mse", "seconds"], "efficiency")
+    suite = _suite_name(df, suite)
+    st = _styles(df, styles)
+    fig = _new_figure(8.5, 5.0)
+    ax = fig.add_subplot()
+    xs, ys = [], []
+    ests = _order(df["estimator"])
+    # estimators of a cell share its time: spread them sideways (+-6% in x) so they stay legible
+    dodge = {e: 1.0 + (0.12 * (i / (len(ests) - 1) - 0.5) if len(ests) > 1 else 0.0) for i, e in enumerate(ests)}
+    shared = df.groupby("N")["seconds"].nunique().max() == 1 if len(ests) > 1 else False
+    for est in ests:
+        d = df[df["estimator"] == est].sort_values("N")
+        s, m = _num(d["seconds"]), _num(d["mse"])
+        ok = np.isfinite(s) & (s > 0) & np.isfinite(m) & (m > 0)
+        if not ok.any():
+            continue
+        lo = _num(d["mse_lo"])[ok] if "mse_lo" in d else np.full(ok.sum(), np.nan)
+        hi = _num(d["mse_hi"])[ok] if "mse_hi" in d else np.full(ok.sum(), np.nan)
+        colour, marker = st[est]
+        x = s[ok] * (dodge[est] if shared else 1.0)
+        ax.errorbar(x, m[ok], yerr=_log_err(m[ok], lo, hi, m[ok].min() * 1e-3), color=colour, marker=marker,
+                    ms=6, lw=1.2, capsize=3, label=est)
+        xs += list(s[ok])
+        ys += list(m[ok])
+    if xs:
+        x0, x1 = min(xs), max(xs)
+        y0, y1 = min(ys), max(ys)
+        if x1 / x0 < 10:
+            mid = math.sqrt(x0 * x1)
+            x0, x1 = mid / 3.0, mid * 3.0
+        ax.set_xlim(x0 / 1.3, x1 * 1.3)
+        c_lo, c_hi = math.floor(math.log10(x0 * y0)), math.ceil(math.log10(x1 * y1))
+        xx = np.geomspace(x0 / 1.3, x1 * 1.3, 50)
+        for c in range(c_lo, c_hi + 1):
+            ax.plot(xx, 10.0 ** c / xx, ls=":", lw=0.8, color="grey", zorder=0)
+        ax.set_ylim(y0 / 3, y1 * 3)
+        last, level = None, 0
+        for sec, N in sorted((sec, N) for N, sec in df.groupby("N")["seconds"].median().items()
+                             if np.isfinite(sec) and sec > 0):
+            level = level + 1 if last is not None and sec / last < 1.3 else 0  # stack labels that would collide
+            ax.text(sec, 0.01 + 0.045 * level, f"N={int(N)}", ha="center", va="bottom", fontsize=8, color="dimgrey",
+                    transform=ax.get_xaxis_transform())
+            last = sec
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_xlabel("wall-clock seconds of the cell (all K trials)"
+                  + ("; estimators share the cell's time, spread +-6% for legibility" if shared else ""))
+    ax.set_ylabel("MSE  E||g_hat - g||^2")
+    ax.set_title(_title(suite, "MSE against wall-clock time (lower left is better)"))
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], ls=":", color="grey"))
+    labels.append("MSE x seconds = 10^k")
+    _legend_outside(ax, handles, labels)
+    return fig
+
+
+# ----------------------------------------------------------------------------- GAE lambda sweep
+
+def parse_gae_label(label: str) -> Optional[dict]:
+    """``'gae:lambda=0.9,critic=perturbed,scale=0.3'`` -> ``{'lambda': 0.9, 'critic': 'perturbed',
+    'scale': 0.3, ...}`` with the catalogue's defaults filled in (``'gae'`` is lambda 0.95 with
+    the exact critic, ``td0`` is lambda 0); ``None`` for estimators that are not GAE."""
+    name = str(label).partition(":")[0]
+    if name not in ("gae", "td0"):
+        return None
+    try:
+        from pgbench.estimators.catalogue import parse
+        p = dict(parse(str(label)).p)
+    except Exception:  # a label from another version of the catalogue: read it by hand
+        p = {"lambda": 0.95, "critic": "exact", "scale": 0.1}
+        for item in str(label).partition(":")[2].split(","):
+            k, eq, v = item.partition("=")
+            if eq:
+                try:
+                    p[k.strip()] = float(v)
+                except ValueError:
+                    p[k.strip()] = v.strip()
+    if name == "td0":
+        p["lambda"] = 0.0
+    p["lambda"] = float(p.get("lambda", 0.95))
+    return p
+
+
+def _critic_key(p: dict) -> str:
+    c = str(p.get("critic", "exact"))
+    return f"{c} critic (scale={p['scale']:g})" if c == "perturbed" and "scale" in p else f"{c} critic"
+
+
+def gae_lambda(df: pd.DataFrame, suite: Optional[str] = None) -> Figure:
+    """GAE bias norm (left) and variance (right) against lambda, one line per critic (with its
+    confidence intervals); the dotted line on the left is each critic's noise floor
+    ``sqrt(variance / K)``, the bias norm an unbiased estimator shows from noise alone. Other
+    estimators of the cell are drawn as horizontal grey references."""
+    _require(df, ["estimator", "N", "bias_norm", "variance"], "gae_lambda")
+    suite = _suite_name(df, suite)
+    parsed = [parse_gae_label(e) for e in df["estimator"]]
+    if not any(p is not None for p in parsed):
+        raise PGBenchError("gae_lambda: no GAE estimator (gae:... or td0:...) in the table")
+    d = df.assign(_p=parsed)
+    g = d[d["_p"].notna()].copy()
+    g["_lambda"] = [p["lambda"] for p in g["_p"]]
+    g["_critic"] = [_critic_key(p) for p in g["_p"]]
+    others = d[d["_p"].isna()]
+    n_values = sorted(set(int(n) for n in d["N"]))
+    fig = _new_figure(12.0, 4.8)
+    ax_b, ax_v = fig.subplots(1, 2)
+    critics = _order(g["_critic"])
+    styles_n = ["-", "--", "-.", ":"]
+    extra = iter(PALETTE[4:])
+    ccol = {}
+    for c in critics:
+        base = c.split(" ")[0]
+        ccol[c] = CRITIC_COLORS.get(base) if CRITIC_COLORS.get(base) not in ccol.values() else next(extra)
+    for c in critics:
+        for j, N in enumerate(n_values):
+            s = g[(g["_critic"] == c) & (g["N"] == N)].sort_values("_lambda")
+            if s.empty:
+                continue
+            lam = s["_lambda"].to_numpy(float)
+            lab = c + (f", N={N}" if len(n_values) > 1 else "")
+            ls = styles_n[j % len(styles_n)]
+            b, v = _num(s["bias_norm"]), _num(s["variance"])
+            blo = _num(s["bias_norm_lo"]) if "bias_norm_lo" in s else b * np.nan
+            bhi = _num(s["bias_norm_hi"]) if "bias_norm_hi" in s else b * np.nan
+            vlo = _num(s["variance_lo"]) if "variance_lo" in s else v * np.nan
+            vhi = _num(s["variance_hi"]) if "variance_hi" in s else v * np.nan
+            ax_b.errorbar(lam, b, yerr=_err(b, blo, bhi), color=ccol[c], ls=ls, marker="o", ms=5, capsize=3,
+                          label=lab)
+            if "K" in s:
+                K = _num(s["K"])
+                ax_b.plot(lam, np.sqrt(v / K), color=ccol[c], ls=":", lw=1.0, alpha=0.8)
+            ax_v.errorbar(lam, v, yerr=_log_err(v, vlo, vhi, np.nanmin(v) * 1e-2), color=ccol[c], ls=ls,
+                          marker="o", ms=5, capsize=3, label=lab)
+    grey = ["#555555", "#888888", "#aaaaaa", "#333333"]
+    for i, (_, r) in enumerate(others.iterrows()):
+        lab = f"{r['estimator']}" + (f", N={int(r['N'])}" if len(n_values) > 1 else "")
+        for ax, col in ((ax_b, "bias_norm"), (ax_v, "variance")):
+            val = float(r[col]) if r[col] is not None else float("nan")
+            if np.isfinite(val) and val > 0:
+                ax.axhline(val, color=grey[i % len(grey)], ls=(0, (6, 2, 1, 2)), lw=1.0, label=lab)
+    ax_v.set_yscale("log")
+    ax_b.set_ylim(bottom=0.0)
+    for ax, what in ((ax_b, "bias norm ||mean - g||"), (ax_v, "variance  tr Cov(g_hat)")):
+        ax.set_xlabel("GAE lambda")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlim(-0.05, 1.05)
+    ax_b.set_title("bias (dotted: noise floor sqrt(var/K))", fontsize=10)
+    ax_v.set_title("variance", fontsize=10)
+    handles, labels = ax_v.get_legend_handles_labels()
+    if "K" in g:
+        handles.append(Line2D([], [], ls=":", color="grey"))
+        labels.append("noise floor sqrt(var/K) (left)")
+    _legend_outside(ax_v, handles, labels)
+    nn = f" (N = {n_values[0]})" if len(n_values) == 1 else ""
+    fig.suptitle(_title(suite, f"GAE bias and variance against lambda{nn}"), fontsize=12)
+    return fig
+
+
+# ----------------------------------------------------------------------------- proxy scatter
+
+def proxy_scatter(scatter: dict, corr: Optional[float] = None, suite: Optional[str] = None,
+                  cell: Optional[str] = None) -> Figure:
+    """Per-episode ``W(tau)`` against the exact ``||z(tau)||^2`` (coloured by the return R when
+    given), with ``y = x``; ``corr`` (the cell's correlation over all its episodes) and the
+    correlation of the plotted episodes are in the title. Axes are logarithmic when the values
+    span more than 50x."""
+    if not isinstance(scatter, dict) or "W" not in scatter or "znorm2" not in scatter:
+        raise PGBenchError("proxy_scatter needs a dict with per-episode 'W' and 'znorm2' lists")
+    W = np.asarray(scatter["W"], dtype=float)
+    Z = np.asarray(scatter["znorm2"], dtype=float)
+    if W.shape != Z.shape or W.ndim != 1 or W.size < 2:
+        raise PGBenchError(f"proxy_scatter: 'W' and 'znorm2' must be equal-length lists (got {W.shape}, {Z.shape})")
+    ok = np.isfinite(W) & np.isfinite(Z)
+    R = np.asarray(scatter.get("R", []), dtype=float)
+    R = R[ok] if R.shape == W.shape else None
+    W, Z = W[ok], Z[ok]
+    fig = _new_figure(7.0, 5.6)
+    ax = fig.add_subplot()
+    kw = dict(s=9, alpha=0.55, linewidths=0)
+    if R is not None and np.ptp(R) > 0:
+        sc = ax.scatter(Z, W, c=R, cmap="viridis", **kw)
+        fig.colorbar(sc, ax=ax, label="episode return R")
+    else:
+        ax.scatter(Z, W, color=PALETTE[0], **kw)
+    both = np.concatenate([W, Z])
+    pos = both[both > 0]
+    if pos.size and (W > 0).all() and (Z > 0).all() and pos.max() / pos.min() > 50:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    lo, hi = (pos.min(), pos.max()) if pos.size else (0.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="black", ls="--", lw=0.9, label="W = ||z||^2")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_xlabel("exact ||z(tau)||^2  (z: the trajectory score, sum_t grad log pi(a_t | s_t))")
+    ax.set_ylabel("proxy W(tau)")
+    sample = float(np.corrcoef(W, Z)[0, 1]) if W.size > 2 and np.std(W) > 0 and np.std(Z) > 0 else float("nan")
+    parts = []
+    if corr is not None and np.isfinite(corr):
+        parts.append(f"corr(W, ||z||^2) = {corr:.3f}")
+    parts.append(f"plotted {W.size} episodes: corr = {sample:.3f}")
+    head = _title(suite or "", "W(tau) against exact ||z||^2") + (f"  [{cell}]" if cell else "")
+    ax.set_title(head + "\n" + ";  ".join(parts), fontsize=10)
+    return fig
+
+
+FIGURES = {"variance_vs_N": variance_vs_n, "bias_variance": bias_variance, "efficiency": efficiency,
+           "gae_lambda": gae_lambda, "proxy": proxy_scatter}
+"""The figure names suites list in ``Suite.figures`` and the functions that draw them."""

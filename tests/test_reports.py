@@ -1,0 +1,524 @@
+"""Reports: figures, report.md / report.html, and run comparison (pgbench/reports/).
+
+Fixture run directories are written here from synthetic cell records (plus one real, cheap
+cell) with the store's own helpers, so the tests are fast and deterministic."""
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from pgbench.errors import PGBenchError
+from pgbench.suites.registry import GAE_SWEEP, get_suite
+from pgbench.suites.store import RunDir, cell_filename, write_json
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- synthetic fixtures
+
+def _row(est, N, K=100, unbiased=True, bias=0.0, var=1.0, p=0.5, seconds=0.02, exact=None, rng=None):
+    """One results row with self-consistent numbers (MSE = bias^2 + variance, standard errors
+    and 95% intervals of the right order for K trials)."""
+    rng = rng or np.random.default_rng(0)
+    var = var / N
+    noise = np.sqrt(var / K)
+    b = float(np.hypot(bias, noise * (1 + 0.1 * rng.random())))
+    mse = b * b + var
+    vse, mse_se, bse = var * np.sqrt(2 / K), mse * np.sqrt(2 / K), noise / np.sqrt(2)
+    row = {"problem": "synthetic", "estimator": est, "unbiased": unbiased, "N": N, "K": K, "seed": 0, "d": 4,
+           "exact_grad_norm": 1.0, "mean": [0.1, 0.2, 0.3, 0.4], "bias_norm": b, "bias_norm_se": bse,
+           "bias_norm_lo": max(0.0, b - 2 * bse), "bias_norm_hi": b + 2 * bse, "rel_bias": b,
+           "variance": var, "variance_se": vse, "variance_lo": var - 1.9 * vse, "variance_hi": var + 2.1 * vse,
+           "mse": mse, "mse_se": mse_se, "mse_lo": mse - 1.9 * mse_se, "mse_hi": mse + 2.1 * mse_se,
+           "cosine": 0.9, "cosine_se": 0.01, "p_value": p, "test": "holm", "seconds": seconds,
+           "episodes": N * K, "episodes_per_second": N * K / seconds, "mse_x_seconds": mse * seconds,
+           "truncated_mass": None}
+    if exact is not None:
+        row["exact_variance"] = var * exact if exact else None
+        row["exact_mse"] = mse * exact if exact else None
+    return row
+
+
+def _paired(rows):
+    ref = rows[0]
+    out = []
+    for r in rows[1:]:
+        d = r["mse"] - ref["mse"]
+        se = 0.1 * abs(d) + 1e-6
+        vr = r["variance"] / ref["variance"]
+        out.append({"estimator": r["estimator"], "reference": ref["estimator"], "K": r["K"], "level": 0.95,
+                    "mse_a": r["mse"], "mse_b": ref["mse"], "mse_diff": d, "mse_diff_se": se,
+                    "mse_diff_ci": [d - 2 * se, d + 2 * se], "mse_diff_p": 1e-5, "variance_ratio": vr,
+                    "variance_ratio_ci": [vr * 0.9, vr * 1.1], "variance_ratio_p": 1e-4, "p_value": 0.5})
+    return out
+
+
+def _record(suite, N, rows, figures, K=100, **extra):
+    rec = {"suite": suite, "cell": f"{suite}/N={N}", "N": N, "K": K, "seed": 0, "quick": True,
+           "tags": ["synthetic"], "problem": "synthetic", "figures": list(figures), "rows": rows,
+           "paired": _paired(rows), "wall_seconds": 0.1, "exact": {"J": 1.0, "grad_norm": 1.0, "truncated_mass": None}}
+    rec.update(extra)
+    return rec
+
+
+def synthetic_records() -> list[dict]:
+    rng = np.random.default_rng(42)
+    recs = []
+    # ladder: three batch sizes, rloo absent at N = 1, exact variance/MSE on the rows (one null)
+    for N in (1, 16, 256):
+        ests = [("reinforce", 3.0), ("reinforce_rtg", 1.7), ("value_baseline", 0.7)]
+        ests += [("rloo", 1.0)] if N > 1 else []
+        rows = [_row(e, N, var=v, exact=(1.0 if e != "rloo" else 0.0), rng=rng) for e, v in ests]
+        recs.append(_record("ladder/three-step-bandit", N, rows, ["variance_vs_N", "bias_variance"]))
+    # baselines: a claimed-unbiased estimator with detected bias, a biased one (expected), proxy + scatter
+    rows = [_row("reinforce", 16, var=16.0, rng=rng),
+            _row("rloo", 16, var=0.4, rng=rng),
+            _row("w_baseline", 16, unbiased=False, bias=0.3, var=0.35, p=1e-8, rng=rng),
+            _row("value_baseline", 16, bias=0.2, var=0.08, p=1e-6, rng=rng),
+            _row("batch_mean_baseline", 16, unbiased=False, var=0.35, p=0.3, rng=rng)]
+    z = rng.gamma(2.0, 6.0, size=300)
+    scatter = {"R": list(rng.normal(4, 1, 300)), "W": list(z * 0.5 + rng.gamma(2.0, 3.0, 300)), "znorm2": list(z)}
+    recs.append(_record("baselines/garnet-20", 16, rows, ["bias_variance", "efficiency", "proxy"], scatter=scatter,
+                        proxy={"corr_W_znorm2": 0.43, "mean_W": 13.3, "mean_znorm2": 13.4,
+                               "predicted_var_ratio_w_vs_rloo": 0.88, "measured_var_ratio_w_vs_rloo": 0.87}))
+    # GAE sweep with the registry's labels
+    rows = []
+    for lab in GAE_SWEEP + ("reinforce_rtg", "td0:critic=fitted", "gae:lambda=0.9,critic=fitted"):
+        lam = 0.95
+        m = re.search(r"lambda=([0-9.]+)", lab)
+        if m:
+            lam = float(m.group(1))
+        biased = "perturbed" in lab or "fitted" in lab
+        bias = (0.05 * (1 - lam) if "perturbed" in lab else 0.2 if "fitted" in lab else 0.0)
+        var = 30.0 if lab == "reinforce_rtg" else 0.25 + lam ** 4
+        rows.append(_row(lab, 16, K=80, unbiased=not biased, bias=bias, var=var, p=1e-9 if bias > 0.02 else 0.4,
+                         rng=rng))
+    recs.append(_record("gae/garnet-10", 16, rows, ["gae_lambda"], K=80))
+    # a suite this pgbench does not know, asking for an unknown figure too
+    rows = [_row("naive", 10, unbiased=False, bias=2.0, var=4.0, p=1e-50, rng=rng),
+            _row("score_function", 10, var=40.0, rng=rng)]
+    recs.append(_record("custom/unknown-suite", 10, rows, ["bias_variance", "no_such_figure"]))
+    return recs
+
+
+def make_run(path, records, suites=None, quick=True, status="complete") -> str:
+    suites = suites if suites is not None else list(dict.fromkeys(r["suite"] for r in records))
+    rd = RunDir.create(str(path), suites, quick=quick, seed=0, source="tests/test_reports.py")
+    for rec in records:
+        rd.write_cell(rec)
+    if status == "complete":
+        rd.finalize()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("runs") / "synthetic", synthetic_records())
+
+
+@pytest.fixture(scope="module")
+def written_report(synthetic_run):
+    from pgbench.reports.report import write_report
+    return write_report(synthetic_run)
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    from pgbench.suites.runner import run_cell_record
+    rec = run_cell_record("ladder/three-step-bandit", 16, True, 0)
+    return make_run(tmp_path_factory.mktemp("runs") / "real", [rec], suites=["ladder/three-step-bandit"])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def assert_png(data: bytes) -> None:
+    assert isinstance(data, bytes) and len(data) > 1000
+    assert data[:8] == PNG_SIGNATURE
+    from PIL import Image
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    w, h = im.size
+    assert w > 100 and h > 100
+    import matplotlib.image as mpimg
+    arr = mpimg.imread(io.BytesIO(data), format="png")
+    assert arr.shape[0] == h and arr.shape[1] == w
+    assert float(arr[..., :3].std()) > 0.01  # not a blank canvas
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class _Balance(HTMLParser):
+    """Checks that every non-void tag is closed in order."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.imgs, self.tags = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        if tag not in VOID:
+            self.errors.append(f"self-closed non-void <{tag}/>")
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            self.errors.append(f"end tag for void <{tag}>")
+        elif not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def md_image_links(md: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_every_figure_function_gives_a_readable_png(synthetic_run):
+    from pgbench.reports import figures as F
+    res, _ = RunDir(synthetic_run).tables()
+    ladder = res[res["suite"] == "ladder/three-step-bandit"]
+    base = res[res["suite"] == "baselines/garnet-20"]
+    gae = res[res["suite"] == "gae/garnet-10"]
+    rec = next(c for c in RunDir(synthetic_run).cells() if "scatter" in c)
+    figs = {"variance_vs_N": F.variance_vs_n(ladder), "bias_variance": F.bias_variance(ladder),
+            "efficiency": F.efficiency(base, "baselines/garnet-20"), "gae_lambda": F.gae_lambda(gae),
+            "proxy": F.proxy_scatter(rec["scatter"], rec["proxy"]["corr_W_znorm2"], rec["suite"], rec["cell"])}
+    assert set(figs) == set(F.FIGURES)
+    for name, fig in figs.items():
+        assert_png(F.png_bytes(fig))
+        title = (fig._suptitle.get_text() if fig._suptitle else "") + " ".join(a.get_title() for a in fig.axes)
+        assert "/" in title, f"{name}: the title names the suite"
+    assert "0.430" in figs["proxy"].axes[0].get_title()  # the correlation is in the title
+
+
+def test_estimator_colours_are_consistent_across_figures(synthetic_run):
+    from pgbench.reports import figures as F
+    res, _ = RunDir(synthetic_run).tables()
+    ladder = res[res["suite"] == "ladder/three-step-bandit"]
+    styles = F.estimator_styles(ladder["estimator"])
+    f1, f2 = F.variance_vs_n(ladder, styles=styles), F.efficiency(ladder, styles=styles)
+    for fig in (f1, f2):
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        colours = {lab: (h.lines[0] if hasattr(h, "lines") else h).get_color() for h, lab in zip(handles, labels)}
+        for est, (colour, _) in styles.items():
+            assert colours[est] == colour
+
+
+def test_variance_vs_n_has_one_over_n_reference(synthetic_run):
+    from pgbench.reports import figures as F
+    res, _ = RunDir(synthetic_run).tables()
+    ladder = res[res["suite"] == "ladder/three-step-bandit"]
+    fig = F.variance_vs_n(ladder)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 4
+    for ln in dashed:  # v(N) * N is constant along the reference: anchored at the smallest N, slope -1
+        x, y = np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)
+        assert np.allclose(x * y, x[0] * y[0])
+
+
+def test_parse_gae_label():
+    from pgbench.reports.figures import parse_gae_label
+    p = parse_gae_label("gae:lambda=0.9,critic=perturbed,scale=0.3")
+    assert (p["lambda"], p["critic"], p["scale"]) == (0.9, "perturbed", 0.3)
+    assert (parse_gae_label("gae")["lambda"], parse_gae_label("gae")["critic"]) == (0.95, "exact")
+    assert parse_gae_label("td0:critic=fitted")["lambda"] == 0.0
+    assert parse_gae_label("reinforce_rtg") is None
+
+
+def test_figure_functions_reject_bad_tables():
+    import pandas as pd
+    from pgbench.reports import figures as F
+    with pytest.raises(PGBenchError):
+        F.variance_vs_n(pd.DataFrame({"estimator": ["a"]}))
+    with pytest.raises(PGBenchError):
+        F.gae_lambda(pd.DataFrame({"estimator": ["reinforce"], "N": [4], "bias_norm": [0.1], "variance": [1.0]}))
+    with pytest.raises(PGBenchError):
+        F.proxy_scatter({"W": [1, 2]})
+
+
+# ----------------------------------------------------------------------------- report
+
+def test_report_files_and_markdown_links(synthetic_run, written_report):
+    md_path, html_path = written_report
+    assert md_path == os.path.join(synthetic_run, "report.md") and os.path.isfile(md_path)
+    assert html_path == os.path.join(synthetic_run, "report.html") and os.path.isfile(html_path)
+    md = open(md_path).read()
+    links = md_image_links(md)
+    # ladder: 2, baselines: 3 (bias_variance, efficiency, proxy), gae: 1, unknown suite: 1
+    assert len(links) == 7
+    for rel in links:
+        assert not os.path.isabs(rel) and rel.startswith("figures/")
+        with open(os.path.join(synthetic_run, rel), "rb") as f:
+            assert_png(f.read())
+    assert "could not be drawn" not in md
+    assert not [f for d in (synthetic_run, os.path.join(synthetic_run, "figures")) for f in os.listdir(d)
+                if f.startswith(".tmp-")]
+
+
+def test_html_is_well_formed_and_self_contained(written_report):
+    text = open(written_report[1], encoding="utf-8").read()
+    low = text.lower()
+    for bad in ("http://", "https://", "<script", "<link", "src=\"//", "url("):
+        assert bad not in low, bad
+    p = _Balance()
+    p.feed(text)
+    p.close()
+    assert not p.errors and not p.stack, (p.errors, p.stack)
+    assert {"html", "head", "body", "style", "table", "img"} <= set(p.tags)
+    assert len(p.imgs) == 7
+    for img in p.imgs:
+        src = img["src"]
+        assert src.startswith("data:image/png;base64,")
+        assert_png(base64.b64decode(src.split(",", 1)[1]))
+        assert img.get("alt")
+    # XHTML-style: it parses as XML too
+    root = ET.fromstring(text.split("\n", 1)[1] if text.startswith("<!DOCTYPE") else text)
+    assert root.tag == "html" and len(root.findall(".//img")) == 7
+
+
+def test_report_content(synthetic_run, written_report):
+    md = open(written_report[0]).read()
+    html_text = open(written_report[1]).read()
+    # metadata
+    for s in ("quick", "seed", "git commit", "status", "machine", "started"):
+        assert s in md
+    # suite descriptions from the registry, and a fallback for an unknown suite
+    assert get_suite("ladder/three-step-bandit").description.split(",")[0] in md
+    assert "not a suite of this pgbench's registry" in md
+    assert "Unknown figure 'no_such_figure'" in md
+    # verdicts: claimed unbiased with p < 0.001 in bold; claimed biased and detected: expected
+    line = next(ln for ln in md.splitlines() if ln.startswith("| `value_baseline`") and "e-06" in ln)
+    assert "**BIAS DETECTED**" in line
+    line = next(ln for ln in md.splitlines() if ln.startswith("| `w_baseline`"))
+    assert "biased (expected)" in line and "BIAS DETECTED" not in line
+    assert '<strong class="flag">BIAS DETECTED</strong>' in html_text
+    # the summary at the top names the winners
+    summary = md.split("## Summary", 1)[1].split("## Suite", 1)[0]
+    for rec in RunDir(synthetic_run).cells():
+        best = min(rec["rows"], key=lambda r: r["mse"])["estimator"]
+        assert f"| `{rec['cell']}` | {rec['N']} | `{best}` |" in summary
+    assert "BIAS DETECTED" in summary
+    # exact values beside the measured ones when present (ladder), absent otherwise (gae)
+    ladder = md.split("## Suite ladder/three-step-bandit", 1)[1].split("## Suite", 1)[0]
+    gae = md.split("## Suite gae/garnet-10", 1)[1].split("## Suite", 1)[0]
+    assert "exact variance" in ladder and "exact MSE" in ladder
+    assert "exact variance" not in gae
+    # paired table against the reference
+    assert "Paired against the reference `reinforce`" in md
+    # W proxy diagnostics
+    assert "corr(W, ||z||^2)" in html_text and "mean W" in md
+
+
+def test_report_of_a_real_cell(real_run):
+    from pgbench.reports.report import write_report
+    md_path, html_path = write_report(real_run)
+    md = open(md_path).read()
+    assert "ladder/three-step-bandit/N=16" in md and "could not be drawn" not in md
+    for rel in md_image_links(md):
+        with open(os.path.join(real_run, rel), "rb") as f:
+            assert_png(f.read())
+    p = _Balance()
+    p.feed(open(html_path).read())
+    assert not p.errors and not p.stack
+
+
+def test_report_of_a_run_without_cells(tmp_path):
+    from pgbench.reports.report import write_report
+    path = make_run(tmp_path / "empty", [], suites=["ladder/three-step-bandit"], status="running")
+    md_path, html_path = write_report(path)
+    md = open(md_path).read()
+    assert "no finished cells" in md and "Partial run" in md
+    assert "ladder/three-step-bandit/N=16" in md  # the cells still to run are named
+
+
+# ----------------------------------------------------------------------------- verdicts and formatting
+
+def test_verdicts():
+    from pgbench.reports.report import verdict
+    assert verdict(True, 1e-5).text == "BIAS DETECTED" and verdict(True, 1e-5).kind == "b"
+    assert verdict(True, 0.2).text == "consistent"
+    assert verdict(False, 1e-9).text == "biased (expected)"
+    assert verdict(False, 0.3).text == "bias not resolved"
+    assert verdict(True, None).text == "no test"
+
+
+# ----------------------------------------------------------------------------- compare
+
+def _copy_run(src, dst, edit=None):
+    """A copy of a run directory whose cell records pass through ``edit(rec)``."""
+    rd = RunDir(src)
+    meta = rd.meta()
+    os.makedirs(os.path.join(dst, "cells"))
+    write_json(os.path.join(dst, "meta.json"), meta)
+    for rec in rd.cells():
+        rec = copy.deepcopy(rec)
+        if edit is not None:
+            rec = edit(rec)
+        if rec is not None:
+            write_json(os.path.join(dst, "cells", cell_filename(rec["cell"])), rec)
+    return str(dst)
+
+
+def _jitter(seed):
+    rng = np.random.default_rng(seed)
+
+    def edit(rec):
+        for r in rec["rows"]:
+            for m in ("bias_norm", "variance", "mse"):
+                r[m] = r[m] + r[m + "_se"] * rng.uniform(-1, 1)  # within one standard error
+            r["episodes_per_second"] *= rng.uniform(0.7, 1.4)
+        return rec
+    return edit
+
+
+def test_compare_ignores_noise(synthetic_run, tmp_path):
+    from pgbench.reports.compare import compare, format_compare
+    b = _copy_run(synthetic_run, tmp_path / "jittered", _jitter(1))
+    df = compare(synthetic_run, b)
+    both = df[df["status"] == "both"]
+    assert len(both) == 4 * sum(len(c["rows"]) for c in RunDir(synthetic_run).cells())
+    assert not df["flagged"].any()
+    assert (both["z"].abs().max()) < 4
+    assert set(df["status"]) == {"both"}
+    text = format_compare(df)
+    assert "No metric moved" in text and "|z| > 4" in text
+
+
+def test_compare_flags_a_planted_regression(synthetic_run, tmp_path):
+    from pgbench.reports.compare import compare, format_compare
+    target = ("baselines/garnet-20/N=16", "rloo")
+
+    def small_se(rec):
+        for r in rec["rows"]:
+            r["variance_se"] = 0.01 * r["variance"]
+        return rec
+
+    def plant(rec):
+        rec = _jitter(2)(small_se(rec))
+        for r in rec["rows"]:
+            if (rec["cell"], r["estimator"]) == target:
+                r["variance"] *= 3
+        return rec
+
+    a = _copy_run(synthetic_run, tmp_path / "a", small_se)
+    b = _copy_run(synthetic_run, tmp_path / "b", plant)
+    df = compare(a, b)
+    flagged = df[df["flagged"]]
+    assert len(flagged) == 1
+    r = flagged.iloc[0]
+    assert (r["cell"], r["estimator"], r["metric"]) == (*target, "variance")
+    assert r["ratio"] == pytest.approx(3.0, rel=0.05) and r["z"] > 4
+    text = format_compare(df)
+    assert "rloo" in text and "variance" in text and "x3" in text
+
+
+def test_compare_added_removed_and_speed(synthetic_run, tmp_path):
+    from pgbench.reports.compare import compare, format_compare
+
+    def edit(rec):
+        if rec["suite"] == "gae/garnet-10":
+            return None  # the whole cell is gone from B
+        if rec["cell"] == "ladder/three-step-bandit/N=16":
+            rec["rows"] = [r for r in rec["rows"] if r["estimator"] != "rloo"]
+            for r in rec["rows"]:
+                r["episodes_per_second"] /= 3  # three times slower
+        return rec
+
+    b = _copy_run(synthetic_run, tmp_path / "b", edit)
+    extra = _record("ladder/three-step-bandit", 64, [_row("reinforce", 64)], ["variance_vs_N"])
+    write_json(os.path.join(b, "cells", cell_filename(extra["cell"])), extra)
+    df = compare(synthetic_run, b)
+    removed, added = df[df["status"] == "removed"], df[df["status"] == "added"]
+    assert set(removed[removed["scope"] == "cell"]["cell"]) == {"gae/garnet-10/N=16"}
+    assert list(removed[removed["scope"] == "estimator"]["estimator"]) == ["rloo"]
+    assert list(added["cell"]) == ["ladder/three-step-bandit/N=64"] and set(added["scope"]) == {"cell"}
+    speed = df[(df["metric"] == "episodes_per_second") & (df["cell"] == "ladder/three-step-bandit/N=16")]
+    assert np.allclose(speed["ratio"], 1 / 3) and not speed["flagged"].any()  # reported, not flagged
+    df2 = compare(synthetic_run, b, speed_factor=2.0)
+    flagged = df2[df2["flagged"]]
+    assert set(flagged["metric"]) == {"episodes_per_second"}
+    assert set(flagged["cell"]) == {"ladder/three-step-bandit/N=16"}
+    text = format_compare(df2)
+    assert "Added (only in B)" in text and "Removed (only in A)" in text
+    assert "cell gae/garnet-10/N=16" in text and "estimator rloo in cell ladder/three-step-bandit/N=16" in text
+    assert "flagged beyond a factor 2" in text
+    json.loads(df2.to_json(orient="records"))  # what `pgbench compare --json` prints
+    with pytest.raises(PGBenchError):
+        compare(synthetic_run, b, speed_factor=0.5)
+
+
+def test_z_score():
+    from pgbench.reports.compare import z_score
+    assert z_score(1.0, 2.0, 0.3, 0.4) == pytest.approx(2.0)
+    assert np.isnan(z_score(1.0, 2.0, float("nan"), 0.1))
+    assert z_score(1.0, 1.0, 0.0, 0.0) == 0.0 and z_score(1.0, 2.0, 0.0, 0.0) == float("inf")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _bad_dirs(tmp_path, good_run):
+    missing = tmp_path / "does-not-exist"
+    no_meta = tmp_path / "no-meta"
+    (no_meta / "cells").mkdir(parents=True)
+    bad_meta = tmp_path / "bad-meta"
+    bad_meta.mkdir()
+    (bad_meta / "meta.json").write_text("{ not json")
+    list_meta = tmp_path / "list-meta"
+    list_meta.mkdir()
+    (list_meta / "meta.json").write_text("[1, 2]")
+    old_format = _copy_run(good_run, tmp_path / "old-format")
+    meta = json.load(open(os.path.join(old_format, "meta.json")))
+    meta["format"] = 99
+    write_json(os.path.join(old_format, "meta.json"), meta)
+    bad_cell = _copy_run(good_run, tmp_path / "bad-cell")
+    with open(os.path.join(bad_cell, "cells", "broken.json"), "w") as f:
+        f.write('{"suite": "x", "cell": ')
+    keyless = _copy_run(good_run, tmp_path / "keyless-cell")
+    write_json(os.path.join(keyless, "cells", "keyless.json"), {"suite": "x", "rows": []})
+    bad_rows = _copy_run(good_run, tmp_path / "bad-rows")
+    write_json(os.path.join(bad_rows, "cells", "bad_rows.json"), {"suite": "x", "cell": "x/N=1", "N": 1,
+                                                                  "rows": [{"no_estimator": 1}]})
+    a_file = tmp_path / "a-file"
+    a_file.write_text("hello")
+    return {"missing": (missing, "no run directory"), "no-meta": (no_meta, "no meta.json"),
+            "bad-meta": (bad_meta, "malformed JSON"), "list-meta": (list_meta, "JSON object"),
+            "old-format": (old_format, "format 99"), "bad-cell": (bad_cell, "broken.json"),
+            "keyless": (keyless, "missing cell, N"), "bad-rows": (bad_rows, "estimator"),
+            "a-file": (a_file, "no run directory")}
+
+
+def test_bad_run_directories_raise_pgbench_error(tmp_path, real_run):
+    from pgbench.reports.compare import compare
+    from pgbench.reports.report import write_report
+    for name, (path, msg) in _bad_dirs(tmp_path, real_run).items():
+        with pytest.raises(PGBenchError, match=re.escape(msg)):
+            write_report(str(path))
+        with pytest.raises(PGBenchError, match=re.escape(msg)):
+            compare(real_run, str(path))
+        with pytest.raises(PGBenchError):
+            compare(str(path), real_run)
+        assert not os.path.exists(os.path.join(str(path), "report.md")), name
+    with pytest.raises(PGBenchError):
+        write_report(None)
