@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from pgbench.errors import PGBenchError
-from pgbench.measure.metrics import HOTELLING_MIN_DF, cost, paired, summarize
+from pgbench.measure.metrics import HOTELLING_MIN_RATIO, HOTELLING_MIN_DF, cost, paired, summarize
 
 REPS = 400
 MC_SE = math.sqrt(0.05 * 0.95 / REPS)  # Monte-Carlo se of a 5% rate (and of 95% coverage)
@@ -155,9 +155,30 @@ def test_holm_p_value_is_smallest_adjusted_p():
 def test_branch_rule():
     rng = np.random.default_rng(13)
     d = 5
-    assert summarize(rng.normal(size=(d + HOTELLING_MIN_DF, d)), np.zeros(d))["test"] == "hotelling"
-    assert summarize(rng.normal(size=(d + HOTELLING_MIN_DF - 1, d)), np.zeros(d))["test"] == "holm"
-    assert summarize(rng.normal(size=(50, 30)), np.zeros(30))["test"] == "holm"  # K < 2 d
+    K_min = int(max(d + HOTELLING_MIN_DF, HOTELLING_MIN_RATIO * d))
+    assert summarize(rng.normal(size=(K_min, d)), np.zeros(d))["test"] == "hotelling"
+    assert summarize(rng.normal(size=(K_min - 1, d)), np.zeros(d))["test"] == "holm"
+    # with few dimensions the degrees-of-freedom floor binds instead
+    K_df = int(max(1 + HOTELLING_MIN_DF, HOTELLING_MIN_RATIO * 1))
+    assert summarize(rng.normal(size=(K_df, 1)), np.zeros(1))["test"] == "hotelling"
+    assert summarize(rng.normal(size=(K_df - 1, 1)), np.zeros(1))["test"] == "holm"
+
+
+def test_never_observed_coordinates_are_left_out_of_the_test():
+    # a state no episode visited: its coordinates are exactly zero in every trial, the exact
+    # gradient is not; this is no evidence of bias, and the coordinates are reported
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(300, 4))
+    X[:, 2:] = 0.0
+    g = np.array([0.0, 0.0, 0.5, -0.5])
+    r = summarize(X, g)
+    assert r["unobserved"] == 2
+    assert r["unobserved_grad_norm"] == pytest.approx(np.sqrt(0.5))
+    assert r["p_value"] > 1e-3
+    assert r["bias_norm"] >= np.sqrt(0.5) - 0.1  # still counted in the bias
+    # an observed constant offset is still a certain rejection
+    X[:, 2] = 0.01
+    assert summarize(X, g)["p_value"] == 0.0
 
 
 @pytest.mark.parametrize("K,d", [(80, 4), (10, 20)])

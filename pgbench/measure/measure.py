@@ -21,7 +21,7 @@ from pgbench.problems.registry import make
 RESULT_COLUMNS = ["problem", "estimator", "unbiased", "N", "K", "seed", "d", "exact_grad_norm", "mean", "bias_norm",
                   "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance", "variance_se",
                   "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value",
-                  "test", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass"]
+                  "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass"]
 
 
 @dataclass
@@ -115,7 +115,7 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
             "variance": m["variance"], "variance_se": m["variance_se"], "variance_lo": m["variance_ci"][0],
             "variance_hi": m["variance_ci"][1], "mse": m["mse"], "mse_se": m["mse_se"], "mse_lo": m["mse_ci"][0],
             "mse_hi": m["mse_ci"][1], "cosine": m["cosine"], "cosine_se": m["cosine_se"], "p_value": m["p_value"],
-            "test": m["test"], "seconds": c["seconds"], "episodes": cell.episodes,
+            "test": m["test"], "unobserved": m["unobserved"], "seconds": c["seconds"], "episodes": cell.episodes,
             "episodes_per_second": c["episodes_per_second"], "mse_x_seconds": c["work_normalised_mse"],
             "truncated_mass": cell.extras.get("truncated_mass", np.nan),
         })
