@@ -176,6 +176,9 @@ def test_never_observed_coordinates_are_left_out_of_the_test():
     assert r["unobserved_grad_norm"] == pytest.approx(np.sqrt(0.5))
     assert r["p_value"] > 1e-3
     assert r["bias_norm"] >= np.sqrt(0.5) - 0.1  # still counted in the bias
+    # a handful of non-zero trials is still "not observed": no t-test on three values
+    X[:3, 2] = 1e-6
+    assert summarize(X, g)["unobserved"] == 2
     # an observed constant offset is still a certain rejection
     X[:, 2] = 0.01
     assert summarize(X, g)["p_value"] == 0.0

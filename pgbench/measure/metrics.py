@@ -82,8 +82,9 @@ Test of ``H0: E g_k = g`` (``p_value``, ``test``)
 - Hotelling's ``T^2`` is exact for Gaussian trials but sensitive to heavy tails when ``r`` is
   not small against ``K`` (trial estimates on sparse-reward problems are skewed), hence the
   ``K >= 10 r`` rule; the per-coordinate t-tests are far more robust there.
-- Coordinates that are exactly zero in every trial were never observed (no sampled episode
-  visited the state) and are left out of the test; ``unobserved`` counts them and
+- Coordinates that are exactly zero in all but fewer than :data:`MIN_OBSERVED` trials were
+  (almost) never observed (few sampled episodes visited the state) and are left out of the
+  test; ``unobserved`` counts them and
   ``unobserved_grad_norm`` is the exact gradient's norm there (their bias is in ``bias_norm``).
 
 Cost: the SVD of the centred ``K x d`` trial matrix, ``O(K d min(K, d))``.
@@ -106,6 +107,8 @@ HOTELLING_MIN_DF = 10
 HOTELLING_MIN_RATIO = 10.0
 """... and at least this many trials per dimension of the covariance's column space."""
 DEFAULT_RTOL = 1e-8
+MIN_OBSERVED = 10
+"""A coordinate enters the unbiasedness test only if at least this many trials are non-zero there."""
 """Spreads and biases below ``rtol * scale`` are numerical zeros (exact gradients are good to ~1e-9)."""
 
 _EPS = float(np.finfo(float).eps)
@@ -460,11 +463,12 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
         rel_bias = rel_bias_se = math.nan
         rel_bias_ci = (math.nan, math.nan)
 
-    # Coordinates that are exactly zero in every trial were never observed (tabular softmax: a
-    # state no sampled episode visited). Their bias is real but carries no sampling information,
-    # and testing it would turn a rare state into a certain "rejection"; they are left out of
-    # the test and reported instead (the bias norm still includes them).
-    observed = np.any(X != 0.0, axis=0)
+    # Coordinates that are exactly zero in all but a handful of trials were (almost) never
+    # observed (tabular softmax: a state few sampled episodes visited). Their bias carries almost
+    # no sampling information and a t-test on a handful of non-zeros is meaningless (it turns a
+    # rare state into a certain "rejection"); they are left out of the test and reported
+    # instead (the bias norm still includes them).
+    observed = np.count_nonzero(X, axis=0) >= min(MIN_OBSERVED, K)
     if observed.all():
         p_value, test, rank = _mean_test(X, g, scale, rtol, svd=(s, Vt))
     elif observed.any():
