@@ -1,7 +1,15 @@
 """One test per suite cell (``baselines/garnet-20/N=16``...): measure the cell and check the
 measurement can be trusted.
 
-``--pgbench-quick`` selects each suite's quick cells; ``--pgbench-trials`` overrides the trials.
+``pytest suites/`` runs all cells, ``pytest suites/ --pgbench-quick`` the CI subset;
+``--pgbench-trials`` overrides the trials. Options and fixtures come from pgbench's pytest plugin
+(``pgbench.pytest_plugin``, a ``pytest11`` entry point). Useful extras::
+
+    pytest suites/ --pgbench-quick --benchmark-json bench.json --pgbench-out results/run-ci
+    pytest suites/ -k "baselines"          # one family
+    pytest suites/test_throughput.py       # the kernel's ns/step only
+
+(No conftest.py here: tests/ imports its own conftest as a module, and two would collide.)
 """
 from __future__ import annotations
 
