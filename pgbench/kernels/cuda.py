@@ -103,7 +103,7 @@ def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, sl
 def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
                   alias_act, pi, logpi, pi2sum, R, noise_kind, noise_scale, terminal, gamma, gpow, cap, finite, linear,
                   score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_z,
-                  want_proxy, lg, need_w, need_rho, sc_s, sc_a, sc_r, sc_g, sc_run, sc_cnt, sc_ns, sc_z,
+                  want_proxy, lg, need_w, need_rho, sc_s, sc_a, sc_r, sc_g, sc_cnt, sc_ns, sc_z,
                   outC, out_proxy):
     tid = cuda.grid(1)
     nthreads = cuda.gridsize(1)
@@ -119,7 +119,7 @@ def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, sl
                                     noise_kind, noise_scale, terminal, cap, sc_s[tid], sc_a[tid], sc_r[tid])
         Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, need_w,
                                      need_z, sc_cnt[tid], sc_ns[tid], sc_z[tid])
-        _episode_weights(row, k, N, L, u_geo, sc_s[tid], sc_a[tid], sc_r[tid], sc_g[tid], sc_run[tid], Rep, W, Z,
+        _episode_weights(row, k, N, L, u_geo, sc_s[tid], sc_a[tid], sc_r[tid], sc_g[tid], Rep, W, Z,
                          gamma, gpow, cap, finite, lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab,
                          rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy)
 
@@ -130,12 +130,11 @@ def _launch_shape(work: int) -> tuple[int, int]:
     return blocks, blocks * THREADS_PER_BLOCK
 
 
-def _scratch(n, cap, S, A, need_z, linear, d, n_est=0):
+def _scratch(n, cap, S, A, need_z, linear, d):
     zt = need_z and not linear
     return dict(
         sc_s=cuda.device_array((n, cap + 1), np.int64), sc_a=cuda.device_array((n, cap), np.int64),
         sc_r=cuda.device_array((n, cap)), sc_g=cuda.device_array((n, cap)),
-        sc_run=cuda.device_array((n, max(1, n_est))),
         sc_cnt=cuda.to_device(np.zeros((n, S, A) if zt else (n, 1, 1))),
         sc_ns=cuda.to_device(np.zeros((n, S) if zt else (n, 1))), sc_z=cuda.to_device(np.zeros((n, d))))
 
@@ -180,7 +179,7 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step
     blocks, n = _launch_shape(n_trials * N)
     per = (N + n_chunks - 1) // n_chunks
     S, A = pi.shape
-    sc = _scratch(n, cap, S, A, need_z, linear, score.shape[2], codes.shape[0])
+    sc = _scratch(n, cap, S, A, need_z, linear, score.shape[2])
     ins = _dev(rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, logpi, pi2sum, R, noise_scale,
                terminal, gpow, score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho)
     outs = _dev(outC, out_proxy)
@@ -192,7 +191,7 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step
         d_slot_next, d_slot_act, d_alias_next, d_alias_act, d_pi, d_logpi, d_pi2sum, d_R, np.int64(noise_kind),
         d_noise, d_term, np.float64(gamma), d_gpow, np.int64(cap), finite, linear, d_score, d_codes, d_fpar,
         d_crit, d_critics, d_V, d_Q, d_rho, d_bs, d_bsg, d_bfit, d_brho, need_z, want_proxy, np.float64(lg),
-        need_w, need_rho, sc["sc_s"], sc["sc_a"], sc["sc_r"], sc["sc_g"], sc["sc_run"], sc["sc_cnt"],
+        need_w, need_rho, sc["sc_s"], sc["sc_a"], sc["sc_r"], sc["sc_g"], sc["sc_cnt"],
         sc["sc_ns"], sc["sc_z"], *outs)
     outC[...] = outs[0].copy_to_host()
     out_proxy[...] = outs[1].copy_to_host()

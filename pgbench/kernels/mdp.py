@@ -242,12 +242,15 @@ def _geometric_horizon(u_geo, gamma, lg, cap):
 
 
 @njit(cache=True)
-def _episode_weights(row, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, run, Rep, W, Z, gamma, gpow, cap, finite,
+def _episode_weights(row, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, Rep, W, Z, gamma, gpow, cap, finite,
                      lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
                      b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy):
     """Pass 2 for one episode: ``outC[row, e, s_t, a_t] += psi^e_t`` for every estimator e.
 
-    ``k`` indexes the per-trial batch statistics ``b_*`` (pass 1).
+    ``k`` indexes the per-trial batch statistics ``b_*`` (pass 1). The loop is estimator-major:
+    one tight backward pass over the episode per estimator (a single loop dispatching on every
+    estimator at every step ran at half the speed). Additions into each ``outC[row, e]`` happen
+    in backward time order either way.
     """
     A = pi.shape[1]
     n_est = codes.shape[0]
@@ -256,8 +259,6 @@ def _episode_weights(row, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, run, Rep,
     SWR = b_stats[k, ST_WR]
     SZ = b_stats[k, ST_Z]
     SZR = b_stats[k, ST_ZR]
-    # geometric termination: the episode of the killed process is the prefix t <= H
-    H = _geometric_horizon(u_geo, gamma, lg, cap)
     if need_rho:
         w = 1.0
         for t in range(L):
@@ -275,25 +276,92 @@ def _episode_weights(row, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, run, Rep,
         _acc2(out_proxy, row, PX_ALOO, (Rep - b_loo) ** 2 * W)
         _acc2(out_proxy, row, PX_N, 1.0)
     for e in range(n_est):
-        run[e] = 0.0
-    G = 0.0
-    for t in range(L - 1, -1, -1):
-        s = buf_s[t]
-        a = buf_a[t]
-        r = buf_r[t]
-        sn = buf_s[t + 1]
-        G = r + gamma * G
-        gt = gpow[t]
-        tv = t if finite else 0
-        tvn = t + 1 if finite else 0
-        for e in range(n_est):
-            code = codes[e]
-            if code == RTG:
-                psi = gt * G
-            elif code == REINFORCE:
+        code = codes[e]
+        if code == RTG:
+            G = 0.0
+            for t in range(L - 1, -1, -1):
+                G = buf_r[t] + gamma * G
+                _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t] * G)
+        elif code == RTG_NO_GAMMA:
+            G = 0.0
+            for t in range(L - 1, -1, -1):
+                G = buf_r[t] + gamma * G
+                _acc4(outC, row, e, buf_s[t], buf_a[t], G)
+        elif code == VALUE_B:
+            G = 0.0
+            for t in range(L - 1, -1, -1):
+                G = buf_r[t] + gamma * G
+                tv = t if finite else 0
+                _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t] * (G - Vtab[tv, buf_s[t]]))
+        elif code == TIME_B_LOO:
+            G = 0.0
+            for t in range(L - 1, -1, -1):
+                G = buf_r[t] + gamma * G
+                _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t] * (G - (b_SG[k, t] - G) / (N - 1)))
+        elif code == TRUE_ADV:
+            for t in range(L - 1, -1, -1):
+                tv = t if finite else 0
+                s = buf_s[t]
+                a = buf_a[t]
+                _acc4(outC, row, e, s, a, gpow[t] * (Qtab[tv, s, a] - Vtab[tv, s]))
+        elif code == ALL_ACTION:
+            for t in range(L - 1, -1, -1):
+                tv = t if finite else 0
+                s = buf_s[t]
+                for b in range(A):
+                    _acc4(outC, row, e, s, b, gpow[t] * pi[s, b] * Qtab[tv, s, b])
+        elif code == GAE:
+            ci = crit[e]
+            lam = fpar[e, 0]
+            adv = 0.0
+            for t in range(L - 1, -1, -1):
+                s = buf_s[t]
+                sn = buf_s[t + 1]
+                tv = t if finite else 0
+                tvn = t + 1 if finite else 0
+                if ci >= 0:
+                    v_t = critics[ci, tv, s]
+                    v_n = critics[ci, tvn, sn]
+                else:
+                    v_t = b_fitV[k, tv, s]
+                    v_n = b_fitV[k, tvn, sn]
+                if t == L - 1 and terminal[sn]:
+                    v_n = 0.0
+                delta = buf_r[t] + gamma * v_n - v_t
+                adv = delta + gamma * lam * adv
+                _acc4(outC, row, e, s, buf_a[t], gpow[t] * adv)
+        elif code == GEOMETRIC:
+            # the episode of the process killed with probability 1 - gamma per step is the prefix t <= H
+            H = _geometric_horizon(u_geo, gamma, lg, cap)
+            acc = 0.0
+            for t in range(L - 1, -1, -1):
+                if t <= H:
+                    acc += buf_r[t]
+                    _acc4(outC, row, e, buf_s[t], buf_a[t], acc)
+        elif code == IS_PD:
+            weighted = fpar[e, 0] != 0.0
+            acc = 0.0
+            for t in range(L - 1, -1, -1):
+                wk = cumrho[t]
+                if weighted:
+                    wk = wk / b_rho[k, t] * N
+                acc += gpow[t] * wk * buf_r[t]
+                _acc4(outC, row, e, buf_s[t], buf_a[t], acc)
+        elif code == ENTROPY:
+            beta = fpar[e, 0]
+            acc = 0.0
+            for t in range(L - 1, -1, -1):
+                s = buf_s[t]
+                a = buf_a[t]
+                acc = (buf_r[t] - beta * logpi[s, a]) + gamma * acc
+                _acc4(outC, row, e, s, a, gpow[t] * acc)
+        elif code == FISHER:
+            for t in range(L - 1, -1, -1):
+                _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t])
+        else:
+            # episode-level baselines: one weight for every step of the episode
+            if code == REINFORCE:
                 psi = Rep
-            elif code == RTG_NO_GAMMA:
-                psi = G
             elif code == CONST_B or code == OPT_CONST_B:
                 psi = Rep - fpar[e, 0]
             elif code == BATCH_MEAN_B:
@@ -307,49 +375,10 @@ def _episode_weights(row, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, run, Rep,
                 psi = Rep - ((SWR - W * Rep) / den if den > 0 else 0.0)
             elif code == SCORE_NORM_B:
                 psi = Rep - (SZR / SZ if SZ > 0 else 0.0)
-            elif code == VALUE_B:
-                psi = gt * (G - Vtab[tv, s])
-            elif code == TIME_B_LOO:
-                psi = gt * (G - (b_SG[k, t] - G) / (N - 1))
-            elif code == TRUE_ADV:
-                psi = gt * (Qtab[tv, s, a] - Vtab[tv, s])
-            elif code == ALL_ACTION:
-                for b in range(A):
-                    _acc4(outC, row, e, s, b, gt * pi[s, b] * Qtab[tv, s, b])
-                continue
-            elif code == GAE:
-                ci = crit[e]
-                if ci >= 0:
-                    v_t = critics[ci, tv, s]
-                    v_n = critics[ci, tvn, sn]
-                else:
-                    v_t = b_fitV[k, tv, s]
-                    v_n = b_fitV[k, tvn, sn]
-                if t == L - 1 and terminal[sn]:
-                    v_n = 0.0
-                delta = r + gamma * v_n - v_t
-                run[e] = delta + gamma * fpar[e, 0] * run[e]
-                psi = gt * run[e]
-            elif code == GEOMETRIC:
-                if t <= H:
-                    run[e] += r
-                    psi = run[e]
-                else:
-                    continue
-            elif code == IS_PD:
-                wk = cumrho[t]
-                if fpar[e, 0] != 0.0:
-                    wk = wk / b_rho[k, t] * N
-                run[e] += gt * wk * r
-                psi = run[e]
-            elif code == ENTROPY:
-                run[e] = (r - fpar[e, 0] * logpi[s, a]) + gamma * run[e]
-                psi = gt * run[e]
-            elif code == FISHER:
-                psi = gt
             else:
                 continue
-            _acc4(outC, row, e, s, a, psi)
+            for t in range(L - 1, -1, -1):
+                _acc4(outC, row, e, buf_s[t], buf_a[t], psi)
 
 
 def _log_inv_gamma(gamma: float) -> float:
@@ -419,7 +448,6 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
         buf_a = np.empty(cap, np.int64)
         buf_r = np.empty(cap)
         cumrho = np.empty(cap)
-        run = np.zeros(n_est)
         cnt = np.zeros((S, A)) if (need_z and not linear) else np.zeros((1, 1))
         ns = np.zeros(S) if (need_z and not linear) else np.zeros(1)
         zvec = np.zeros(score.shape[2])
@@ -429,7 +457,7 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
                                          noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
             Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_w, need_z,
                                          cnt, ns, zvec)
-            _episode_weights(item, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, run, Rep, W, Z, gamma, gpow, cap,
+            _episode_weights(item, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, Rep, W, Z, gamma, gpow, cap,
                              finite, lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
                              b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy)
     return outC
