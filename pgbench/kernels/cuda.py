@@ -93,7 +93,7 @@ def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, sl
         s0, s1 = _stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
         L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
                                     noise_kind, noise_scale, terminal, cap, sc_s[tid], sc_a[tid], sc_r[tid])
-        Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, True,
+        Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, True, True,
                                      need_z, sc_cnt[tid], sc_ns[tid], sc_z[tid])
         _episode_stats(row, L, sc_s[tid], sc_a[tid], sc_r[tid], sc_g[tid], Rep, W, Z, gamma, finite, rho_ratio, cap,
                        out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho)
@@ -103,7 +103,7 @@ def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, sl
 def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
                   alias_act, pi, logpi, pi2sum, R, noise_kind, noise_scale, terminal, gamma, gpow, cap, finite, linear,
                   score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_z,
-                  want_proxy, lg, need_w, need_rho, sc_s, sc_a, sc_r, sc_g, sc_cnt, sc_ns, sc_z,
+                  want_proxy, lg, need_r, need_w, need_rho, sc_s, sc_a, sc_r, sc_g, sc_cnt, sc_ns, sc_z,
                   outC, out_proxy):
     tid = cuda.grid(1)
     nthreads = cuda.gridsize(1)
@@ -117,8 +117,8 @@ def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, sl
         s0, s1 = _stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
         L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
                                     noise_kind, noise_scale, terminal, cap, sc_s[tid], sc_a[tid], sc_r[tid])
-        Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, need_w,
-                                     need_z, sc_cnt[tid], sc_ns[tid], sc_z[tid])
+        Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, need_r,
+                                     need_w, need_z, sc_cnt[tid], sc_ns[tid], sc_z[tid])
         _episode_weights(row, k, N, L, u_geo, sc_s[tid], sc_a[tid], sc_r[tid], sc_g[tid], Rep, W, Z,
                          gamma, gpow, cap, finite, lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab,
                          rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy)
@@ -173,9 +173,7 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step
     """Pass 2 on the device; same arguments and outputs as :func:`pgbench.kernels.mdp._score_weights`."""
     if n_trials == 0:
         return outC
-    from pgbench.estimators.catalogue import IS_PD, W_B, W_B_LOO
-    need_w = bool(want_proxy or np.any((codes == W_B) | (codes == W_B_LOO)))
-    need_rho = bool(np.any(codes == IS_PD))
+    need_r, need_w, need_rho = _cpu._needs(codes, want_proxy)
     blocks, n = _launch_shape(n_trials * N)
     per = (N + n_chunks - 1) // n_chunks
     S, A = pi.shape
@@ -191,7 +189,7 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step
         d_slot_next, d_slot_act, d_alias_next, d_alias_act, d_pi, d_logpi, d_pi2sum, d_R, np.int64(noise_kind),
         d_noise, d_term, np.float64(gamma), d_gpow, np.int64(cap), finite, linear, d_score, d_codes, d_fpar,
         d_crit, d_critics, d_V, d_Q, d_rho, d_bs, d_bsg, d_bfit, d_brho, need_z, want_proxy, np.float64(lg),
-        need_w, need_rho, sc["sc_s"], sc["sc_a"], sc["sc_r"], sc["sc_g"], sc["sc_cnt"],
+        need_r, need_w, need_rho, sc["sc_s"], sc["sc_a"], sc["sc_r"], sc["sc_g"], sc["sc_cnt"],
         sc["sc_ns"], sc["sc_z"], *outs)
     outC[...] = outs[0].copy_to_host()
     out_proxy[...] = outs[1].copy_to_host()

@@ -113,12 +113,13 @@ def _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alia
         u, s0, s1 = uniform(s0, s1)
         x = u * n
         i = min(int(x), n - 1)
-        if x - i < step_p[s, i]:
-            sn = slot_next[s, i]
-            a = slot_act[i]
-        else:
-            sn = alias_next[s, i]
-            a = alias_act[s, i]
+        # arithmetic select: the comparison is a coin flip, and a branch on it mispredicts so
+        # often that it doubled the cost of a step
+        keep = np.int64(x - i < step_p[s, i])
+        sn_alias = alias_next[s, i]
+        a_alias = alias_act[s, i]
+        sn = sn_alias + keep * (slot_next[s, i] - sn_alias)
+        a = a_alias + keep * (slot_act[i] - a_alias)
         r = R[s, a]
         if noise_kind == 1:
             z, s0, s1 = normal(s0, s1)
@@ -138,11 +139,13 @@ def _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alia
 
 
 @njit(inline="always", cache=True)
-def _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_w, need_z, cnt, ns, zvec):
-    """Discounted return R, and when asked the proxy W(tau) and the exact ||z||^2 of one episode."""
+def _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_r, need_w, need_z, cnt, ns,
+                     zvec):
+    """When asked: the discounted return R, the proxy W(tau) and the exact ||z||^2 of one episode."""
     Rep = 0.0
-    for t in range(L):
-        Rep += gpow[t] * buf_r[t]
+    if need_r:
+        for t in range(L):
+            Rep += gpow[t] * buf_r[t]
     W = 0.0
     if need_w:
         for t in range(L):
@@ -381,6 +384,21 @@ def _episode_weights(row, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, Rep, W, Z
                 _acc4(outC, row, e, buf_s[t], buf_a[t], psi)
 
 
+@njit(cache=True)
+def _needs(codes, want_proxy):
+    """Which episode scalars pass 2 must compute: the return R, the proxy W, cumulative ratios."""
+    need_r = want_proxy
+    need_w = want_proxy
+    need_rho = False
+    for e in range(codes.shape[0]):
+        c = codes[e]
+        need_r = need_r or c == REINFORCE or c == CONST_B or c == OPT_CONST_B or c == BATCH_MEAN_B or c == RLOO \
+            or c == W_B or c == W_B_LOO or c == SCORE_NORM_B
+        need_w = need_w or c == W_B or c == W_B_LOO
+        need_rho = need_rho or c == IS_PD
+    return need_r, need_w, need_rho
+
+
 def _log_inv_gamma(gamma: float) -> float:
     return 1.0 / math.log(gamma) if 0.0 < gamma < 1.0 else 0.0
 
@@ -410,7 +428,7 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
             s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
             L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
                                          noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
-            Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, need_z,
+            Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, True, need_z,
                                          cnt, ns, zvec)
             _episode_stats(item, L, buf_s, buf_a, buf_r, G_t, Rep, W, Z, gamma, finite, rho_ratio, cap,
                            out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho)
@@ -435,11 +453,7 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
     n_est = codes.shape[0]
     n_items = n_trials * n_chunks
     per = (N + n_chunks - 1) // n_chunks
-    need_w = want_proxy
-    need_rho = False
-    for e in range(n_est):
-        need_w = need_w or codes[e] == W_B or codes[e] == W_B_LOO
-        need_rho = need_rho or codes[e] == IS_PD
+    need_r, need_w, need_rho = _needs(codes, want_proxy)
     for item in prange(n_items):
         k = item // n_chunks
         trial = trial0 + k
@@ -455,8 +469,8 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
             s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
             L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
                                          noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
-            Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_w, need_z,
-                                         cnt, ns, zvec)
+            Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_r, need_w,
+                                         need_z, cnt, ns, zvec)
             _episode_weights(item, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, Rep, W, Z, gamma, gpow, cap,
                              finite, lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
                              b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy)
