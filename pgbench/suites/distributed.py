@@ -13,11 +13,11 @@ from pgbench.errors import PGBenchError
 RETRIES = 3
 
 
-def _cell_task(suite_id: str, N: int, quick: bool, seed: int, threads: int) -> dict:
+def _cell_task(suite_id: str, N: int, quick: bool, seed: int, backend: str, threads: int) -> dict:
     import numba
     from pgbench.suites.runner import run_cell_record
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    return run_cell_record(suite_id, N, quick, seed)
+    return run_cell_record(suite_id, N, quick, seed, backend)
 
 
 class DaskExecutor:
@@ -58,10 +58,10 @@ def make_executor(kind: str, scheduler: str | None = None, workers: int = 2, thr
     raise PGBenchError(f"unknown executor {kind!r}; choose local, dask or dask-local")
 
 
-def run_on_executor(executor, rd, cells, quick: bool, seed: int, bar) -> None:
+def run_on_executor(executor, rd, cells, quick: bool, seed: int, bar, backend: str = "cpu") -> None:
     """Submit every cell, write each record as it completes (in completion order: the records
     themselves do not depend on it)."""
-    futures = {executor.submit(sid, N, quick, seed): (sid, N) for sid, N in cells}
+    futures = {executor.submit(sid, N, quick, seed, backend): (sid, N) for sid, N in cells}
     for fut in as_completed(futures):
         rec = fut.result()
         rd.write_cell(rec)

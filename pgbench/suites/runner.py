@@ -32,7 +32,7 @@ def cell_id(suite: Suite, N: int) -> str:
     return f"{suite.id}/N={N}"
 
 
-def run_cell_record(suite_id: str, N: int, quick: bool, seed: int) -> dict:
+def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str = "cpu") -> dict:
     """Measure one cell of a suite; a JSON-ready record (rows, paired comparisons, diagnostics)."""
     from pgbench.problems import make
     from pgbench.measure.measure import measure
@@ -42,7 +42,9 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int) -> dict:
     # leave-one-out estimators need a second episode in the batch; at N = 1 they sit the cell out
     ests = [e for e in suite.estimators if N >= 2 or e.split(":")[0] not in LOO_ESTIMATORS]
     t0 = time.time()
-    df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta,
+    # objectives and user estimators run on the CPU whatever the run's backend
+    be = backend if prob.kind == "mdp" else "cpu"
+    df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta, backend=be,
                  proxy=suite.proxy and N >= 2)
     rec = {"suite": suite.id, "cell": cell_id(suite, N), "N": N, "K": suite.n_trials(quick), "seed": seed,
            "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
@@ -64,8 +66,10 @@ def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
 
 
 def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int = 0, resume: str | None = None,
-        progress: bool | None = None, executor=None, report: bool = True) -> str:
+        progress: bool | None = None, executor=None, report: bool = True, backend: str = "cpu") -> str:
     """Run suites into a run directory (new, or ``resume``d); returns its path."""
+    from pgbench.measure.backend import resolve_backend
+    backend = resolve_backend(backend)
     if resume:
         rd = RunDir.open(resume)
         meta = rd.meta()
@@ -77,6 +81,7 @@ def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int =
         if out is None:
             out = os.path.join("results", time.strftime("run-%Y%m%d-%H%M%S") + ("-quick" if quick else ""))
         rd = RunDir.create(out, suite_ids, quick, seed)
+        rd.update_meta(backend=backend)
     cells = [c for c in plan([get_suite(s) for s in suite_ids], quick) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
     if progress is None:
         progress = sys.stderr.isatty()
@@ -86,11 +91,11 @@ def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int =
         if executor is None:
             for sid, N in cells:
                 bar.set_postfix_str(f"{sid} N={N}")
-                rd.write_cell(run_cell_record(sid, N, quick, seed))
+                rd.write_cell(run_cell_record(sid, N, quick, seed, backend))
                 bar.update()
         else:
             from pgbench.suites.distributed import run_on_executor
-            run_on_executor(executor, rd, cells, quick, seed, bar)
+            run_on_executor(executor, rd, cells, quick, seed, bar, backend)
     except KeyboardInterrupt:
         bar.close()
         rd.finalize(status="interrupted")
