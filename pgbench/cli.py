@@ -1,4 +1,4 @@
-"""Command line: ``pgbench list | exact | measure | bench``.
+"""Command line: ``pgbench list | exact | measure | validate | run | report | compare | bench``.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -136,6 +136,8 @@ def _cmd_measure(args) -> int:
     import pandas as pd
     cols = ["estimator", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se",
             "cosine", "p_value"]
+    if "exact_variance" in df and df["exact_variance"].notna().any():  # exact moments by enumeration
+        cols += ["exact_variance", "exact_mse"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(f"{prob.name}: N={args.batch}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
         print(df[cols].to_string(index=False))
@@ -149,6 +151,21 @@ def _cmd_measure(args) -> int:
         if "proxy" in df.attrs:
             print("W(tau) proxy: " + ", ".join(f"{k}={v:.4g}" for k, v in df.attrs["proxy"].items()))
     return 0
+
+
+def _cmd_validate(args) -> int:
+    from pgbench.validate import format_validation, import_plugin, validate
+    for target in args.imports or []:
+        import_plugin(target)
+    df = validate(args.estimator, problems=args.problems, batch=args.batch, trials=args.trials, seed=args.seed,
+                  alpha=args.alpha)
+    if args.json:
+        print(json.dumps({"estimator": df.attrs["estimator"], "passed": df.attrs["passed"], "alpha": df.attrs["alpha"],
+                          "correction": df.attrs["correction"], "references": df.attrs["references"],
+                          "problems": [_jsonable(r) for r in df.to_dict(orient="records")]}))
+    else:
+        print(format_validation(df))
+    return 0 if df.attrs["passed"] else 1
 
 
 def _cmd_run(args) -> int:
@@ -228,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     pm.add_argument("--json", action="store_true")
     pm.set_defaults(fn=_cmd_measure)
+    pv = sub.add_parser("validate", help="test an estimator for unbiasedness on a panel of problems (exit 1 if biased)")
+    pv.add_argument("estimator", help="estimator id, or a user estimator's name (see --import)")
+    pv.add_argument("--problems", "-p", nargs="+", default=None, metavar="P",
+                    help="problem ids or .npz paths (default: the standard panel, pgbench.validate.PANEL)")
+    pv.add_argument("--batch", "-N", type=int, default=10, help="batch size N (default 10)")
+    pv.add_argument("--trials", "-K", type=int, default=400, help="trials K per problem (default 400)")
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--alpha", type=float, default=0.05,
+                    help="family-wise false-alarm rate over the panel (Holm; default 0.05)")
+    pv.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
+                    help="import a module or .py file first (e.g. one registering user estimators; repeatable)")
+    pv.add_argument("--json", action="store_true")
+    pv.set_defaults(fn=_cmd_validate)
     pr = sub.add_parser("run", help="run benchmark suites and write results and a report")
     pr.add_argument("suites", nargs="*", help="suite ids or families (default: all; see `pgbench list suites`)")
     pr.add_argument("--quick", action="store_true", help="the cheap subset of every suite")

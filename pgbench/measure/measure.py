@@ -21,7 +21,12 @@ from pgbench.problems.registry import make
 RESULT_COLUMNS = ["problem", "estimator", "unbiased", "N", "K", "seed", "d", "exact_grad_norm", "mean", "bias_norm",
                   "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance", "variance_se",
                   "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value",
-                  "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass"]
+                  "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass",
+                  "exact_variance", "exact_mse"]
+
+EXACT_LIMIT = 20_000
+"""measure() adds exact_variance / exact_mse (trajectory enumeration, :mod:`pgbench.exact.moments`)
+when at most this many trajectories (or batches, for in-batch estimators) are to be listed."""
 
 
 @dataclass
@@ -42,8 +47,11 @@ class Cell:
 
 
 def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
-             cell=None, backend: str = "cpu") -> Cell:
-    """Sample one cell (no statistics): the building block of :func:`measure` and the suites."""
+             cell=None, backend: str = "cpu", exact: bool = True) -> Cell:
+    """Sample one cell (no statistics): the building block of :func:`measure` and the suites.
+
+    ``exact``: also compute the exact variance and MSE by enumeration where that is cheap
+    (at most :data:`EXACT_LIMIT` trajectories or batches); ``extras["exact_moments"]``."""
     prob = make(problem) if isinstance(problem, str) else problem
     if isinstance(estimators, str):
         estimators = [estimators]
@@ -65,10 +73,12 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
         th_shape = prob.resolve_theta(theta).shape
         extras = dict(res.extras)
         if prob.mdp.horizon is None:
-            from pgbench.exact import exact
-            gt = exact(prob, theta)
+            from pgbench.exact import exact as exact_solve  # (``exact`` is this function's flag)
+            gt = exact_solve(prob, theta)
             extras["truncated_mass"] = gt.truncated_mass
             extras["truncated_J"] = gt.truncated_J
+        if exact:
+            extras["exact_moments"] = _exact_columns(prob, res.specs, batch, theta, extras)
         return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
                     th_shape, extras)
     # stochastic objectives
@@ -92,6 +102,29 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
     targets = np.tile(prob.grad(th).reshape(1, -1), (len(specs), 1))
     return Cell(prob, specs, est.reshape(trials, len(specs), -1), targets, batch, trials, seed, secs,
                 batch * trials, th.shape)
+
+
+def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
+    """``{label: (exact variance, exact mse)}`` for the estimators whose moments are cheap to enumerate."""
+    from pgbench.errors import PGBenchError
+    from pgbench.exact import moments
+    ok = [s for s in specs if moments.supports(s) and not (N < 2 and s.name in ("rloo", "w_baseline_loo",
+                                                                                     "time_baseline_loo"))]
+    if not ok:
+        return {}
+    n = moments.count_trajectories(prob, stop_above=EXACT_LIMIT)
+    if n > EXACT_LIMIT:
+        return {}
+    if N > 1 and moments.count_batches(n, N) > EXACT_LIMIT:
+        ok = [s for s in ok if not s.in_batch]
+    if not ok:
+        return {}
+    try:
+        em = moments.exact_moments(prob, ok, batch=N, theta=theta, limit=EXACT_LIMIT,
+                                   opt_b=extras.get("optimal_const_baseline_b"))
+    except PGBenchError:
+        return {}
+    return {lab: (float(v), float(m)) for lab, v, m in zip(em.labels, em.variance, em.mse)}
 
 
 def _check_int(name, v, lo):
@@ -118,6 +151,8 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
             "test": m["test"], "unobserved": m["unobserved"], "seconds": c["seconds"], "episodes": cell.episodes,
             "episodes_per_second": c["episodes_per_second"], "mse_x_seconds": c["work_normalised_mse"],
             "truncated_mass": cell.extras.get("truncated_mass", np.nan),
+            "exact_variance": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[0],
+            "exact_mse": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[1],
         })
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     df.attrs["paired"] = paired_table(cell)
@@ -167,10 +202,13 @@ def proxy_summary(cell: Cell) -> dict:
 
 
 def measure(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
-            backend: str = "cpu") -> pd.DataFrame:
+            backend: str = "cpu", exact: bool = True) -> pd.DataFrame:
     """Measure estimators on one cell; a tidy DataFrame, one row per estimator.
+
+    ``exact_variance`` / ``exact_mse`` are the exact values by trajectory enumeration where it is
+    cheap (:data:`EXACT_LIMIT`), NaN otherwise (or with ``exact=False``).
 
     >>> df = measure("three_step_bandit", ["reinforce", "reinforce_rtg"], batch=16, trials=200)  # doctest: +SKIP
     """
     return summarize_cell(run_cell(problem, estimators, batch, trials, seed=seed, theta=theta, proxy=proxy,
-                                   backend=backend))
+                                   backend=backend, exact=exact))
