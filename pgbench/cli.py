@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from pgbench.errors import PGBenchError
+from pgbench.suites.store import to_jsonable
 
 
 def _theta_arg(problem, spec):
@@ -103,22 +104,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pgbench: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, (np.floating, float)):
-        return None if not np.isfinite(v) else float(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
-
-
 def _cmd_measure(args) -> int:
     from pgbench.problems import make
     from pgbench.measure.measure import measure
@@ -126,11 +111,11 @@ def _cmd_measure(args) -> int:
     theta = _theta_arg(prob, args.theta) if args.theta else None
     df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
                  proxy=args.proxy, backend=args.backend)
-    rows = [_jsonable(r) for r in df.to_dict(orient="records")]
+    rows = [to_jsonable(r) for r in df.to_dict(orient="records")]
     if args.json:
         if args.proxy and "proxy" in df.attrs:
             for r in rows:
-                r["proxy"] = _jsonable(df.attrs["proxy"])
+                r["proxy"] = to_jsonable(df.attrs["proxy"])
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
         return 0
     import pandas as pd
@@ -162,7 +147,7 @@ def _cmd_validate(args) -> int:
     if args.json:
         print(json.dumps({"estimator": df.attrs["estimator"], "passed": df.attrs["passed"], "alpha": df.attrs["alpha"],
                           "correction": df.attrs["correction"], "references": df.attrs["references"],
-                          "problems": [_jsonable(r) for r in df.to_dict(orient="records")]}))
+                          "problems": [to_jsonable(r) for r in df.to_dict(orient="records")]}))
     else:
         print(format_validation(df))
     return 0 if df.attrs["passed"] else 1
@@ -215,7 +200,7 @@ def _cmd_bench(args) -> int:
         r = run_bench_cuda(episodes=args.episodes, repeat=args.repeat, quick=args.quick)
     else:
         r = run_bench(episodes=args.episodes, repeat=args.repeat, quick=args.quick)
-    print(json.dumps(_jsonable(r)) if args.json else format_bench(r))
+    print(json.dumps(to_jsonable(r)) if args.json else format_bench(r))
     return 0
 
 
