@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from pgbench.errors import PGBenchError
+from pgbench.measure.metrics import MIN_OBSERVED, bootstrap_max_t  # noqa: F401  (re-exported)
 
 __all__ = ["PANEL", "PanelProblem", "REFERENCES", "validate", "holm", "bootstrap_max_t", "calibration",
            "format_validation", "import_plugin"]
@@ -150,62 +151,8 @@ def _check_alpha(alpha) -> float:
     return a
 
 
-MIN_OBSERVED = 10
 """A coordinate is tested only if the estimator or the first reference is non-zero there in at
 least this many trials (a state almost no sampled episode visited tells nothing)."""
-
-
-def bootstrap_max_t(X, target, reference=None, B: int = 1999, seed: int = 0, rtol: float = 1e-8,
-                    min_observed: int = MIN_OBSERVED) -> dict:
-    """Bootstrap max-t test of ``H0: E X_k = target`` for K iid trial estimates ``X`` (K, d).
-
-    ``T = max_j |m_j - target_j| / (s_j / sqrt(K))`` over the tested coordinates; its null
-    distribution is that of ``T* = max_j |m*_j - m_j| / (s*_j / sqrt(K))`` over B resamples of the
-    trials (multinomial weights, so each resample costs two matrix products); ``p = (1 + #{T* >= T})
-    / (B + 1)``. Coordinates where fewer than ``min_observed`` trials of ``X`` (and of
-    ``reference``, trial estimates of a reference estimator on the same episodes, when given) are
-    non-zero are left out (``unobserved``). An observed coordinate with zero spread is known
-    exactly: if its mean misses the target by more than ``rtol * scale`` that is a certain
-    violation (``p = 0``); that catches an estimator that never moves a coordinate the reference's
-    episodes visit.
-    """
-    X = np.asarray(X, dtype=float)
-    K, d = X.shape
-    g = np.asarray(target, dtype=float).reshape(d)
-    m = X.mean(axis=0)
-    b = m - g
-    sd = X.std(axis=0, ddof=1)
-    scale = max(float(np.linalg.norm(g)), float(np.sqrt((X * X).sum(axis=1)).max()))
-    tol = rtol * scale + 16 * np.finfo(float).eps * scale
-    need = min(min_observed, K)
-    observed = np.count_nonzero(X, axis=0) >= need
-    if reference is not None:
-        observed |= np.count_nonzero(np.asarray(reference, dtype=float).reshape(K, d), axis=0) >= need
-    flat = sd <= rtol * scale
-    out = {"test": "bootstrap-max-t", "B": int(B), "unobserved": int((~observed).sum()),
-           "unobserved_grad_norm": float(np.linalg.norm(g[~observed]))}
-    if np.any(observed & flat & (np.abs(b) > tol)):
-        return {**out, "p_value": 0.0, "stat": math.inf, "tested": int((observed & ~flat).sum())}
-    tested = observed & ~flat
-    n = int(tested.sum())
-    if n == 0:
-        return {**out, "p_value": 1.0, "stat": 0.0, "tested": 0}
-    se = sd[tested] / math.sqrt(K)
-    t_obs = float(np.max(np.abs(b[tested]) / se))
-    C = X[:, tested] - m[tested]
-    C2 = C * C
-    rng = np.random.default_rng(seed)
-    exceed = 0
-    for b0 in range(0, B, 500):
-        nb = min(500, B - b0)
-        W = rng.multinomial(K, np.full(K, 1.0 / K), size=nb).astype(float)
-        mean = W @ C / K
-        var = (W @ C2 / K - mean * mean) * (K / (K - 1))
-        sd_b = np.sqrt(np.maximum(var, 0.0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(sd_b > 0, np.abs(mean) / (sd_b / math.sqrt(K)), 0.0)
-        exceed += int(np.sum(t.max(axis=1) >= t_obs * (1 - 1e-12)))
-    return {**out, "p_value": (1 + exceed) / (B + 1), "stat": t_obs, "tested": n}
 
 
 def _n_boot(alpha: float, n_problems: int) -> int:

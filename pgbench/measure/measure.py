@@ -18,9 +18,11 @@ from pgbench.estimators.catalogue import parse
 from pgbench.measure import metrics
 from pgbench.problems.registry import make
 
+BOOTSTRAP = 1999  # resamples of the bootstrap max-t test (p resolution 1/2000)
+
 RESULT_COLUMNS = ["problem", "estimator", "unbiased", "N", "K", "seed", "d", "exact_grad_norm", "mean", "bias_norm",
                   "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance", "variance_se",
-                  "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value",
+                  "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust",
                   "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass",
                   "exact_variance", "exact_mse"]
 
@@ -136,7 +138,7 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
     """Tidy metrics of a cell, one row per estimator (see :data:`RESULT_COLUMNS`)."""
     rows = []
     for j, sp in enumerate(cell.specs):
-        m = metrics.summarize(cell.estimates[:, j, :], cell.targets[j])
+        m = metrics.summarize(cell.estimates[:, j, :], cell.targets[j], bootstrap=BOOTSTRAP)
         c = metrics.cost(cell.seconds, cell.episodes, m["mse"])
         rows.append({
             "problem": cell.problem.name, "estimator": sp.label, "unbiased": bool(sp.unbiased), "N": cell.N,
@@ -147,7 +149,7 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
             "bias_norm_lo": m["bias_norm_ci"][0], "bias_norm_hi": m["bias_norm_ci"][1], "rel_bias": m["rel_bias"],
             "variance": m["variance"], "variance_se": m["variance_se"], "variance_lo": m["variance_ci"][0],
             "variance_hi": m["variance_ci"][1], "mse": m["mse"], "mse_se": m["mse_se"], "mse_lo": m["mse_ci"][0],
-            "mse_hi": m["mse_ci"][1], "cosine": m["cosine"], "cosine_se": m["cosine_se"], "p_value": m["p_value"],
+            "mse_hi": m["mse_ci"][1], "cosine": m["cosine"], "cosine_se": m["cosine_se"], "p_value": m["p_value"], "p_bootstrap": m["p_bootstrap"], "p_robust": m["p_robust"],
             "test": m["test"], "unobserved": m["unobserved"], "seconds": c["seconds"], "episodes": cell.episodes,
             "episodes_per_second": c["episodes_per_second"], "mse_x_seconds": c["work_normalised_mse"],
             "truncated_mass": cell.extras.get("truncated_mass", np.nan),
