@@ -202,8 +202,9 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     # oracle optimal constant baseline from an independent pilot (its own cell: unbiased)
     opt_b = None
     if any(q.name == "optimal_const_baseline" for q in kspecs):
-        opt_b = optimal_constant_baseline(problem, th, seed)
+        opt_b, how = optimal_constant_baseline_value(problem, th, seed)
         extras["optimal_const_baseline_b"] = opt_b
+        extras["optimal_const_baseline_source"] = how
 
     # group estimators by behaviour policy: on-policy, and one group per IS behaviour
     groups: dict = {}
@@ -365,6 +366,17 @@ def _warm(t: Tables, seed64, cell64, N) -> None:
                       z((1, 1, 1)), t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0)), False, False,
                       0.0, z((0, 1, 1, 1)), z((0, 0)))
     _WARMED.add(key)
+
+
+EXACT_BASELINE_LIMIT = 20_000
+
+
+def optimal_constant_baseline_value(problem: MDPProblem, th: np.ndarray, seed: int) -> tuple[float, str]:
+    """b* exactly (trajectory enumeration) where the problem is small enough, else from a pilot."""
+    from pgbench.exact.moments import count_trajectories, exact_optimal_constant_baseline
+    if count_trajectories(problem, stop_above=EXACT_BASELINE_LIMIT) <= EXACT_BASELINE_LIMIT:
+        return float(exact_optimal_constant_baseline(problem, th, limit=EXACT_BASELINE_LIMIT)), "exact"
+    return optimal_constant_baseline(problem, th, seed), "pilot"
 
 
 def optimal_constant_baseline(problem: MDPProblem, th: np.ndarray, seed: int,

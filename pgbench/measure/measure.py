@@ -162,6 +162,7 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
         df.attrs["proxy"] = proxy_summary(cell)
     if "optimal_const_baseline_b" in cell.extras:
         df.attrs["optimal_const_baseline_b"] = cell.extras["optimal_const_baseline_b"]
+        df.attrs["optimal_const_baseline_source"] = cell.extras.get("optimal_const_baseline_source")
     return df
 
 
