@@ -163,7 +163,7 @@ def _cmd_run(args) -> int:
         executor = make_executor(args.executor, args.scheduler, args.workers)
     try:
         path = run(args.suites or None, quick=args.quick, out=args.out, seed=args.seed, resume=args.resume,
-                   executor=executor, report=not args.no_report)
+                   executor=executor, report=not args.no_report, backend=args.backend)
     finally:
         if executor is not None:
             executor.close()
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where cells run: here, a Dask cluster (--scheduler), or a local Dask cluster")
     pr.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask")
     pr.add_argument("--workers", type=int, default=2, help="workers of --executor dask-local")
+    pr.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="where MDP cells sample (objectives always run on the CPU)")
     pr.set_defaults(fn=_cmd_run)
     prep = sub.add_parser("report", help="write report.md and report.html for a run directory")
     prep.add_argument("run_dir")
