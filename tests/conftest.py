@@ -43,3 +43,15 @@ def random_terminal_mdp(seed: int, S: int = 7, A: int = 3, n_terminal: int = 2, 
     terminal = np.zeros(S, bool)
     terminal[live:] = True
     return TabularMDP.from_dense(P, R, rho0, gamma, horizon=horizon, terminal=terminal, name=f"term{seed}")
+
+
+def run_cli(capsys, *argv):
+    """``pgbench.cli.main(argv)`` in-process: (exit status, stdout, stderr); usage errors exit via
+    SystemExit."""
+    from pgbench.cli import main
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -15,18 +15,11 @@ from pgbench.exact import exact
 from pgbench.problems import REGISTRY, save_npz
 
 from conftest import linear_version, garnet, random_theta
+from conftest import run_cli as run  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(capsys, *argv):
-    """``main(argv)`` in-process: (exit status, stdout, stderr). Usage errors exit via SystemExit."""
-    try:
-        rc = main(list(argv))
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def exact_json(capsys, *argv):

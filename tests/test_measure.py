@@ -11,19 +11,12 @@ from pgbench import PGBenchError, make
 from pgbench.cli import main
 from pgbench.exact import exact
 from pgbench.measure.measure import RESULT_COLUMNS, measure, run_cell
+from conftest import run_cli as run  # noqa: E402
 
 CLI_KEYS = {"estimator", "mean", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se", "cosine",
             "p_value", "seconds", "episodes_per_second"}
 
 
-def run(capsys, *argv):
-    """``main(argv)`` in-process: (exit status, stdout, stderr). Usage errors exit via SystemExit."""
-    try:
-        rc = main(list(argv))
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def measure_json(capsys, *argv):

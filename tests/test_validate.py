@@ -18,6 +18,7 @@ from pgbench.cli import main
 from pgbench.estimators import register_estimator, unregister_estimator
 from pgbench.testing import assert_unbiased
 from pgbench.validate import PANEL, calibration, format_validation, holm, validate
+from conftest import run_cli as run  # noqa: E402
 
 DISCOUNTED = "garnet:S=6,A=3,b=3,seed=1,gamma=0.8"  # unbounded, gamma = 0.8: dropping gamma^t shows
 
@@ -48,13 +49,6 @@ def user_estimators():
     unregister_estimator("t_user_rtg_biased")
 
 
-def run(capsys, *argv):
-    try:
-        rc = main(list(argv))
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # ----------------------------------------------------------------------------- validate()
