@@ -518,7 +518,7 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     opt_b : the constant used by ``optimal_const_baseline`` (default: the exact ``b*``)
     """
     from pgbench.exact import exact
-    from pgbench.measure.engine import _target, behaviour_policy, make_tables, oracle_tables, perturbed_critic
+    from pgbench.measure.engine import _target, behaviour_policy, make_tables, oracle_tables, kernel_parameters
     from pgbench.problems.registry import make
 
     prob = make(problem) if isinstance(problem, str) else problem
@@ -582,28 +582,7 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
         if key not in probs_cache:
             probs_cache[key] = trajs.probs(mu)
         T_p = probs_cache[key]
-        codes = np.array([sp.info.code for sp in gspecs], dtype=np.int64)
-        fpar = np.zeros((len(gspecs), 2))
-        crit = np.full(len(gspecs), -1, dtype=np.int64)
-        critics = [V]
-        for e, q in enumerate(gspecs):
-            p = q.p
-            if q.name == "const_baseline":
-                fpar[e, 0] = p["b"]
-            elif q.name == "optimal_const_baseline":
-                fpar[e, 0] = opt_b
-            elif q.name in ("gae", "td0"):
-                fpar[e, 0] = p.get("lambda", 0.0)
-                if p["critic"] == "exact":
-                    crit[e] = 0
-                elif p["critic"] == "perturbed":
-                    critics.append(perturbed_critic(V, mdp.terminal, p["scale"], p["seed"], finite))
-                    crit[e] = len(critics) - 1
-            elif q.name == "importance_sampling":
-                fpar[e, 0] = 1.0 if p["weighted"] else 0.0
-            elif q.name == "entropy_bonus":
-                fpar[e, 0] = p["beta"]
-        critics_arr = np.ascontiguousarray(np.stack(critics))
+        codes, fpar, crit, critics_arr = kernel_parameters(gspecs, V, mdp.terminal, finite, opt_b)
         Ng = N if kind == "batch" else 1
         need_sg = any(q.name == "time_baseline_loo" for q in gspecs)
         need_fit = any(q.name in ("gae", "td0") and q.p["critic"] == "fitted" for q in gspecs)

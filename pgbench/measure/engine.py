@@ -125,6 +125,34 @@ def perturbed_critic(V: np.ndarray, terminal: np.ndarray, scale: float, seed: in
     return out
 
 
+def kernel_parameters(specs, V: np.ndarray, terminal: np.ndarray, finite: bool, opt_b=None):
+    """What pass 2 reads per estimator: codes, scalar parameters ``fpar`` (b, lambda, weighted
+    flag, beta), the critic index ``crit`` (-1: fitted from the batch) and the stacked critics
+    (exact V first, then one perturbed V per estimator that asks for one)."""
+    codes = np.array([q.info.code for q in specs], dtype=np.int64)
+    fpar = np.zeros((len(specs), 2))
+    crit = np.full(len(specs), -1, dtype=np.int64)
+    critics = [V]
+    for e, q in enumerate(specs):
+        p = q.p
+        if q.name == "const_baseline":
+            fpar[e, 0] = p["b"]
+        elif q.name == "optimal_const_baseline":
+            fpar[e, 0] = opt_b
+        elif q.name in ("gae", "td0"):
+            fpar[e, 0] = p.get("lambda", 0.0)
+            if p["critic"] == "exact":
+                crit[e] = 0
+            elif p["critic"] == "perturbed":
+                critics.append(perturbed_critic(V, terminal, p["scale"], p["seed"], finite))
+                crit[e] = len(critics) - 1
+        elif q.name == "importance_sampling":
+            fpar[e, 0] = 1.0 if p["weighted"] else 0.0
+        elif q.name == "entropy_bonus":
+            fpar[e, 0] = p["beta"]
+    return codes, fpar, crit, np.ascontiguousarray(np.stack(critics))
+
+
 @dataclass
 class SampleResult:
     """K estimates per estimator, on common random numbers, with what they estimate."""
@@ -236,28 +264,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
             continue
         gtabs = tabs if key[0] != "is" else make_tables(problem, th, behaviour_policy(tabs.pi, kspecs[members[0]]))
         gspecs = [kspecs[j] for j in members]
-        codes = np.array([_code(q) for q in gspecs], dtype=np.int64)
-        fpar = np.zeros((len(gspecs), 2))
-        crit = np.full(len(gspecs), -1, dtype=np.int64)
-        critics = [V]
-        for e, q in enumerate(gspecs):
-            p = q.p
-            if q.name == "const_baseline":
-                fpar[e, 0] = p["b"]
-            elif q.name == "optimal_const_baseline":
-                fpar[e, 0] = opt_b
-            elif q.name in ("gae", "td0"):
-                fpar[e, 0] = p.get("lambda", 0.0)
-                if p["critic"] == "exact":
-                    crit[e] = 0
-                elif p["critic"] == "perturbed":
-                    critics.append(perturbed_critic(V, mdp.terminal, p["scale"], p["seed"], finite))
-                    crit[e] = len(critics) - 1
-            elif q.name == "importance_sampling":
-                fpar[e, 0] = 1.0 if p["weighted"] else 0.0
-            elif q.name == "entropy_bonus":
-                fpar[e, 0] = p["beta"]
-        critics_arr = np.ascontiguousarray(np.stack(critics))
+        codes, fpar, crit, critics_arr = kernel_parameters(gspecs, V, mdp.terminal, finite, opt_b)
         need_fit = any(q.name in ("gae", "td0") and q.p["critic"] == "fitted" for q in gspecs)
         need_sg = any(q.name == "time_baseline_loo" for q in gspecs)
         need_rho = any(q.name == "importance_sampling" and q.p["weighted"] for q in gspecs)
@@ -331,10 +338,6 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
 def _reduce(x: np.ndarray, nb: int, n_chunks: int) -> np.ndarray:
     """Sum item accumulators per trial, chunks in order (the fixed reduction order)."""
     return x.reshape((nb, n_chunks) + x.shape[1:]).sum(axis=1)
-
-
-def _code(q) -> int:
-    return q.info.code
 
 
 def _target(problem, th, gt: GroundTruth, sp: EstimatorSpec) -> np.ndarray:
