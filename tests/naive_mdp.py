@@ -437,3 +437,12 @@ def proxy_reference(problem, N: int, K: int, seed, cell, theta=None) -> np.ndarr
         out[k] = [W.sum(), Z.sum(), (W * W).sum(), (Z * Z).sum(), (W * Z).sum(), ((R - b_w) ** 2 * W).sum(),
                   ((R - b_loo) ** 2 * W).sum(), N]
     return out
+
+
+def trace_var(est: np.ndarray):
+    """Trace of the sample covariance of (K, d) trials and its delete-one jackknife standard error."""
+    K = est.shape[0]
+    q = ((est - est.mean(axis=0)) ** 2).sum(axis=1)
+    v = q.sum() / (K - 1)
+    se = np.sqrt(K / ((K - 1) * (K - 2) ** 2) * ((q - q.mean()) ** 2).sum())
+    return float(v), float(se)

@@ -21,6 +21,7 @@ from pgbench.measure import engine
 from pgbench.measure.engine import PILOT_EPISODES, behaviour_policy, make_tables, n_chunks_for, sample_mdp
 
 from conftest import garnet, linear_version, random_terminal_mdp, random_theta
+from naive_mdp import trace_var  # noqa: E402
 from naive_mdp import (alias_slot_probabilities, estimate_reference, exact_episode_moments, exact_optimal_baseline,
                        proxy_reference, rollout_reference)
 
@@ -109,15 +110,6 @@ def z_scores(est: np.ndarray, target: np.ndarray) -> np.ndarray:
 def z_crit(m: int, alpha: float = 1e-5) -> float:
     """Two-sided Bonferroni critical value for m comparisons, never below 5."""
     return max(5.0, float(stats.norm.isf(alpha / (2 * max(m, 1)))))
-
-
-def trace_var(est: np.ndarray):
-    """Trace of the sample covariance of (K, d) trials and its delete-one jackknife standard error."""
-    K = est.shape[0]
-    q = ((est - est.mean(axis=0)) ** 2).sum(axis=1)
-    v = q.sum() / (K - 1)
-    se = np.sqrt(K / ((K - 1) * (K - 2) ** 2) * ((q - q.mean()) ** 2).sum())
-    return float(v), float(se)
 
 
 @njit

@@ -22,6 +22,7 @@ from pgbench.measure.measure import measure
 
 from conftest import linear_version, random_terminal_mdp, random_theta
 from naive_mdp import enumerate_trajectories as naive_trajectories
+from naive_mdp import trace_var  # noqa: E402
 from naive_mdp import exact_episode_moments, exact_optimal_baseline
 
 PER_EPISODE_UNBIASED = ["reinforce", "reinforce_rtg", "const_baseline:b=0.7", "optimal_const_baseline",
@@ -79,15 +80,6 @@ def problem(key: str) -> MDPProblem:
 ALL_PROBLEMS = ["three_step_bandit", "garnet_finite_gaussian", "terminal_finite_linear", "dag_unbounded",
                 "dag_unbounded_linear"]
 TINY = ["three_step_bandit", "garnet_finite_gaussian", "dag_unbounded"]  # few enough trajectories for N = 2
-
-
-def trace_var(est: np.ndarray):
-    """Trace of the sample covariance of (K, d) trials and its delete-one jackknife standard error."""
-    K = est.shape[0]
-    q = ((est - est.mean(axis=0)) ** 2).sum(axis=1)
-    v = q.sum() / (K - 1)
-    se = np.sqrt(K / ((K - 1) * (K - 2) ** 2) * ((q - q.mean()) ** 2).sum())
-    return float(v), float(se)
 
 
 # ----------------------------------------------------------------------------- enumeration

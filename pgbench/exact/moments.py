@@ -196,6 +196,18 @@ def enumerate_trajectories(problem, limit: int = DEFAULT_LIMIT, max_steps: Optio
 # ----------------------------------------------------------------------------------------------- kernel
 
 
+@njit(inline="always", cache=True)
+def _load_episode(i, j, T_s, T_a, T_L, rb, buf_s, buf_a, buf_r):
+    """Copy enumerated trajectory i, with reward row j, into the kernel's episode buffers; returns L."""
+    L = T_L[i]
+    for t in range(L):
+        buf_s[t] = T_s[i, t]
+        buf_a[t] = T_a[i, t]
+        buf_r[t] = rb[j, t]
+    buf_s[L] = T_s[i, L]
+    return L
+
+
 @njit(cache=True)
 def _eval_batch(idx, N, u_geo, T_s, T_a, T_L, rb, gamma, gpow, cap, finite, Tfit, lg, pi, logpi, pi2sum, linear,
                 score, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, g, need_sg, need_fit, need_rho,
@@ -220,13 +232,7 @@ def _eval_batch(idx, N, u_geo, T_s, T_a, T_L, rb, gamma, gpow, cap, finite, Tfit
         for t in range(rh.shape[1]):
             rh[0, t] = 0.0
     for j in range(N):
-        i = idx[j]
-        L = T_L[i]
-        for t in range(L):
-            buf_s[t] = T_s[i, t]
-            buf_a[t] = T_a[i, t]
-            buf_r[t] = rb[j, t]
-        buf_s[L] = T_s[i, L]
+        L = _load_episode(idx[j], j, T_s, T_a, T_L, rb, buf_s, buf_a, buf_r)
         Rep, W, Z = K_._episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, True, True,
                                         cnt, ns, zvec)
         K_._episode_stats(0, L, buf_s, buf_a, buf_r, G_t, Rep, W, Z, gamma, finite, rho_ratio, cap,
@@ -236,14 +242,9 @@ def _eval_batch(idx, N, u_geo, T_s, T_a, T_L, rb, gamma, gpow, cap, finite, Tfit
             for s in range(S):
                 b_fitV[0, t, s] = fs[0, t, s] / fc[0, t, s] if fc[0, t, s] > 0 else 0.0
     for j in range(N):
-        i = idx[j]
-        L = T_L[i]
+        L = _load_episode(idx[j], j, T_s, T_a, T_L, rb, buf_s, buf_a, buf_r)
         for t in range(L):
-            buf_s[t] = T_s[i, t]
-            buf_a[t] = T_a[i, t]
-            buf_r[t] = rb[j, t]
             seen[buf_s[t]] = True
-        buf_s[L] = T_s[i, L]
         Rep, W, Z = K_._episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, True, True,
                                         cnt, ns, zvec)
         K_._episode_weights(0, 0, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, Rep, W, Z, gamma, gpow, cap,
