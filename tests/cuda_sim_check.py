@@ -25,26 +25,25 @@ FAMILIES = ["reinforce", "reinforce_rtg", "rtg_no_gamma_t", "const_baseline:b=0.
 
 @njit
 def cpu_rollouts(seed, cell, n, t):
-    rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, nk, ns, term, cap = t
+    rho_p, rho_a, n_slots, thr, off, word, rew, nk, ns, cap = t
     S = np.zeros((n, cap + 1), np.int64) - 1
     A = np.zeros((n, cap), np.int64) - 1
     for i in range(n):
         s0, s1 = km.stream(seed, cell, np.uint64(0), np.uint64(i))
-        L, u, s0, s1 = km._rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, nk,
-                                   ns, term, cap, S[i], A[i], np.zeros(cap))
+        L, u, s0, s1 = km._rollout(s0, s1, rho_p, rho_a, n_slots, thr, off, word, rew, nk, ns, cap, S[i], A[i],
+                                   np.zeros(cap))
         S[i, L + 1:] = -1
         A[i, L:] = -1
     return S, A
 
 
 @cuda.jit
-def gpu_rollouts(seed, cell, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, nk, ns, term, cap,
-                 S, A, buf_r):
+def gpu_rollouts(seed, cell, rho_p, rho_a, n_slots, thr, off, word, rew, nk, ns, cap, S, A, buf_r):
     i = cuda.grid(1)
     if i < S.shape[0]:
         s0, s1 = kc._stream(seed, cell, np.uint64(0), np.uint64(i))
-        L, u, s0, s1 = kc._rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, nk,
-                                   ns, term, cap, S[i], A[i], buf_r[i])
+        L, u, s0, s1 = kc._rollout(s0, s1, rho_p, rho_a, n_slots, thr, off, word, rew, nk, ns, cap, S[i], A[i],
+                                   buf_r[i])
         for t in range(L + 1, cap + 1):
             S[i, t] = -1
         for t in range(L, cap):
@@ -64,8 +63,7 @@ def main():
     for name, p in problems.items():
         p = p.with_theta(np.random.default_rng(1).normal(size=p.policy.theta_shape))
         t = make_tables(p, p.theta)
-        tup = (t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act, t.alias_next, t.alias_act, t.R, t.noise_kind,
-               t.noise_scale, t.terminal, t.cap)
+        tup = (*t.sampler(), t.cap)
         n = 12
         Sc, Ac = cpu_rollouts(seed_u64(3), np.uint64(9), n, tup)
         Sg = np.zeros_like(Sc)

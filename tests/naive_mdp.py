@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -42,6 +43,14 @@ def alias_pick(prob_row: np.ndarray, alias_row: np.ndarray, u: float) -> int:
     x = u * n
     i = min(int(x), n - 1)
     return int(i) if x - i < prob_row[i] else int(alias_row[i])
+
+
+def alias_pick_exact(prob_row: np.ndarray, alias_row: np.ndarray, u: float) -> int:
+    """The same draw in exact rational arithmetic (how the rollout draws each step's slot):
+    keep column i = floor(u n) iff u n - i < prob[i] as real numbers."""
+    x = Fraction(u) * len(prob_row)
+    i = math.floor(x)
+    return int(i) if x - i < Fraction(float(prob_row[i])) else int(alias_row[i])
 
 
 def alias_slot_probabilities(prob: np.ndarray, alias: np.ndarray) -> np.ndarray:
@@ -75,7 +84,7 @@ def rollout_reference(tables, seed, cell, trial: int, episode: int) -> Episode:
     pos = 2
     states, actions, rewards = [], [], []
     for _ in range(tables.cap):
-        slot = alias_pick(tables.step_p[s], tables.step_a[s], u[pos])
+        slot = alias_pick_exact(tables.step_p[s], tables.step_a[s], u[pos])
         pos += 1
         a, k = divmod(slot, Kn)
         s_next = int(tables.slot_next[s, a * Kn + k])

@@ -7,6 +7,8 @@ seed a correct kernel would fail with negligible probability.
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numba
 import numpy as np
 import pytest
@@ -113,21 +115,20 @@ def z_crit(m: int, alpha: float = 1e-5) -> float:
 
 
 @njit
-def kernel_rollout(seed, cell, trial, episode, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
-                   noise_kind, noise_scale, terminal, cap):
+def kernel_rollout(seed, cell, trial, episode, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+                   noise_kind, noise_scale, cap):
     buf_s = np.empty(cap + 1, np.int64)
     buf_a = np.empty(cap, np.int64)
     buf_r = np.empty(cap)
     s0, s1 = stream(seed, cell, trial, episode)
-    L, u_geo, s0, s1 = K_._rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
-                                   noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+    L, u_geo, s0, s1 = K_._rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+                                   noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
     return L, u_geo, buf_s[:L + 1].copy(), buf_a[:L].copy(), buf_r[:L].copy()
 
 
 def run_kernel_rollout(t, seed, cell, trial, episode):
     return kernel_rollout(seed_u64(seed), np.uint64(int(cell) % (1 << 64)), np.uint64(trial), np.uint64(episode),
-                          t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act, t.alias_next, t.alias_act, t.R,
-                          t.noise_kind, t.noise_scale, t.terminal, t.cap)
+                          *t.sampler(), t.cap)
 
 
 # ----------------------------------------------------------------------------- sampling tables and episodes
@@ -155,8 +156,44 @@ def test_alias_tables_reproduce_the_joint_exactly(key):
         np.testing.assert_array_equal(t.alias_next, np.take_along_axis(t.slot_next, t.step_a, axis=1))
         np.testing.assert_array_equal(t.alias_act, t.slot_act[t.step_a])
         assert np.all((t.step_p >= 0) & (t.step_p <= 1 + 1e-12))
+        # the rollout's pair tables decode to the same slots: column j at 2 j, its alias at 2 j + 1
+        n = A * Kn
+        for nxt, act, half in ((t.slot_next, np.broadcast_to(t.slot_act, (S, n)), 0), (t.alias_next, t.alias_act, 1)):
+            w = t.step_word[half::2].reshape(S, n)
+            np.testing.assert_array_equal(w & np.uint64(0xFFFFFFFF), nxt)
+            np.testing.assert_array_equal((w >> np.uint64(32)) & np.uint64(0x7FFFFFFF), act)
+            np.testing.assert_array_equal((w >> np.uint64(63)).astype(bool), mdp.terminal[nxt])
+            np.testing.assert_array_equal(t.step_off[half::2].reshape(S, n), nxt * n)
+            np.testing.assert_array_equal(t.step_r[half::2].reshape(S, n), mdp.R[np.arange(S)[:, None], act])
+        # the integer threshold keeps exactly the fractions f / 2^53 < step_p
+        thr = t.step_thr.reshape(S, n).astype(object)
+        for s, i in zip(*np.nonzero(t.step_p < 1.0)):
+            assert Fraction(int(thr[s, i]) - 1, 2 ** 53) < Fraction(float(t.step_p[s, i])) <= Fraction(int(thr[s, i]), 2 ** 53)
     if key == "padded":
         assert np.any(joint == 0.0)  # zero-probability slots really are present
+
+
+@njit
+def _columns(xs, n):
+    i = np.empty(xs.shape[0], np.uint64)
+    f = np.empty(xs.shape[0], np.uint64)
+    for k in range(xs.shape[0]):
+        i[k], f[k] = K_._column(xs[k], np.uint64(n))
+    return i, f
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 12, 2047, 2048, 2049, 10 ** 6, 2 ** 32 - 1])
+def test_column_and_fraction_are_exact_for_any_row_length(n):
+    """i = floor(u n) and f = (u n - i) 2^53 for u = (x >> 11) 2^-53, against Python's exact integers,
+    including row lengths where (x >> 11) n overflows 64 bits."""
+    rng = np.random.default_rng(n)
+    xs = np.concatenate([rng.integers(0, 2 ** 64, size=2000, dtype=np.uint64),
+                         np.array([0, 2 ** 11 - 1, 2 ** 64 - 1, 2 ** 63, 2 ** 64 - 2 ** 11], dtype=np.uint64)])
+    i, f = _columns(xs, n)
+    for x, ik, fk in zip(xs.tolist(), i.tolist(), f.tolist()):
+        mn = (x >> 11) * n
+        assert (ik, fk) == (mn >> 53, mn & (2 ** 53 - 1))
+        assert ik < n
 
 
 @pytest.mark.parametrize("key", PROBLEMS + ["padded"])

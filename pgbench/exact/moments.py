@@ -247,9 +247,10 @@ def _eval_batch(idx, N, u_geo, T_s, T_a, T_L, rb, gamma, gpow, cap, finite, Tfit
             seen[buf_s[t]] = True
         Rep, W, Z = K_._episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, True, True,
                                         cnt, ns, zvec)
-        K_._episode_weights(0, 0, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, Rep, W, Z, gamma, gpow, cap,
-                            finite, lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
-                            st, sg, b_fitV, rh, need_cum, False, outC, out_proxy)
+        K_._episode_weights(0, 0, N, L, u_geo, (buf_s, buf_a, buf_r, cumrho), Rep, W, Z,
+                            (gamma, gpow, cap, finite, lg, pi, logpi, terminal),
+                            (codes, fpar, crit, critics, Vtab, Qtab, rho_ratio), (st, sg, b_fitV, rh),
+                            need_cum, False, outC, out_proxy)
     # x[e] = (1/N) sum_{s, a} C[e, s, a] g(s, a), over the states visited (then clear them)
     for e in range(n_est):
         for k in range(d):

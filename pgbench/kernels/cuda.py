@@ -59,7 +59,7 @@ def _device_family() -> dict:
 
     for name in ("mix64", "next_u64", "uniform", "stream", "normal"):
         ns[name] = rebind(g_rng, getattr(_rng, name))
-    for name in ("_alias_draw", "_rollout", "_episode_scalars", "_geometric_horizon", "_episode_stats",
+    for name in ("_alias_draw", "_column", "_rollout", "_episode_scalars", "_geometric_horizon", "_episode_stats",
                  "_episode_weights"):
         ns[name] = rebind(g_mdp, getattr(_cpu, name))
     # compilation is lazy: filling the shared globals now is enough for every call to resolve
@@ -77,8 +77,8 @@ _episode_weights = _D["_episode_weights"]
 
 
 @cuda.jit
-def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
-                  alias_act, pi, pi2sum, R, noise_kind, noise_scale, terminal, gamma, gpow, cap, finite, linear, score,
+def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+                  step_r, noise_kind, noise_scale, pi, pi2sum, terminal, gamma, gpow, cap, finite, linear, score,
                   need_z, rho_ratio, sc_s, sc_a, sc_r, sc_g, sc_cnt, sc_ns, sc_z,
                   out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
     tid = cuda.grid(1)
@@ -91,8 +91,8 @@ def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, sl
         i = w - k * N
         row = k * n_chunks + i // per
         s0, s1 = _stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
-        L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
-                                    noise_kind, noise_scale, terminal, cap, sc_s[tid], sc_a[tid], sc_r[tid])
+        L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+                                    noise_kind, noise_scale, cap, sc_s[tid], sc_a[tid], sc_r[tid])
         Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, True, True,
                                      need_z, sc_cnt[tid], sc_ns[tid], sc_z[tid])
         _episode_stats(row, L, sc_s[tid], sc_a[tid], sc_r[tid], sc_g[tid], Rep, W, Z, gamma, finite, rho_ratio, cap,
@@ -100,8 +100,8 @@ def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, sl
 
 
 @cuda.jit
-def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
-                  alias_act, pi, logpi, pi2sum, R, noise_kind, noise_scale, terminal, gamma, gpow, cap, finite, linear,
+def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+                  step_r, noise_kind, noise_scale, pi, logpi, pi2sum, terminal, gamma, gpow, cap, finite, linear,
                   score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_z,
                   want_proxy, lg, need_r, need_w, need_rho, sc_s, sc_a, sc_r, sc_g, sc_cnt, sc_ns, sc_z,
                   outC, out_proxy):
@@ -115,13 +115,14 @@ def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, step_p, sl
         i = w - k * N
         row = k * n_chunks + i // per
         s0, s1 = _stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
-        L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
-                                    noise_kind, noise_scale, terminal, cap, sc_s[tid], sc_a[tid], sc_r[tid])
+        L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+                                    noise_kind, noise_scale, cap, sc_s[tid], sc_a[tid], sc_r[tid])
         Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, need_r,
                                      need_w, need_z, sc_cnt[tid], sc_ns[tid], sc_z[tid])
-        _episode_weights(row, k, N, L, u_geo, sc_s[tid], sc_a[tid], sc_r[tid], sc_g[tid], Rep, W, Z,
-                         gamma, gpow, cap, finite, lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab,
-                         rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy)
+        _episode_weights(row, k, N, L, u_geo, (sc_s[tid], sc_a[tid], sc_r[tid], sc_g[tid]), Rep, W, Z,
+                         (gamma, gpow, cap, finite, lg, pi, logpi, terminal),
+                         (codes, fpar, crit, critics, Vtab, Qtab, rho_ratio), (b_stats, b_SG, b_fitV, b_rho),
+                         need_rho, want_proxy, outC, out_proxy)
 
 
 def _launch_shape(work: int) -> tuple[int, int]:
@@ -143,8 +144,8 @@ def _dev(*arrays):
     return [cuda.to_device(np.ascontiguousarray(a)) for a in arrays]
 
 
-def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
-                 alias_act, pi, pi2sum, R, noise_kind, noise_scale, terminal, gamma, gpow, cap, finite, linear, score,
+def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+                 step_r, noise_kind, noise_scale, pi, pi2sum, terminal, gamma, gpow, cap, finite, linear, score,
                  need_z, rho_ratio, out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
     """Pass 1 on the device; same arguments and outputs as :func:`pgbench.kernels.mdp._batch_stats`."""
     if n_trials == 0:
@@ -153,21 +154,22 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step_p
     per = (N + n_chunks - 1) // n_chunks
     S, A = pi.shape
     sc = _scratch(n, cap, S, A, need_z, linear, score.shape[2])
-    ins = _dev(rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, pi2sum, R, noise_scale, terminal,
-               gpow, score, rho_ratio)
+    (d_rho_p, d_rho_a, d_thr, d_off, d_word, d_r, d_noise, d_pi, d_pi2sum, d_term, d_gpow, d_score,
+     d_rho) = _dev(rho_p, rho_a, step_thr, step_off, step_word, step_r, noise_scale, pi, pi2sum, terminal, gpow,
+                   score, rho_ratio)
     outs = _dev(out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho)
     _pass1_kernel[blocks, THREADS_PER_BLOCK](
-        seed, cell, np.int64(trial0), np.int64(n_trials), np.int64(N), np.int64(per), *ins[:10],
-        np.int64(noise_kind), ins[10], ins[11], np.float64(gamma), ins[12], np.int64(cap), finite, linear, ins[13],
-        need_z, ins[14], sc["sc_s"], sc["sc_a"], sc["sc_r"], sc["sc_g"], sc["sc_cnt"], sc["sc_ns"], sc["sc_z"],
-        *outs)
+        seed, cell, np.int64(trial0), np.int64(n_trials), np.int64(N), np.int64(per), d_rho_p, d_rho_a,
+        np.int64(n_slots), d_thr, d_off, d_word, d_r, np.int64(noise_kind), d_noise, d_pi, d_pi2sum, d_term,
+        np.float64(gamma), d_gpow, np.int64(cap), finite, linear, d_score, need_z, d_rho,
+        sc["sc_s"], sc["sc_a"], sc["sc_r"], sc["sc_g"], sc["sc_cnt"], sc["sc_ns"], sc["sc_z"], *outs)
     for host, dev in zip((out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho), outs):
         host[...] = dev.copy_to_host()
     return out_stats
 
 
-def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
-                   alias_act, pi, logpi, pi2sum, R, noise_kind, noise_scale, terminal, gamma, gpow, cap, finite, linear,
+def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+                   step_r, noise_kind, noise_scale, pi, logpi, pi2sum, terminal, gamma, gpow, cap, finite, linear,
                    score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_z,
                    want_proxy, lg, outC, out_proxy):
     """Pass 2 on the device; same arguments and outputs as :func:`pgbench.kernels.mdp._score_weights`."""
@@ -178,16 +180,15 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step
     per = (N + n_chunks - 1) // n_chunks
     S, A = pi.shape
     sc = _scratch(n, cap, S, A, need_z, linear, score.shape[2])
-    ins = _dev(rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, logpi, pi2sum, R, noise_scale,
-               terminal, gpow, score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho)
+    (d_rho_p, d_rho_a, d_thr, d_off, d_word, d_r, d_noise, d_pi, d_logpi, d_pi2sum, d_term, d_gpow, d_score,
+     d_codes, d_fpar, d_crit, d_critics, d_V, d_Q, d_rho, d_bs, d_bsg, d_bfit,
+     d_brho) = _dev(rho_p, rho_a, step_thr, step_off, step_word, step_r, noise_scale, pi, logpi, pi2sum, terminal,
+                    gpow, score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho)
     outs = _dev(outC, out_proxy)
-    (d_rho_p, d_rho_a, d_step_p, d_slot_next, d_slot_act, d_alias_next, d_alias_act, d_pi, d_logpi, d_pi2sum, d_R,
-     d_noise, d_term, d_gpow, d_score, d_codes, d_fpar, d_crit, d_critics, d_V, d_Q, d_rho, d_bs, d_bsg, d_bfit,
-     d_brho) = ins
     _pass2_kernel[blocks, THREADS_PER_BLOCK](
-        seed, cell, np.int64(trial0), np.int64(n_trials), np.int64(N), np.int64(per), d_rho_p, d_rho_a, d_step_p,
-        d_slot_next, d_slot_act, d_alias_next, d_alias_act, d_pi, d_logpi, d_pi2sum, d_R, np.int64(noise_kind),
-        d_noise, d_term, np.float64(gamma), d_gpow, np.int64(cap), finite, linear, d_score, d_codes, d_fpar,
+        seed, cell, np.int64(trial0), np.int64(n_trials), np.int64(N), np.int64(per), d_rho_p, d_rho_a,
+        np.int64(n_slots), d_thr, d_off, d_word, d_r, np.int64(noise_kind), d_noise, d_pi, d_logpi, d_pi2sum,
+        d_term, np.float64(gamma), d_gpow, np.int64(cap), finite, linear, d_score, d_codes, d_fpar,
         d_crit, d_critics, d_V, d_Q, d_rho, d_bs, d_bsg, d_bfit, d_brho, need_z, want_proxy, np.float64(lg),
         need_r, need_w, need_rho, sc["sc_s"], sc["sc_a"], sc["sc_r"], sc["sc_g"], sc["sc_cnt"],
         sc["sc_ns"], sc["sc_z"], *outs)

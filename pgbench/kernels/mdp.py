@@ -27,7 +27,7 @@ from numba import njit, prange
 from pgbench.estimators.catalogue import (
     REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B,
     VALUE_B, TIME_B_LOO, TRUE_ADV, ALL_ACTION, GAE, GEOMETRIC, IS_PD, ENTROPY, FISHER)
-from pgbench.kernels.rng import stream, uniform, normal
+from pgbench.kernels.rng import next_u64, stream, uniform, normal
 
 # batch statistics (pass 1), per trial
 ST_R, ST_W, ST_WR, ST_Z, ST_ZR, ST_N = range(6)
@@ -92,35 +92,58 @@ def _alias_draw(prob, alias, row, u):
     return keep * i + (1 - keep) * alias[row, i]
 
 
+_M26 = np.uint64((1 << 26) - 1)
+_M27 = np.uint64((1 << 27) - 1)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_ACT = np.uint64(0x7FFFFFFF)
+
+
 @njit(inline="always", cache=True)
-def _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R, noise_kind, noise_scale,
-             terminal, cap, buf_s, buf_a, buf_r):
+def _column(x, n):
+    """Column ``i = floor(u n)`` and fraction ``f = (u n - i) 2^53`` of the uniform ``u = (x >> 11) 2^-53``.
+
+    Exact integer arithmetic for any ``n < 2^32``: with ``m = x >> 11 = m_h 2^26 + m_l``,
+    ``m n = q 2^26 + (m_l n mod 2^26)`` where ``q = m_h n + floor(m_l n / 2^26)`` (no product
+    overflows 64 bits), so ``i = q >> 27`` and ``f = (q mod 2^27) 2^26 + (m n mod 2^26)``.
+    """
+    m = x >> np.uint64(11)
+    q = (m >> np.uint64(26)) * n + (((m & _M26) * n) >> np.uint64(26))
+    return q >> np.uint64(27), ((q & _M27) << np.uint64(26)) | ((m * n) & _M26)
+
+
+@njit(inline="always", cache=True)
+def _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale, cap,
+             buf_s, buf_a, buf_r):
     """Sample one episode into the buffers; returns (length L, u_geo, s0, s1).
 
-    One uniform picks (a, s') jointly from the alias table of ``mu(a|s) P(s'|s, a)`` over slots
-    ``a * K + k``. The successor and action of both candidates (the slot and its alias) are
-    tabulated, so the next state is one load away from the current one; reward noise takes its
-    own draws. ``buf_s[L]`` holds the state after the last step (terminal, or where the cap cut
-    in). ``u_geo`` is drawn first in every episode, used or not, so the other draws do not
-    depend on which estimators run.
+    Every step draws one 64-bit word and picks the joint (a, s') from the alias table of
+    ``mu(a|s) P(s'|s, a)`` over the ``n_slots`` slots ``a * K + k`` of the current state: column
+    ``j = s n_slots + i`` is kept when the fraction is below ``step_thr[j] = ceil(prob 2^53)``
+    (exactly ``u n - i < prob``), else its alias is taken. The pair tables hold, at ``2 j`` for the
+    column and ``2 j + 1`` for its alias, the successor's row offset ``s' n_slots``, a packed word
+    (s' | a << 32 | terminal(s') << 63) and the reward R[s, a]. So the only work between one
+    state and the next is a load, a compare and a load: no branch on the coin flip (it would
+    mispredict half the time) and no multiply. Reward noise takes its own draws.
+
+    ``buf_s[L]`` holds the state after the last step (terminal, or where the cap cut in).
+    ``u_geo`` is drawn first in every episode, used or not, so the other draws do not depend
+    on which estimators run.
     """
     u_geo, s0, s1 = uniform(s0, s1)
     u, s0, s1 = uniform(s0, s1)
-    s = _alias_draw(rho_p, rho_a, 0, u)
-    n = step_p.shape[1]
+    s = np.uint64(_alias_draw(rho_p, rho_a, 0, u))
+    n = np.uint64(n_slots)
+    base = s * n
     L = cap
     for t in range(cap):
-        u, s0, s1 = uniform(s0, s1)
-        x = u * n
-        i = min(int(x), n - 1)
-        # arithmetic select: the comparison is a coin flip, and a branch on it mispredicts so
-        # often that it doubled the cost of a step
-        keep = np.int64(x - i < step_p[s, i])
-        sn_alias = alias_next[s, i]
-        a_alias = alias_act[s, i]
-        sn = sn_alias + keep * (slot_next[s, i] - sn_alias)
-        a = a_alias + keep * (slot_act[i] - a_alias)
-        r = R[s, a]
+        x, s0, s1 = next_u64(s0, s1)
+        i, frac = _column(x, n)
+        j = base + i
+        pick = np.uint64(2) * j + np.uint64(frac >= step_thr[j])
+        base = step_off[pick]
+        w = step_word[pick]
+        r = step_r[pick]
+        a = (w >> np.uint64(32)) & _ACT
         if noise_kind == 1:
             z, s0, s1 = normal(s0, s1)
             r += noise_scale[s, a] * z
@@ -130,8 +153,8 @@ def _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alia
         buf_s[t] = s
         buf_a[t] = a
         buf_r[t] = r
-        s = sn
-        if terminal[sn]:
+        s = w & _LOW32
+        if w >> np.uint64(63):
             L = t + 1
             break
     buf_s[L] = s
@@ -244,17 +267,25 @@ def _geometric_horizon(u_geo, gamma, lg, cap):
     return cap
 
 
-@njit(cache=True)
-def _episode_weights(row, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, Rep, W, Z, gamma, gpow, cap, finite,
-                     lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
-                     b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy):
+@njit(inline="always", cache=True)
+def _episode_weights(row, k, N, L, u_geo, ep, Rep, W, Z, env, est, batch, need_rho, want_proxy, outC, out_proxy):
     """Pass 2 for one episode: ``outC[row, e, s_t, a_t] += psi^e_t`` for every estimator e.
 
-    ``k`` indexes the per-trial batch statistics ``b_*`` (pass 1). The loop is estimator-major:
-    one tight backward pass over the episode per estimator (a single loop dispatching on every
-    estimator at every step ran at half the speed). Additions into each ``outC[row, e]`` happen
-    in backward time order either way.
+    The arguments come in tuples: the episode ``ep = (buf_s, buf_a, buf_r, cumrho)``, the problem
+    ``env = (gamma, gpow, cap, finite, lg, pi, logpi, terminal)``, the estimators ``est = (codes,
+    fpar, crit, critics, Vtab, Qtab, rho_ratio)`` and the pass-1 batch statistics ``batch =
+    (b_stats, b_SG, b_fitV, b_rho)`` of trial ``k``. Fewer than 30 arguments let numba inline it
+    into the parallel loop (CPython passes longer calls as ``*args``, which numba cannot inline);
+    a call per episode with 20-odd arrays cost about 2.5 ns per step on a 50-step episode.
+
+    The loop is estimator-major: one tight backward pass over the episode per estimator (a
+    single loop dispatching on every estimator at every step ran at half the speed). Additions
+    into each ``outC[row, e]`` happen in backward time order either way.
     """
+    buf_s, buf_a, buf_r, cumrho = ep
+    gamma, gpow, cap, finite, lg, pi, logpi, terminal = env
+    codes, fpar, crit, critics, Vtab, Qtab, rho_ratio = est
+    b_stats, b_SG, b_fitV, b_rho = batch
     A = pi.shape[1]
     n_est = codes.shape[0]
     SR = b_stats[k, ST_R]
@@ -405,8 +436,8 @@ def _log_inv_gamma(gamma: float) -> float:
 
 @njit(parallel=True, cache=True)
 def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
-                 rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, pi2sum, R, noise_kind,
-                 noise_scale, terminal, gamma, gpow, cap, finite, linear, score, need_z, rho_ratio,
+                 rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale,
+                 pi, pi2sum, terminal, gamma, gpow, cap, finite, linear, score, need_z, rho_ratio,
                  out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
     """Pass 1: per work item, sums over its episodes of R, W, W R, ||z||^2, ||z||^2 R, the
     reward-to-go per step (for leave-one-out time baselines), per-(t, s) returns (fitted critic)
@@ -426,8 +457,8 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
         zvec = np.zeros(score.shape[2])
         for i in range(c * per, min(N, (c + 1) * per)):
             s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
-            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
-                                         noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+                                         noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
             Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, True, need_z,
                                          cnt, ns, zvec)
             _episode_stats(item, L, buf_s, buf_a, buf_r, G_t, Rep, W, Z, gamma, finite, rho_ratio, cap,
@@ -437,8 +468,8 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
 
 @njit(parallel=True, cache=True)
 def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
-                   rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, pi, logpi, pi2sum, R,
-                   noise_kind, noise_scale, terminal, gamma, gpow, cap, finite, linear, score,
+                   rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale,
+                   pi, logpi, pi2sum, terminal, gamma, gpow, cap, finite, linear, score,
                    codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
                    b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy, lg,
                    outC, out_proxy):
@@ -467,13 +498,14 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
         zvec = np.zeros(score.shape[2])
         for i in range(c * per, min(N, (c + 1) * per)):
             s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
-            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next, alias_act, R,
-                                         noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+                                         noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
             Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_r, need_w,
                                          need_z, cnt, ns, zvec)
-            _episode_weights(item, k, N, L, u_geo, buf_s, buf_a, buf_r, cumrho, Rep, W, Z, gamma, gpow, cap,
-                             finite, lg, pi, logpi, terminal, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
-                             b_stats, b_SG, b_fitV, b_rho, need_rho, want_proxy, outC, out_proxy)
+            _episode_weights(item, k, N, L, u_geo, (buf_s, buf_a, buf_r, cumrho), Rep, W, Z,
+                             (gamma, gpow, cap, finite, lg, pi, logpi, terminal),
+                             (codes, fpar, crit, critics, Vtab, Qtab, rho_ratio), (b_stats, b_SG, b_fitV, b_rho),
+                             need_rho, want_proxy, outC, out_proxy)
     return outC
 
 
@@ -486,8 +518,8 @@ def user_kernel(fn):
         return _USER_KERNELS[fn]
 
     @njit(parallel=True)
-    def kernel(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
-               alias_act, R, noise_kind, noise_scale, terminal, gamma, cap, pi, Vtab, Qtab, outC):
+    def kernel(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+               step_r, noise_kind, noise_scale, gamma, cap, pi, Vtab, Qtab, outC):
         n_items = n_trials * n_chunks
         per = (N + n_chunks - 1) // n_chunks
         for item in prange(n_items):
@@ -499,8 +531,8 @@ def user_kernel(fn):
             psi = np.zeros(cap)
             for i in range(c * per, min(N, (c + 1) * per)):
                 s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
-                L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, step_p, slot_next, slot_act, alias_next,
-                                             alias_act, R, noise_kind, noise_scale, terminal, cap, buf_s, buf_a, buf_r)
+                L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+                                             step_r, noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
                 fn(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi)
                 for t in range(L):
                     outC[item, 0, buf_s[t], buf_a[t]] += psi[t]

@@ -55,6 +55,10 @@ class Tables:
     slot_act: np.ndarray  # action of each slot, (A K,)
     alias_next: np.ndarray  # next state and action of each slot's alias, (S, A K)
     alias_act: np.ndarray
+    step_thr: np.ndarray  # what the rollout reads (see pgbench.kernels.mdp._rollout): flat (S A K,)
+    step_off: np.ndarray  # pair tables, (2 S A K,): column at 2 j, alias at 2 j + 1
+    step_word: np.ndarray
+    step_r: np.ndarray
     R: np.ndarray
     noise_kind: int
     noise_scale: np.ndarray
@@ -66,6 +70,15 @@ class Tables:
     linear: bool
     score: np.ndarray
     rho_ratio: np.ndarray
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.step_p.shape[1])
+
+    def sampler(self) -> tuple:
+        """The rollout's arguments, in the kernels' order: start and step tables, reward noise."""
+        return (self.rho_p, self.rho_a, self.n_slots, self.step_thr, self.step_off, self.step_word, self.step_r,
+                self.noise_kind, self.noise_scale)
 
 
 def behaviour_policy(pi: np.ndarray, spec: EstimatorSpec) -> np.ndarray:
@@ -95,13 +108,41 @@ def make_tables(problem: MDPProblem, theta: np.ndarray, mu: np.ndarray | None = 
     slot_act = np.repeat(np.arange(A, dtype=np.int64), Kn)
     alias_next = np.ascontiguousarray(np.take_along_axis(slot_next, step_a, axis=1))
     alias_act = np.ascontiguousarray(slot_act[step_a])
+    thr, off, word, rew = pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, mdp.R, mdp.terminal)
     return Tables(
         pi=pi, logpi=logpi, pi2sum=(pi * pi).sum(axis=1), rho_p=rho_p, rho_a=rho_a, step_p=step_p, step_a=step_a,
-        slot_next=slot_next, slot_act=slot_act, alias_next=alias_next, alias_act=alias_act, R=np.ascontiguousarray(mdp.R),
+        slot_next=slot_next, slot_act=slot_act, alias_next=alias_next, alias_act=alias_act, step_thr=thr,
+        step_off=off, step_word=word, step_r=rew, R=np.ascontiguousarray(mdp.R),
         noise_kind=noise_kind, noise_scale=np.ascontiguousarray(mdp.reward_scale),
         terminal=np.ascontiguousarray(mdp.terminal), gamma=float(mdp.gamma),
         gpow=mdp.gamma ** np.arange(cap + 1, dtype=np.float64), cap=int(cap), finite=mdp.horizon is not None,
         linear=linear, score=score, rho_ratio=pi / mu)
+
+
+def pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, R, terminal):
+    """The rollout's step tables (layout in :func:`pgbench.kernels.mdp._rollout`).
+
+    ``thr[j] = ceil(step_p 2^53)``, so the integer test ``f < thr`` on the 53-bit fraction is the
+    exact real test ``u n - i < step_p``. Pair entry ``2 j`` is column j itself, ``2 j + 1`` its
+    alias: successor row offset ``s' n``, packed word ``s' | a << 32 | terminal(s') << 63``, and R[s, a].
+    """
+    S, n = step_p.shape
+    if S >= 2 ** 32 or R.shape[1] >= 2 ** 31 or n >= 2 ** 32:
+        raise PGBenchError(f"problem too large for the sampling tables (S={S}, A={R.shape[1]}, slots={n})")
+    thr = np.minimum(np.ceil(step_p * 2.0 ** 53), 2.0 ** 53).astype(np.uint64).reshape(-1)
+    rows = np.arange(S)[:, None]
+    acts = np.broadcast_to(slot_act, (S, n))
+
+    def pair(col, ali):
+        return np.ascontiguousarray(np.stack([col, ali], axis=-1).reshape(-1))
+
+    def word(nxt, act):
+        nxt = nxt.astype(np.uint64)
+        return nxt | (act.astype(np.uint64) << np.uint64(32)) | (terminal[nxt].astype(np.uint64) << np.uint64(63))
+
+    off = pair(slot_next.astype(np.uint64) * np.uint64(n), alias_next.astype(np.uint64) * np.uint64(n))
+    return (np.ascontiguousarray(thr), off, pair(word(slot_next, acts), word(alias_next, alias_act)),
+            pair(R[rows, acts], R[rows, alias_act]).astype(np.float64))
 
 
 def oracle_tables(gt: GroundTruth):
@@ -291,9 +332,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                 fs = np.zeros((n_items, Tfit if need_fit else 0, mdp.S))
                 fc = np.zeros_like(fs)
                 rh = np.zeros((n_items, b_rho.shape[1]))
-                kb._batch_stats(seed64, cell64, k0, nb, N, n_chunks, gtabs.rho_p, gtabs.rho_a, gtabs.step_p, gtabs.slot_next, gtabs.slot_act, gtabs.alias_next, gtabs.alias_act, gtabs.pi,
-                                gtabs.pi2sum, gtabs.R, gtabs.noise_kind,
-                                gtabs.noise_scale, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite,
+                kb._batch_stats(seed64, cell64, k0, nb, N, n_chunks, *gtabs.sampler(), gtabs.pi, gtabs.pi2sum,
+                                gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite,
                                 gtabs.linear, gtabs.score, need_z, gtabs.rho_ratio, st, sg, fs, fc, rh)
                 episodes += nb * N
                 b_stats = _reduce(st, nb, n_chunks)
@@ -306,9 +346,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                     b_fitV[:, :Tfit, :] = fit
             outC = np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
             out_proxy = np.zeros((n_items, K_.N_PROXY if want_proxy else 0))
-            kb._score_weights(seed64, cell64, k0, nb, N, n_chunks, gtabs.rho_p, gtabs.rho_a, gtabs.step_p, gtabs.slot_next, gtabs.slot_act, gtabs.alias_next, gtabs.alias_act, gtabs.pi,
-                              gtabs.logpi, gtabs.pi2sum, gtabs.R, gtabs.noise_kind,
-                              gtabs.noise_scale, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
+            kb._score_weights(seed64, cell64, k0, nb, N, n_chunks, *gtabs.sampler(), gtabs.pi, gtabs.logpi,
+                              gtabs.pi2sum, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
                               gtabs.score, codes, fpar, crit, critics_arr, V, Q, gtabs.rho_ratio,
                               b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy,
                               K_._log_inv_gamma(gtabs.gamma), outC, out_proxy)
@@ -360,11 +399,9 @@ def _warm(t: Tables, seed64, cell64, N) -> None:
     if key in _WARMED:
         return
     z = np.zeros
-    K_._batch_stats(seed64, cell64, 0, 0, 1, 1, t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act, t.alias_next, t.alias_act, t.pi,
-                    t.pi2sum, t.R, t.noise_kind, t.noise_scale, t.terminal, t.gamma, t.gpow, t.cap, t.finite, t.linear,
+    K_._batch_stats(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite, t.linear,
                     t.score, False, t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0, 0)), z((0, 0)))
-    K_._score_weights(seed64, cell64, 0, 0, 1, 1, t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act, t.alias_next, t.alias_act, t.pi,
-                      t.logpi, t.pi2sum, t.R, t.noise_kind, t.noise_scale, t.terminal, t.gamma, t.gpow, t.cap, t.finite,
+    K_._score_weights(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.logpi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite,
                       t.linear, t.score, z(1, np.int64), z((1, 2)), z(1, np.int64), z((1, 1, 1)), z((1, 1)),
                       z((1, 1, 1)), t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0)), False, False,
                       0.0, z((0, 1, 1, 1)), z((0, 0)))
@@ -394,8 +431,7 @@ def optimal_constant_baseline(problem: MDPProblem, th: np.ndarray, seed: int,
     st = np.zeros((n_chunks, K_.N_STATS))
     z = np.zeros
     cell = np.uint64(cell_key("optimal_const_baseline pilot", problem.name, th) % (1 << 64))
-    K_._batch_stats(seed_u64(seed), cell, 0, 1, episodes, n_chunks, tabs.rho_p, tabs.rho_a, tabs.step_p,
-                    tabs.slot_next, tabs.slot_act, tabs.alias_next, tabs.alias_act, tabs.pi, tabs.pi2sum, tabs.R, tabs.noise_kind, tabs.noise_scale,
+    K_._batch_stats(seed_u64(seed), cell, 0, 1, episodes, n_chunks, *tabs.sampler(), tabs.pi, tabs.pi2sum,
                     tabs.terminal, tabs.gamma, tabs.gpow, tabs.cap, tabs.finite, tabs.linear, tabs.score, True,
                     tabs.rho_ratio, st, z((n_chunks, 0)), z((n_chunks, 0, 0)), z((n_chunks, 0, 0)), z((n_chunks, 0)))
     s = st.sum(axis=0)
@@ -406,8 +442,7 @@ def _run_user(spec: EstimatorSpec, t: Tables, V, Q, seed64, cell64, N: int, K: i
     """Score weights of a user estimator, per trial, on the cell's streams."""
     kern = K_.user_kernel(USER_ESTIMATORS[spec.name].fn)
     out = np.zeros((K, t.pi.shape[0], t.pi.shape[1]))
-    args = (t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act, t.alias_next, t.alias_act, t.R, t.noise_kind,
-            t.noise_scale, t.terminal, t.gamma, t.cap, t.pi, V, Q)
+    args = (*t.sampler(), t.gamma, t.cap, t.pi, V, Q)
     z = np.zeros((0, 1) + t.pi.shape)
     try:
         kern(seed64, cell64, 0, 0, 1, 1, *args, z)  # compile outside the loop, with a clear error
@@ -431,8 +466,7 @@ def episode_samples(problem: MDPProblem, theta=None, n: int = 2000, seed: int = 
     st = np.zeros((n, K_.N_STATS))
     z = np.zeros
     cell = np.uint64(cell_key("episode samples", problem.name, th) % (1 << 64))
-    K_._batch_stats(seed_u64(seed), cell, 0, n, 1, 1, t.rho_p, t.rho_a, t.step_p, t.slot_next, t.slot_act,
-                    t.alias_next, t.alias_act, t.pi, t.pi2sum, t.R, t.noise_kind, t.noise_scale, t.terminal, t.gamma,
+    K_._batch_stats(seed_u64(seed), cell, 0, n, 1, 1, *t.sampler(), t.pi, t.pi2sum, t.terminal, t.gamma,
                     t.gpow, t.cap, t.finite, t.linear, t.score, True, t.rho_ratio, st, z((n, 0)), z((n, 0, 0)),
                     z((n, 0, 0)), z((n, 0)))
     return {"R": st[:, K_.ST_R], "W": st[:, K_.ST_W], "znorm2": st[:, K_.ST_Z]}
