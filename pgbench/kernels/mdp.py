@@ -119,11 +119,13 @@ def _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_
     Every step draws one 64-bit word and picks the joint (a, s') from the alias table of
     ``mu(a|s) P(s'|s, a)`` over the ``n_slots`` slots ``a * K + k`` of the current state: column
     ``j = s n_slots + i`` is kept when the fraction is below ``step_thr[j] = ceil(prob 2^53)``
-    (exactly ``u n - i < prob``), else its alias is taken. The pair tables hold, at ``2 j`` for the
-    column and ``2 j + 1`` for its alias, the successor's row offset ``s' n_slots``, a packed word
-    (s' | a << 32 | terminal(s') << 63) and the reward R[s, a]. So the only work between one
-    state and the next is a load, a compare and a load: no branch on the coin flip (it would
-    mispredict half the time) and no multiply. Reward noise takes its own draws.
+    (exactly ``u n - i < prob``), else its alias is taken. ``step_off[j]`` packs the successor's
+    row offset ``s' n_slots`` for the column (low 32 bits) and for its alias (high 32 bits); the
+    pair tables ``step_word`` (s' | a << 32 | terminal(s') << 63) and ``step_r`` (R[s, a]) hold the
+    column at ``2 j`` and its alias at ``2 j + 1``. So between one state and the next there are
+    two loads side by side, a compare and two shifts: no branch on the coin flip (it would
+    mispredict half the time), no multiply, no second dependent load. Reward noise takes its
+    own draws.
 
     ``buf_s[L]`` holds the state after the last step (terminal, or where the cap cut in).
     ``u_geo`` is drawn first in every episode, used or not, so the other draws do not depend
@@ -139,8 +141,9 @@ def _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_
         x, s0, s1 = next_u64(s0, s1)
         i, frac = _column(x, n)
         j = base + i
-        pick = np.uint64(2) * j + np.uint64(frac >= step_thr[j])
-        base = step_off[pick]
+        alias = np.uint64(frac >= step_thr[j])
+        base = (step_off[j] >> (alias << np.uint64(5))) & _LOW32
+        pick = np.uint64(2) * j + alias
         w = step_word[pick]
         r = step_r[pick]
         a = (w >> np.uint64(32)) & _ACT

@@ -56,8 +56,8 @@ class Tables:
     alias_next: np.ndarray  # next state and action of each slot's alias, (S, A K)
     alias_act: np.ndarray
     step_thr: np.ndarray  # what the rollout reads (see pgbench.kernels.mdp._rollout): flat (S A K,)
-    step_off: np.ndarray  # pair tables, (2 S A K,): column at 2 j, alias at 2 j + 1
-    step_word: np.ndarray
+    step_off: np.ndarray  # (S A K,): successor row offsets of the column (low half) and its alias
+    step_word: np.ndarray  # pair tables, (2 S A K,): column at 2 j, alias at 2 j + 1
     step_r: np.ndarray
     R: np.ndarray
     noise_kind: int
@@ -123,11 +123,12 @@ def pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, R, terminal)
     """The rollout's step tables (layout in :func:`pgbench.kernels.mdp._rollout`).
 
     ``thr[j] = ceil(step_p 2^53)``, so the integer test ``f < thr`` on the 53-bit fraction is the
-    exact real test ``u n - i < step_p``. Pair entry ``2 j`` is column j itself, ``2 j + 1`` its
-    alias: successor row offset ``s' n``, packed word ``s' | a << 32 | terminal(s') << 63``, and R[s, a].
+    exact real test ``u n - i < step_p``. ``off[j]`` packs the successor row offsets ``s' n`` of
+    column j (low 32 bits) and of its alias (high 32 bits). Pair entry ``2 j`` is column j itself,
+    ``2 j + 1`` its alias: packed word ``s' | a << 32 | terminal(s') << 63``, and R[s, a].
     """
     S, n = step_p.shape
-    if S >= 2 ** 32 or R.shape[1] >= 2 ** 31 or n >= 2 ** 32:
+    if S * n >= 2 ** 32 or R.shape[1] >= 2 ** 31:
         raise PGBenchError(f"problem too large for the sampling tables (S={S}, A={R.shape[1]}, slots={n})")
     thr = np.minimum(np.ceil(step_p * 2.0 ** 53), 2.0 ** 53).astype(np.uint64).reshape(-1)
     rows = np.arange(S)[:, None]
@@ -140,8 +141,9 @@ def pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, R, terminal)
         nxt = nxt.astype(np.uint64)
         return nxt | (act.astype(np.uint64) << np.uint64(32)) | (terminal[nxt].astype(np.uint64) << np.uint64(63))
 
-    off = pair(slot_next.astype(np.uint64) * np.uint64(n), alias_next.astype(np.uint64) * np.uint64(n))
-    return (np.ascontiguousarray(thr), off, pair(word(slot_next, acts), word(alias_next, alias_act)),
+    off = ((slot_next.astype(np.uint64) * np.uint64(n))
+           | ((alias_next.astype(np.uint64) * np.uint64(n)) << np.uint64(32))).reshape(-1)
+    return (np.ascontiguousarray(thr), np.ascontiguousarray(off), pair(word(slot_next, acts), word(alias_next, alias_act)),
             pair(R[rows, acts], R[rows, alias_act]).astype(np.float64))
 
 
