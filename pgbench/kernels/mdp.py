@@ -92,6 +92,8 @@ def _alias_draw(prob, alias, row, u):
     return keep * i + (1 - keep) * alias[row, i]
 
 
+_SHORT_ROW = np.uint64(1 << 11)
+_M53 = np.uint64((1 << 53) - 1)
 _M26 = np.uint64((1 << 26) - 1)
 _M27 = np.uint64((1 << 27) - 1)
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -102,11 +104,17 @@ _ACT = np.uint64(0x7FFFFFFF)
 def _column(x, n):
     """Column ``i = floor(u n)`` and fraction ``f = (u n - i) 2^53`` of the uniform ``u = (x >> 11) 2^-53``.
 
-    Exact integer arithmetic for any ``n < 2^32``: with ``m = x >> 11 = m_h 2^26 + m_l``,
-    ``m n = q 2^26 + (m_l n mod 2^26)`` where ``q = m_h n + floor(m_l n / 2^26)`` (no product
-    overflows 64 bits), so ``i = q >> 27`` and ``f = (q mod 2^27) 2^26 + (m n mod 2^26)``.
+    Exact integer arithmetic for any ``n < 2^32``. Below ``2^11`` the product ``m n`` of
+    ``m = x >> 11`` fits in 64 bits, so ``i = m n >> 53`` and ``f = m n mod 2^53`` (the test on
+    ``n`` is loop-invariant, so the compiler hoists it out of the rollout loop). Otherwise, with
+    ``m = m_h 2^26 + m_l``, ``m n = q 2^26 + (m_l n mod 2^26)`` where ``q = m_h n + floor(m_l n /
+    2^26)`` (no product overflows 64 bits), so ``i = q >> 27`` and ``f = (q mod 2^27) 2^26 +
+    (m n mod 2^26)``.
     """
     m = x >> np.uint64(11)
+    if n < _SHORT_ROW:
+        p = m * n
+        return p >> np.uint64(53), p & _M53
     q = (m >> np.uint64(26)) * n + (((m & _M26) * n) >> np.uint64(26))
     return q >> np.uint64(27), ((q & _M27) << np.uint64(26)) | ((m * n) & _M26)
 
