@@ -166,10 +166,12 @@ def test_alias_tables_reproduce_the_joint_exactly(key):
             np.testing.assert_array_equal((t.step_off >> np.uint64(32 * half)).reshape(S, n) & np.uint64(0xFFFFFFFF),
                                           nxt * n)
             np.testing.assert_array_equal(t.step_r[half::2].reshape(S, n), mdp.R[np.arange(S)[:, None], act])
-        # the integer threshold keeps exactly the fractions f / 2^53 < step_p
-        thr = t.step_thr.reshape(S, n).astype(object)
-        for s, i in zip(*np.nonzero(t.step_p < 1.0)):
-            assert Fraction(int(thr[s, i]) - 1, 2 ** 53) < Fraction(float(t.step_p[s, i])) <= Fraction(int(thr[s, i]), 2 ** 53)
+        # the integer thresholds keep exactly the fractions f / 2^53 < prob
+        for thr, p in ((t.step_thr, t.step_p.reshape(-1)), (t.rho_thr, t.rho_p[0])):
+            for j in np.nonzero(p < 1.0)[0]:
+                assert Fraction(int(thr[j]) - 1, 2 ** 53) < Fraction(float(p[j])) <= Fraction(int(thr[j]), 2 ** 53)
+            assert np.all(thr[p >= 1.0] == 2 ** 53)
+        np.testing.assert_array_equal(t.rho_alias, t.rho_a[0])
     if key == "padded":
         assert np.any(joint == 0.0)  # zero-probability slots really are present
 
@@ -372,6 +374,23 @@ def test_optimal_constant_baseline_is_close_to_the_exact_b_star(key):
     assert abs(b_pilot - b_star) <= 5 * sd / np.sqrt(PILOT_EPISODES), (b_pilot, b_star)
     if key == "three_step_bandit":
         assert b_star == pytest.approx(1.0, abs=1e-12)
+
+
+def test_memory_does_not_grow_with_the_number_of_episodes():
+    """Everything the engine allocates for a cell (accumulators, batch statistics) is sized by the
+    problem, the estimators and the chunk count, never by N: a hundred times the episodes, the
+    same peak. (Kernel-side buffers are one episode long per work item.)"""
+    import tracemalloc
+    prob = make("three_step_bandit")
+    ests = [n for n in ALL if n != "optimal_const_baseline"]  # its exact b* enumerates, once, outside this
+    sample_mdp(prob, ests, N=64, K=2)  # compile first
+    peaks = []
+    for N in (10 ** 4, 10 ** 6):
+        tracemalloc.start()
+        sample_mdp(prob, ests, N=N, K=2, seed=1)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] <= peaks[0] * 1.05 + 16 * 1024, peaks
 
 
 # ----------------------------------------------------------------------------- randomness
