@@ -37,7 +37,7 @@ def kernel_arguments(name: str, linear: bool):
     z = np.zeros
     n, cap, (S, A) = 32, t.cap, t.pi.shape
     i64, f64 = np.int64, np.float64
-    head = (seed_u64(0), np.uint64(1), i64(0), i64(1), i64(4), i64(4), t.rho_p, t.rho_a, i64(t.n_slots), t.step_thr,
+    head = (seed_u64(0), np.uint64(1), i64(0), i64(1), i64(4), i64(4), t.rho_thr, t.rho_alias, i64(t.n_slots), t.step_thr,
             t.step_off, t.step_word, t.step_r, i64(t.noise_kind), t.noise_scale, t.pi)
     scratch = (z((n, cap + 1), i64), z((n, cap), i64), z((n, cap)), z((n, cap)), z((n, S, A)), z((n, S)), z((n, 2)))
     if name == "pass1":

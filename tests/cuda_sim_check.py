@@ -25,12 +25,12 @@ FAMILIES = ["reinforce", "reinforce_rtg", "rtg_no_gamma_t", "const_baseline:b=0.
 
 @njit
 def cpu_rollouts(seed, cell, n, t):
-    rho_p, rho_a, n_slots, thr, off, word, rew, nk, ns, cap = t
+    rho_thr, rho_alias, n_slots, thr, off, word, rew, nk, ns, cap = t
     S = np.zeros((n, cap + 1), np.int64) - 1
     A = np.zeros((n, cap), np.int64) - 1
     for i in range(n):
         s0, s1 = km.stream(seed, cell, np.uint64(0), np.uint64(i))
-        L, u, s0, s1 = km._rollout(s0, s1, rho_p, rho_a, n_slots, thr, off, word, rew, nk, ns, cap, S[i], A[i],
+        L, u, s0, s1 = km._rollout(s0, s1, rho_thr, rho_alias, n_slots, thr, off, word, rew, nk, ns, cap, S[i], A[i],
                                    np.zeros(cap))
         S[i, L + 1:] = -1
         A[i, L:] = -1
@@ -38,11 +38,11 @@ def cpu_rollouts(seed, cell, n, t):
 
 
 @cuda.jit
-def gpu_rollouts(seed, cell, rho_p, rho_a, n_slots, thr, off, word, rew, nk, ns, cap, S, A, buf_r):
+def gpu_rollouts(seed, cell, rho_thr, rho_alias, n_slots, thr, off, word, rew, nk, ns, cap, S, A, buf_r):
     i = cuda.grid(1)
     if i < S.shape[0]:
         s0, s1 = kc._stream(seed, cell, np.uint64(0), np.uint64(i))
-        L, u, s0, s1 = kc._rollout(s0, s1, rho_p, rho_a, n_slots, thr, off, word, rew, nk, ns, cap, S[i], A[i],
+        L, u, s0, s1 = kc._rollout(s0, s1, rho_thr, rho_alias, n_slots, thr, off, word, rew, nk, ns, cap, S[i], A[i],
                                    buf_r[i])
         for t in range(L + 1, cap + 1):
             S[i, t] = -1

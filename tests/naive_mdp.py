@@ -37,17 +37,9 @@ def replay(seed, cell, trial: int, episode: int, n: int) -> np.ndarray:
     return uniforms(seed_u64(seed), np.uint64(int(cell) % (1 << 64)), np.uint64(trial), np.uint64(episode), n)
 
 
-def alias_pick(prob_row: np.ndarray, alias_row: np.ndarray, u: float) -> int:
-    """Walker's alias draw: column i = floor(u n); keep i with probability prob[i], else alias[i]."""
-    n = len(prob_row)
-    x = u * n
-    i = min(int(x), n - 1)
-    return int(i) if x - i < prob_row[i] else int(alias_row[i])
-
-
 def alias_pick_exact(prob_row: np.ndarray, alias_row: np.ndarray, u: float) -> int:
-    """The same draw in exact rational arithmetic (how the rollout draws each step's slot):
-    keep column i = floor(u n) iff u n - i < prob[i] as real numbers."""
+    """Walker's alias draw in exact rational arithmetic (how the rollout draws the start state and
+    each step's slot): column i = floor(u n), kept iff u n - i < prob[i] as real numbers, else alias[i]."""
     x = Fraction(u) * len(prob_row)
     i = math.floor(x)
     return int(i) if x - i < Fraction(float(prob_row[i])) else int(alias_row[i])
@@ -80,7 +72,7 @@ def rollout_reference(tables, seed, cell, trial: int, episode: int) -> Episode:
     per_step = 1 + {0: 0, 1: 2, 2: 1}[tables.noise_kind]
     u = replay(seed, cell, trial, episode, 2 + per_step * tables.cap)
     u_geo = float(u[0])
-    s = alias_pick(tables.rho_p[0], tables.rho_a[0], u[1])
+    s = alias_pick_exact(tables.rho_p[0], tables.rho_a[0], u[1])
     pos = 2
     states, actions, rewards = [], [], []
     for _ in range(tables.cap):

@@ -59,7 +59,7 @@ def _device_family() -> dict:
 
     for name in ("mix64", "next_u64", "uniform", "stream", "normal"):
         ns[name] = rebind(g_rng, getattr(_rng, name))
-    for name in ("_alias_draw", "_column", "_rollout", "_episode_scalars", "_geometric_horizon", "_episode_stats",
+    for name in ("_column", "_alias_pick", "_rollout", "_episode_scalars", "_geometric_horizon", "_episode_stats",
                  "_episode_weights"):
         ns[name] = rebind(g_mdp, getattr(_cpu, name))
     # compilation is lazy: filling the shared globals now is enough for every call to resolve
@@ -77,7 +77,7 @@ _episode_weights = _D["_episode_weights"]
 
 
 @cuda.jit
-def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                   step_r, noise_kind, noise_scale, pi, pi2sum, terminal, gamma, gpow, cap, finite, linear, score,
                   need_z, rho_ratio, sc_s, sc_a, sc_r, sc_g, sc_cnt, sc_ns, sc_z,
                   out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
@@ -91,7 +91,7 @@ def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, n_slots, s
         i = w - k * N
         row = k * n_chunks + i // per
         s0, s1 = _stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
-        L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+        L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
                                     noise_kind, noise_scale, cap, sc_s[tid], sc_a[tid], sc_r[tid])
         Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, True, True,
                                      need_z, sc_cnt[tid], sc_ns[tid], sc_z[tid])
@@ -100,7 +100,7 @@ def _pass1_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, n_slots, s
 
 
 @cuda.jit
-def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                   step_r, noise_kind, noise_scale, pi, logpi, pi2sum, terminal, gamma, gpow, cap, finite, linear,
                   score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_z,
                   want_proxy, lg, need_r, need_w, need_rho, sc_s, sc_a, sc_r, sc_g, sc_cnt, sc_ns, sc_z,
@@ -115,7 +115,7 @@ def _pass2_kernel(seed, cell, trial0, n_trials, N, per, rho_p, rho_a, n_slots, s
         i = w - k * N
         row = k * n_chunks + i // per
         s0, s1 = _stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
-        L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+        L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
                                     noise_kind, noise_scale, cap, sc_s[tid], sc_a[tid], sc_r[tid])
         Rep, W, Z = _episode_scalars(L, sc_s[tid], sc_a[tid], sc_r[tid], gpow, pi, pi2sum, linear, score, need_r,
                                      need_w, need_z, sc_cnt[tid], sc_ns[tid], sc_z[tid])
@@ -144,7 +144,7 @@ def _dev(*arrays):
     return [cuda.to_device(np.ascontiguousarray(a)) for a in arrays]
 
 
-def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                  step_r, noise_kind, noise_scale, pi, pi2sum, terminal, gamma, gpow, cap, finite, linear, score,
                  need_z, rho_ratio, out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
     """Pass 1 on the device; same arguments and outputs as :func:`pgbench.kernels.mdp._batch_stats`."""
@@ -154,12 +154,12 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_slot
     per = (N + n_chunks - 1) // n_chunks
     S, A = pi.shape
     sc = _scratch(n, cap, S, A, need_z, linear, score.shape[2])
-    (d_rho_p, d_rho_a, d_thr, d_off, d_word, d_r, d_noise, d_pi, d_pi2sum, d_term, d_gpow, d_score,
-     d_rho) = _dev(rho_p, rho_a, step_thr, step_off, step_word, step_r, noise_scale, pi, pi2sum, terminal, gpow,
+    (d_rho_thr, d_rho_alias, d_thr, d_off, d_word, d_r, d_noise, d_pi, d_pi2sum, d_term, d_gpow, d_score,
+     d_rho) = _dev(rho_thr, rho_alias, step_thr, step_off, step_word, step_r, noise_scale, pi, pi2sum, terminal, gpow,
                    score, rho_ratio)
     outs = _dev(out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho)
     _pass1_kernel[blocks, THREADS_PER_BLOCK](
-        seed, cell, np.int64(trial0), np.int64(n_trials), np.int64(N), np.int64(per), d_rho_p, d_rho_a,
+        seed, cell, np.int64(trial0), np.int64(n_trials), np.int64(N), np.int64(per), d_rho_thr, d_rho_alias,
         np.int64(n_slots), d_thr, d_off, d_word, d_r, np.int64(noise_kind), d_noise, d_pi, d_pi2sum, d_term,
         np.float64(gamma), d_gpow, np.int64(cap), finite, linear, d_score, need_z, d_rho,
         sc["sc_s"], sc["sc_a"], sc["sc_r"], sc["sc_g"], sc["sc_cnt"], sc["sc_ns"], sc["sc_z"], *outs)
@@ -168,7 +168,7 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_slot
     return out_stats
 
 
-def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                    step_r, noise_kind, noise_scale, pi, logpi, pi2sum, terminal, gamma, gpow, cap, finite, linear,
                    score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho, need_z,
                    want_proxy, lg, outC, out_proxy):
@@ -180,13 +180,13 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_sl
     per = (N + n_chunks - 1) // n_chunks
     S, A = pi.shape
     sc = _scratch(n, cap, S, A, need_z, linear, score.shape[2])
-    (d_rho_p, d_rho_a, d_thr, d_off, d_word, d_r, d_noise, d_pi, d_logpi, d_pi2sum, d_term, d_gpow, d_score,
+    (d_rho_thr, d_rho_alias, d_thr, d_off, d_word, d_r, d_noise, d_pi, d_logpi, d_pi2sum, d_term, d_gpow, d_score,
      d_codes, d_fpar, d_crit, d_critics, d_V, d_Q, d_rho, d_bs, d_bsg, d_bfit,
-     d_brho) = _dev(rho_p, rho_a, step_thr, step_off, step_word, step_r, noise_scale, pi, logpi, pi2sum, terminal,
+     d_brho) = _dev(rho_thr, rho_alias, step_thr, step_off, step_word, step_r, noise_scale, pi, logpi, pi2sum, terminal,
                     gpow, score, codes, fpar, crit, critics, Vtab, Qtab, rho_ratio, b_stats, b_SG, b_fitV, b_rho)
     outs = _dev(outC, out_proxy)
     _pass2_kernel[blocks, THREADS_PER_BLOCK](
-        seed, cell, np.int64(trial0), np.int64(n_trials), np.int64(N), np.int64(per), d_rho_p, d_rho_a,
+        seed, cell, np.int64(trial0), np.int64(n_trials), np.int64(N), np.int64(per), d_rho_thr, d_rho_alias,
         np.int64(n_slots), d_thr, d_off, d_word, d_r, np.int64(noise_kind), d_noise, d_pi, d_logpi, d_pi2sum,
         d_term, np.float64(gamma), d_gpow, np.int64(cap), finite, linear, d_score, d_codes, d_fpar,
         d_crit, d_critics, d_V, d_Q, d_rho, d_bs, d_bsg, d_bfit, d_brho, need_z, want_proxy, np.float64(lg),

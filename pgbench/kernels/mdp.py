@@ -42,7 +42,8 @@ def build_alias(q, prob, alias):
     """Walker's alias tables (Vose's construction) for every row of ``q`` (rows sum to 1).
 
     Drawing then costs one uniform and two loads whatever the row length: with
-    ``x = u n, i = floor(x)``, the outcome is i if ``x - i < prob[i]`` and ``alias[i]`` otherwise.
+    ``x = u n, i = floor(x)``, the outcome is i if ``x - i < prob[i]`` and ``alias[i]`` otherwise
+    (the kernels do this test exactly in integers, see ``_column`` and ``_alias_pick``).
     """
     rows, n = q.shape
     small = np.empty(n, np.int64)
@@ -82,16 +83,6 @@ def build_alias(q, prob, alias):
             alias[r, small[j]] = small[j]
 
 
-@njit(inline="always", cache=True)
-def _alias_draw(prob, alias, row, u):
-    n = prob.shape[1]
-    x = u * n
-    i = min(int(x), n - 1)
-    # arithmetic select: the comparison is a coin flip, so a branch would mispredict half the time
-    keep = np.int64(x - i < prob[row, i])
-    return keep * i + (1 - keep) * alias[row, i]
-
-
 _SHORT_ROW = np.uint64(1 << 11)
 _M53 = np.uint64((1 << 53) - 1)
 _M26 = np.uint64((1 << 26) - 1)
@@ -120,11 +111,22 @@ def _column(x, n):
 
 
 @njit(inline="always", cache=True)
-def _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale, cap,
+def _alias_pick(thr, alias, n, x):
+    """Outcome of the alias table ``(thr, alias)`` of n columns for the random word x: column
+    ``i = floor(u n)``, kept when its fraction is below ``thr[i]``, else ``alias[i]``."""
+    i, frac = _column(x, n)
+    if frac >= thr[i]:
+        return np.uint64(alias[i])
+    return i
+
+
+@njit(inline="always", cache=True)
+def _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale, cap,
              buf_s, buf_a, buf_r):
     """Sample one episode into the buffers; returns (length L, u_geo, s0, s1).
 
-    Every step draws one 64-bit word and picks the joint (a, s') from the alias table of
+    The start state is drawn the same way from the alias table of rho0. Every step draws one
+    64-bit word and picks the joint (a, s') from the alias table of
     ``mu(a|s) P(s'|s, a)`` over the ``n_slots`` slots ``a * K + k`` of the current state: column
     ``j = s n_slots + i`` is kept when the fraction is below ``step_thr[j] = ceil(prob 2^53)``
     (exactly ``u n - i < prob``), else its alias is taken. ``step_off[j]`` packs the successor's
@@ -140,8 +142,8 @@ def _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_
     on which estimators run.
     """
     u_geo, s0, s1 = uniform(s0, s1)
-    u, s0, s1 = uniform(s0, s1)
-    s = np.uint64(_alias_draw(rho_p, rho_a, 0, u))
+    x, s0, s1 = next_u64(s0, s1)
+    s = _alias_pick(rho_thr, rho_alias, np.uint64(rho_thr.shape[0]), x)
     n = np.uint64(n_slots)
     base = s * n
     L = cap
@@ -447,7 +449,7 @@ def _log_inv_gamma(gamma: float) -> float:
 
 @njit(parallel=True, cache=True)
 def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
-                 rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale,
+                 rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale,
                  pi, pi2sum, terminal, gamma, gpow, cap, finite, linear, score, need_z, rho_ratio,
                  out_stats, out_SG, out_fit_sum, out_fit_cnt, out_rho):
     """Pass 1: per work item, sums over its episodes of R, W, W R, ||z||^2, ||z||^2 R, the
@@ -468,7 +470,7 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
         zvec = np.zeros(score.shape[2])
         for i in range(c * per, min(N, (c + 1) * per)):
             s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
-            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
                                          noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
             Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, True, True, need_z,
                                          cnt, ns, zvec)
@@ -479,7 +481,7 @@ def _batch_stats(seed, cell, trial0, n_trials, N, n_chunks,
 
 @njit(parallel=True, cache=True)
 def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
-                   rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale,
+                   rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r, noise_kind, noise_scale,
                    pi, logpi, pi2sum, terminal, gamma, gpow, cap, finite, linear, score,
                    codes, fpar, crit, critics, Vtab, Qtab, rho_ratio,
                    b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy, lg,
@@ -509,7 +511,7 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
         zvec = np.zeros(score.shape[2])
         for i in range(c * per, min(N, (c + 1) * per)):
             s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
-            L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word, step_r,
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
                                          noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
             Rep, W, Z = _episode_scalars(L, buf_s, buf_a, buf_r, gpow, pi, pi2sum, linear, score, need_r, need_w,
                                          need_z, cnt, ns, zvec)
@@ -529,7 +531,7 @@ def user_kernel(fn):
         return _USER_KERNELS[fn]
 
     @njit(parallel=True)
-    def kernel(seed, cell, trial0, n_trials, N, n_chunks, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+    def kernel(seed, cell, trial0, n_trials, N, n_chunks, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                step_r, noise_kind, noise_scale, gamma, cap, pi, Vtab, Qtab, outC):
         n_items = n_trials * n_chunks
         per = (N + n_chunks - 1) // n_chunks
@@ -542,7 +544,7 @@ def user_kernel(fn):
             psi = np.zeros(cap)
             for i in range(c * per, min(N, (c + 1) * per)):
                 s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
-                L, u_geo, s0, s1 = _rollout(s0, s1, rho_p, rho_a, n_slots, step_thr, step_off, step_word,
+                L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                                              step_r, noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
                 fn(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi)
                 for t in range(L):

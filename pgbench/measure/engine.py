@@ -49,6 +49,8 @@ class Tables:
     pi2sum: np.ndarray
     rho_p: np.ndarray  # alias table of rho0, (1, S)
     rho_a: np.ndarray
+    rho_thr: np.ndarray  # what the rollout reads: ceil(rho_p 2^53), (S,) uint64, and rho_a[0]
+    rho_alias: np.ndarray
     step_p: np.ndarray  # alias tables of mu(a|s) P(s'|s, a) over slots a * K + k, (S, A K)
     step_a: np.ndarray
     slot_next: np.ndarray  # next state of each slot, (S, A K)
@@ -77,7 +79,7 @@ class Tables:
 
     def sampler(self) -> tuple:
         """The rollout's arguments, in the kernels' order: start and step tables, reward noise."""
-        return (self.rho_p, self.rho_a, self.n_slots, self.step_thr, self.step_off, self.step_word, self.step_r,
+        return (self.rho_thr, self.rho_alias, self.n_slots, self.step_thr, self.step_off, self.step_word, self.step_r,
                 self.noise_kind, self.noise_scale)
 
 
@@ -110,13 +112,19 @@ def make_tables(problem: MDPProblem, theta: np.ndarray, mu: np.ndarray | None = 
     alias_act = np.ascontiguousarray(slot_act[step_a])
     thr, off, word, rew = pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, mdp.R, mdp.terminal)
     return Tables(
-        pi=pi, logpi=logpi, pi2sum=(pi * pi).sum(axis=1), rho_p=rho_p, rho_a=rho_a, step_p=step_p, step_a=step_a,
+        pi=pi, logpi=logpi, pi2sum=(pi * pi).sum(axis=1), rho_p=rho_p, rho_a=rho_a, rho_thr=_thresholds(rho_p[0]),
+        rho_alias=np.ascontiguousarray(rho_a[0]), step_p=step_p, step_a=step_a,
         slot_next=slot_next, slot_act=slot_act, alias_next=alias_next, alias_act=alias_act, step_thr=thr,
         step_off=off, step_word=word, step_r=rew, R=np.ascontiguousarray(mdp.R),
         noise_kind=noise_kind, noise_scale=np.ascontiguousarray(mdp.reward_scale),
         terminal=np.ascontiguousarray(mdp.terminal), gamma=float(mdp.gamma),
         gpow=mdp.gamma ** np.arange(cap + 1, dtype=np.float64), cap=int(cap), finite=mdp.horizon is not None,
         linear=linear, score=score, rho_ratio=pi / mu)
+
+
+def _thresholds(prob: np.ndarray) -> np.ndarray:
+    """``ceil(prob 2^53)``: the integer fraction test ``f < thr`` is exactly ``f 2^-53 < prob``."""
+    return np.ascontiguousarray(np.minimum(np.ceil(prob * 2.0 ** 53), 2.0 ** 53).astype(np.uint64))
 
 
 def pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, R, terminal):
@@ -130,7 +138,7 @@ def pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, R, terminal)
     S, n = step_p.shape
     if S * n >= 2 ** 32 or R.shape[1] >= 2 ** 31:
         raise PGBenchError(f"problem too large for the sampling tables (S={S}, A={R.shape[1]}, slots={n})")
-    thr = np.minimum(np.ceil(step_p * 2.0 ** 53), 2.0 ** 53).astype(np.uint64).reshape(-1)
+    thr = _thresholds(step_p.reshape(-1))
     rows = np.arange(S)[:, None]
     acts = np.broadcast_to(slot_act, (S, n))
 
