@@ -1,10 +1,12 @@
-"""Shared builders for the core tests: small random problems with fixed seeds."""
+"""Shared builders for the core tests: small random problems with fixed seeds, and the
+Bonferroni critical value the statistical checks use."""
 from __future__ import annotations
 
 import os
 import sys
 
 import numpy as np
+from scipy import stats
 
 sys.path.insert(0, os.path.dirname(__file__))  # lets test modules import tests/naive.py
 
@@ -55,3 +57,8 @@ def run_cli(capsys, *argv):
         rc = exc.code
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def z_crit(m: int, alpha: float = 1e-5) -> float:
+    """Two-sided Bonferroni critical value for m comparisons, never below 5."""
+    return max(5.0, float(stats.norm.isf(alpha / (2 * max(m, 1)))))

@@ -7,18 +7,13 @@ import json
 import math
 
 import numpy as np
-from scipy import stats
 
 from pgbench.exact import exact
 from pgbench.kernels.numpy_ref import reinforce_rtg_numpy
 from pgbench.measure.engine import sample_mdp
 
-from conftest import garnet, random_terminal_mdp, random_theta, run_cli
+from conftest import garnet, random_terminal_mdp, random_theta, run_cli, z_crit
 from pgbench import MDPProblem
-
-
-def _z_crit(m: int) -> float:
-    return max(5.0, float(stats.norm.isf(1e-5 / (2 * m))))
 
 
 def test_numpy_reference_is_reinforce_rtg():
@@ -31,7 +26,7 @@ def test_numpy_reference_is_reinforce_rtg():
         K, N = 300, 20
         est_np = np.array([reinforce_rtg_numpy(prob, None, N, seed=k).reshape(-1) for k in range(K)])
         est_k = sample_mdp(prob, ["reinforce_rtg"], N=N, K=K, seed=0).estimates[:, 0]
-        zc = _z_crit(g.size)
+        zc = z_crit(g.size)
         for est in (est_np, est_k):
             se = est.std(axis=0, ddof=1) / math.sqrt(K)
             live = se > 0

@@ -22,7 +22,7 @@ from pgbench.kernels.rng import cell_key, seed_u64, stream
 from pgbench.measure import engine
 from pgbench.measure.engine import PILOT_EPISODES, behaviour_policy, make_tables, n_chunks_for, sample_mdp
 
-from conftest import garnet, linear_version, random_terminal_mdp, random_theta
+from conftest import garnet, linear_version, random_terminal_mdp, random_theta, z_crit
 from naive_mdp import trace_var  # noqa: E402
 from naive_mdp import (alias_slot_probabilities, estimate_reference, exact_episode_moments, exact_optimal_baseline,
                        proxy_reference, rollout_reference)
@@ -107,11 +107,6 @@ def z_scores(est: np.ndarray, target: np.ndarray) -> np.ndarray:
     z[live] = (m[live] - target[live]) / se[live]
     z[~live] = np.where(np.abs(m[~live] - target[~live]) <= tol, 0.0, np.inf)
     return z
-
-
-def z_crit(m: int, alpha: float = 1e-5) -> float:
-    """Two-sided Bonferroni critical value for m comparisons, never below 5."""
-    return max(5.0, float(stats.norm.isf(alpha / (2 * max(m, 1)))))
 
 
 @njit

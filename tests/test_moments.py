@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from pgbench import MDPProblem, PGBenchError, TabularMDP, exact, make
 from pgbench.estimators.catalogue import parse
@@ -20,7 +19,7 @@ from pgbench.exact import moments as M
 from pgbench.measure.engine import sample_mdp
 from pgbench.measure.measure import measure
 
-from conftest import linear_version, random_terminal_mdp, random_theta
+from conftest import linear_version, random_terminal_mdp, random_theta, z_crit
 from naive_mdp import enumerate_trajectories as naive_trajectories
 from naive_mdp import trace_var  # noqa: E402
 from naive_mdp import exact_episode_moments, exact_optimal_baseline
@@ -243,7 +242,7 @@ def test_exact_moments_match_monte_carlo(key, N, names):
     K = 6000
     res = sample_mdp(prob, names, N, K, seed=21)
     d = res.estimates.shape[2]
-    zc = max(5.0, float(stats.norm.isf(1e-5 / (2 * d * len(names)))))
+    zc = z_crit(d * len(names))
     for j, n in enumerate(names):
         X = res.estimates[:, j]
         se = X.std(axis=0, ddof=1) / math.sqrt(K)
