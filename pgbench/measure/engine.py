@@ -49,8 +49,7 @@ class Tables:
     pi2sum: np.ndarray
     rho_p: np.ndarray  # alias table of rho0, (1, S)
     rho_a: np.ndarray
-    rho_thr: np.ndarray  # what the rollout reads: ceil(rho_p 2^53), (S,) uint64, and rho_a[0]
-    rho_alias: np.ndarray
+    rho_thr: np.ndarray  # what the rollout reads: ceil(rho_p 2^53), (S,) uint64, with rho_alias
     step_p: np.ndarray  # alias tables of mu(a|s) P(s'|s, a) over slots a * K + k, (S, A K)
     step_a: np.ndarray
     slot_next: np.ndarray  # next state of each slot, (S, A K)
@@ -72,6 +71,10 @@ class Tables:
     linear: bool
     score: np.ndarray
     rho_ratio: np.ndarray
+
+    @property
+    def rho_alias(self) -> np.ndarray:
+        return self.rho_a[0]
 
     @property
     def n_slots(self) -> int:
@@ -113,7 +116,7 @@ def make_tables(problem: MDPProblem, theta: np.ndarray, mu: np.ndarray | None = 
     thr, off, word, rew = pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, mdp.R, mdp.terminal)
     return Tables(
         pi=pi, logpi=logpi, pi2sum=(pi * pi).sum(axis=1), rho_p=rho_p, rho_a=rho_a, rho_thr=_thresholds(rho_p[0]),
-        rho_alias=np.ascontiguousarray(rho_a[0]), step_p=step_p, step_a=step_a,
+        step_p=step_p, step_a=step_a,
         slot_next=slot_next, slot_act=slot_act, alias_next=alias_next, alias_act=alias_act, step_thr=thr,
         step_off=off, step_word=word, step_r=rew, R=np.ascontiguousarray(mdp.R),
         noise_kind=noise_kind, noise_scale=np.ascontiguousarray(mdp.reward_scale),
