@@ -1,0 +1,295 @@
+"""Linear-Gaussian control: exact J / gradient / Fisher, the sampling kernel against its NumPy
+reference and against the exact gradient, input validation, .npz files and the command line."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from pgbench.errors import PGBenchError
+from pgbench.estimators.catalogue import parse
+from pgbench.exact.lqg import exact_lqg
+from pgbench.kernels.lqg import CHUNK, sample_lqg
+from pgbench.problems import load_npz, make, save_npz
+from pgbench.problems.lqg import LQGProblem, lqg
+
+from conftest import run_cli, z_crit
+from naive_lqg import episode_normals, reference_lqg, rollout, scores
+
+ALL = [("reinforce", {}), ("reinforce_rtg", {}), ("value_baseline", {}), ("svg_inf", {}), ("svg0", {"scale": 0.0}),
+       ("svg0", {"scale": 0.3}), ("mppi", {"lambda": 2.0})]
+
+
+def perturbed(problem: LQGProblem, seed: int, scale: float = 0.1) -> np.ndarray:
+    return problem.theta + np.random.default_rng(seed).normal(scale=scale, size=problem.dim)
+
+
+def central_fd(problem, theta, h=1e-5):
+    out = np.zeros(problem.dim)
+    for i in range(problem.dim):
+        e = np.zeros(problem.dim)
+        e[i] = h * max(1.0, abs(theta[i]))
+        out[i] = (exact_lqg(problem, theta + e).J - exact_lqg(problem, theta - e).J) / (2 * e[i])
+    return out
+
+
+# ----------------------------------------------------------------------------- exact values
+
+SYSTEMS = [(1, 1, 5, 1.0, 0), (2, 1, 20, 0.95, 1), (3, 2, 15, 0.9, 2), (4, 2, 30, 0.99, 3), (6, 3, 25, 0.97, 4),
+           (5, 3, 40, 1.0, 5), (2, 2, 0, 0.9, 6), (4, 2, 0, 0.95, 7), (6, 3, 0, 0.8, 8), (3, 1, 0, 0.99, 9)]
+
+
+@pytest.mark.parametrize("n,m,T,gamma,seed", SYSTEMS)
+def test_exact_gradient_equals_central_differences(n, m, T, gamma, seed):
+    p = lqg(n=n, m=m, T=T, gamma=gamma, seed=seed)
+    th = perturbed(p, seed, 0.03)
+    g = exact_lqg(p, th).grad
+    fd = central_fd(p, th)
+    assert np.linalg.norm(fd - g) <= 1e-6 * np.linalg.norm(g)
+
+
+def test_unbounded_is_the_limit_of_long_horizons():
+    p = lqg(n=3, m=2, T=0, gamma=0.9, seed=3)
+    th = perturbed(p, 1)
+    inf = exact_lqg(p, th)
+    fin = exact_lqg(p, th, horizon=400)
+    assert abs(fin.J - inf.J) <= 1e-9 * abs(inf.J)
+    np.testing.assert_allclose(fin.grad, inf.grad, rtol=1e-8, atol=1e-9 * np.abs(inf.grad).max())
+    np.testing.assert_allclose(fin.fisher_matrix(), inf.fisher_matrix(), rtol=1e-8, atol=1e-9)
+    # and the sampling cap keeps the J it cuts off below the documented fraction
+    cut = inf.J - exact_lqg(p, th, horizon=p.max_steps).J
+    assert abs(cut) <= 1e-10 * abs(inf.J)
+
+
+def test_scalar_closed_form():
+    """n = m = 1, T = 1: J = -(q + r k^2) E[s0^2] - r sigma^2; dJ/dk = -2 r k E[s0^2]; dJ/dlog sigma = -2 r sigma^2."""
+    q, r, k, sig, mu, v = 2.0, 0.5, -0.7, 0.4, 1.5, 0.3
+    p = LQGProblem([[0.8]], [[1.0]], [[q]], [[r]], [[0.1]], [mu], [[v]], 1.0, 1, theta=[k, np.log(sig)])
+    m2 = v + mu * mu
+    gt = exact_lqg(p)
+    assert gt.J == pytest.approx(-(q + r * k * k) * m2 - r * sig * sig, rel=1e-14)
+    np.testing.assert_allclose(gt.grad, [-2 * r * k * m2, -2 * r * sig * sig], rtol=1e-14)
+    np.testing.assert_allclose(gt.fisher_matrix(), np.diag([m2 / sig ** 2, 2.0]), rtol=1e-14)
+
+
+@pytest.mark.parametrize("spec", ["lqg:n=3,m=2,T=8,gamma=0.9,seed=1", "double_integrator:T=0,gamma=0.9"])
+def test_J_and_fisher_against_monte_carlo(spec):
+    """Exact J and Fisher against means over NumPy-reference rollouts (5 standard errors)."""
+    p = make(spec)
+    T = p.max_steps
+    gt = exact_lqg(p)
+    rng = np.random.default_rng(0)
+    M = 4000
+    Rs, Fs = [], []
+    disc = p.gamma ** np.arange(T)
+    for _ in range(M):
+        S, Aa, E, Xi, r, _ = rollout(p, p.theta, T, rng.normal(size=p.n + T * (p.m + p.n)))
+        sc = scores(p, p.theta, S, E)
+        Rs.append(disc @ r)
+        Fs.append(np.einsum("t,ti,tj->ij", disc, sc, sc))
+    Rs, Fs = np.array(Rs), np.array(Fs)
+    assert abs(Rs.mean() - gt.J) <= 5 * Rs.std(ddof=1) / np.sqrt(M)
+    se = Fs.std(axis=0, ddof=1) / np.sqrt(M)
+    assert np.all(np.abs(Fs.mean(axis=0) - gt.fisher_matrix()) <= 5 * se + 1e-12)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _base(**kw):
+    I2 = np.eye(2)
+    args = dict(A=0.9 * I2, B=I2[:, :1], Q=I2, R=[[0.1]], W=0.01 * I2, mu0=[1.0, 0.0], Sigma0=0.1 * I2, gamma=0.9,
+                horizon=0, theta=[0.0, 0.0, 0.0])
+    args.update(kw)
+    return args
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(A=[[1.2, 0.0], [0.0, 0.5]]), "spectral radius"),
+    (dict(theta=[5.0, 0.0, 0.0]), "spectral radius"),
+    (dict(gamma=1.0), "gamma < 1"),
+    (dict(Q=[[1.0, 0.5], [0.0, 1.0]]), "Q is not symmetric"),
+    (dict(R=[[-0.1]]), "R is not positive semi-definite"),
+    (dict(W=[[1.0, 2.0], [2.0, 1.0]]), "W is not positive semi-definite"),
+    (dict(Sigma0=np.eye(3)), "Sigma0 has shape"),
+    (dict(B=np.ones((3, 1))), "B must have shape"),
+    (dict(mu0=[np.nan, 0.0]), "mu0 has a non-finite"),
+    (dict(theta=[0.0, 0.0]), "theta has 2 entries"),
+    (dict(theta=[0.0, np.inf, 0.0]), "non-finite"),
+    (dict(gamma=1.5, horizon=5), "gamma must be in"),
+    (dict(horizon=-3), "horizon must be"),
+])
+def test_bad_input_refused_in_one_line(kw, msg):
+    with pytest.raises(PGBenchError, match=msg) as ei:
+        LQGProblem(**_base(**kw))
+    assert "\n" not in str(ei.value)
+
+
+def test_finite_horizon_accepts_an_unstable_closed_loop():
+    p = LQGProblem(**_base(A=[[1.2, 0.0], [0.0, 0.5]], horizon=10, gamma=1.0))
+    assert p.closed_loop_radius() > 1 and np.isfinite(exact_lqg(p).J)
+
+
+def test_problem_is_immutable():
+    p = make("point_mass")
+    with pytest.raises(ValueError):
+        p.A[0, 0] = 3.0
+    with pytest.raises(Exception):
+        p.gamma = 0.5
+
+
+# ----------------------------------------------------------------------------- files, registry, CLI
+
+def test_npz_round_trip_and_refusals(tmp_path):
+    p = make("lqg:n=3,m=2,T=0,gamma=0.9,seed=4")
+    th = perturbed(p, 2, 0.05)
+    f = str(tmp_path / "sys.npz")
+    save_npz(f, p, theta=th)
+    q = load_npz(f)
+    assert q.kind == "lqg" and q.horizon is None
+    np.testing.assert_array_equal(q.theta, th)
+    assert exact_lqg(q).J == exact_lqg(p, th).J
+    arrays = dict(np.load(f))
+    del arrays["Sigma0"]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(PGBenchError, match="lacks array.*Sigma0"):
+        load_npz(str(tmp_path / "bad.npz"))
+    arrays = dict(np.load(f))
+    arrays["K"] = np.zeros((3, 2))
+    np.savez(tmp_path / "bad2.npz", **arrays)
+    with pytest.raises(PGBenchError, match="K must have shape"):
+        load_npz(str(tmp_path / "bad2.npz"))
+
+
+def test_cli_exact_and_measure(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, "exact", "lqg:n=4,m=2,T=20,gamma=0.95,seed=1", "--json", "--natural")
+    assert rc == 0, err
+    import json
+    d = json.loads(out)
+    p = make("lqg:n=4,m=2,T=20,gamma=0.95,seed=1")
+    np.testing.assert_allclose(d["grad"], exact_lqg(p).grad, rtol=1e-12)
+    assert d["n"] == 4 and d["m"] == 2 and len(d["natural_grad"]) == 10
+    rc, out, err = run_cli(capsys, "measure", "point_mass:T=10", "-e", "svg_inf", "-e", "reinforce", "-N", "8",
+                           "-K", "20", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["estimator"] for r in rows] == ["svg_inf", "reinforce"]
+    rc, out, err = run_cli(capsys, "measure", "point_mass", "-e", "rloo", "-N", "4")
+    assert rc == 2 and "does not apply to an lqg problem" in err and err.count("\n") == 1
+    rc, out, err = run_cli(capsys, "measure", "chain:n=4", "-e", "svg_inf", "-N", "4")
+    assert rc == 2 and "lqg" in err and err.count("\n") == 1
+    rc, out, err = run_cli(capsys, "exact", "point_mass:T=0", "--theta", "random:1")
+    assert rc == 2 and "spectral radius" in err
+
+
+def test_parse_applies_lqg_estimators_to_lqg_only():
+    assert parse("svg_inf", "lqg").info.target == "lqg"
+    assert parse("svg0:scale=0.2", "lqg").unbiased is False
+    assert parse("svg0", "lqg").unbiased is True
+    assert parse("mppi:lambda=3", "lqg").in_batch
+    assert parse("reinforce", "lqg").info.target == "lqg"
+    assert parse("reinforce", "mdp").info.target == "mdp"
+    for name, kind in (("svg_inf", "mdp"), ("mppi", "gaussian"), ("svg0", "categorical")):
+        with pytest.raises(PGBenchError, match="lqg"):
+            parse(name, kind)
+    with pytest.raises(PGBenchError, match="does not apply to an lqg"):
+        parse("gae:lambda=0.9", "lqg")
+    with pytest.raises(PGBenchError, match="unknown parameter"):
+        parse("mppi:tau=1", "lqg")
+
+
+def test_mppi_needs_a_batch_and_a_positive_lambda():
+    p = make("point_mass:T=5")
+    with pytest.raises(PGBenchError, match="N >= 2"):
+        sample_lqg(p, ["mppi"], None, 1, 2, 0, 0)
+    with pytest.raises(PGBenchError, match="lambda"):
+        sample_lqg(p, ["mppi"], [{"lambda": 0.0}], 4, 2, 0, 0)
+
+
+# ----------------------------------------------------------------------------- kernel vs reference
+
+@pytest.mark.parametrize("spec", ["lqg:n=3,m=2,T=7,gamma=0.9,seed=1", "double_integrator:T=6,gamma=1.0",
+                                  "lqg:n=2,m=1,T=0,gamma=0.5,seed=2"])
+def test_kernel_matches_reference(spec):
+    p = make(spec)
+    th = perturbed(p, 3, 0.05)
+    got = sample_lqg(p, [n for n, _ in ALL], [q for _, q in ALL], 5, 3, 11, 7, theta=th)
+    ref = reference_lqg(p, ALL, 5, 3, 11, 7, theta=th)
+    for j in range(len(ALL)):
+        scale = np.abs(ref[:, j]).max()
+        np.testing.assert_allclose(got[:, j], ref[:, j], rtol=1e-10, atol=1e-12 * scale, err_msg=ALL[j][0])
+
+
+def test_reference_normals_are_standard():
+    z = np.concatenate([episode_normals(1, 2, 0, i, 51) for i in range(400)])
+    assert abs(z.mean()) < 5 / np.sqrt(z.size) and abs(z.var() - 1) < 5 * np.sqrt(2 / z.size)
+
+
+def test_mppi_tends_to_the_batch_mean_baseline_as_lambda_grows():
+    """lambda sum_i (w_i - 1/N) z_i -> (1/N) sum_i (R_i - mean R) z_i (the documented limit)."""
+    p = make("lqg:n=2,m=2,T=6,gamma=0.9,seed=3")
+    N, T = 6, 6
+    got = sample_lqg(p, ["mppi"], [{"lambda": 1e7}], N, 2, 5, 9)
+    for k in range(2):
+        Rs, zs = [], []
+        for i in range(N):
+            S, Aa, E, Xi, r, _ = rollout(p, p.theta, T, episode_normals(5, 9, k, i, p.n + T * (p.m + p.n)))
+            Rs.append(p.gamma ** np.arange(T) @ r)
+            zs.append(scores(p, p.theta, S, E).sum(axis=0))
+        Rs, zs = np.array(Rs), np.array(zs)
+        want = ((Rs - Rs.mean()) @ zs) / N
+        np.testing.assert_allclose(got[k, 0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_results_do_not_depend_on_threads_or_chunking():
+    p = make("point_mass:T=12")
+    names = ["reinforce_rtg", "svg_inf", "mppi"]
+    N = CHUNK + 37  # two chunks per trial
+    numba.set_num_threads(1)
+    try:
+        one = sample_lqg(p, names, None, N, 3, 4, 2)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    every = sample_lqg(p, names, None, N, 3, 4, 2)
+    np.testing.assert_array_equal(one, every)
+    # across a chunk boundary (mppi merges its per-chunk log-sum-exp accumulators) against the reference
+    q = make("lqg:n=2,m=1,T=4,gamma=0.9,seed=5")
+    mix = [("reinforce_rtg", {}), ("svg_inf", {}), ("mppi", {"lambda": 0.5})]
+    got = sample_lqg(q, [a for a, _ in mix], [b for _, b in mix], CHUNK + 3, 1, 8, 3)
+    ref = reference_lqg(q, mix, CHUNK + 3, 1, 8, 3)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
+
+
+# ----------------------------------------------------------------------------- against the exact gradient
+
+STAT_SYSTEMS = ["lqg:n=3,m=2,T=15,gamma=0.95,seed=1", "double_integrator:T=0,gamma=0.9", "point_mass:T=25"]
+UNBIASED = [("reinforce", {}), ("reinforce_rtg", {}), ("value_baseline", {}), ("svg_inf", {}), ("svg0", {"scale": 0.0})]
+BIASED = [("svg0", {"scale": 0.3}), ("mppi", {"lambda": 2.0})]
+
+
+@pytest.mark.parametrize("spec", STAT_SYSTEMS)
+def test_unbiased_not_rejected_biased_flagged(spec):
+    """Per coordinate, |mean - grad| within z_crit standard errors (Bonferroni over all coordinates
+    and estimators) for the unbiased ones; the biased ones are rejected at the same level."""
+    p = make(spec)
+    g = exact_lqg(p).grad
+    Ktr, N = 400, 50
+    ests = UNBIASED + BIASED
+    est = sample_lqg(p, [n for n, _ in ests], [q for _, q in ests], N, Ktr, 2024, 1)
+    mean = est.mean(axis=0)
+    se = est.std(axis=0, ddof=1) / np.sqrt(Ktr)
+    zc = z_crit(len(UNBIASED) * p.dim)
+    for j, (name, _) in enumerate(UNBIASED):
+        z = np.abs(mean[j] - g) / se[j]
+        assert z.max() < zc, f"{name} on {spec}: max |z| = {z.max():.2f}"
+    for j, (name, q) in enumerate(BIASED, start=len(UNBIASED)):
+        z = np.abs(mean[j] - g) / se[j]
+        assert z.max() > zc, f"{name}{q} on {spec}: bias not resolved (max |z| = {z.max():.2f})"
+
+
+def test_measure_reports_pathwise_variance_far_below_score_function():
+    from pgbench.measure.measure import measure
+    df = measure("double_integrator:T=50", ["reinforce", "value_baseline", "svg_inf", "mppi:lambda=5"], batch=16,
+                 trials=200, seed=0).set_index("estimator")
+    assert df.loc["svg_inf", "variance_hi"] < df.loc["value_baseline", "variance_lo"]
+    assert df.loc["value_baseline", "variance_hi"] < df.loc["reinforce", "variance_lo"]
+    assert not df.loc["mppi:lambda=5.0", "unbiased"] and df.loc["mppi:lambda=5.0", "p_value"] < 1e-6
