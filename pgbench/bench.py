@@ -85,8 +85,29 @@ def run_bench(episodes: int = 400_000, repeat: int = 5, quick: bool = False, bac
     out["ns_per_step_all_estimators"] = ns_all
     out["passes_all_estimators"] = passes
     numba.set_num_threads(n_all)
+    out["lqg"] = lqg_bench(episodes // 20, repeat)
     out["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                       "numba": numba.__version__, "numpy": np.__version__, "threading_layer": _layer()}
+    return out
+
+
+LQG_BENCH_PROBLEM = "lqg:n=4,m=2,T=100,gamma=0.99,seed=0"
+LQG_BENCH_ESTIMATORS = ("reinforce_rtg", "svg_inf")
+
+
+def lqg_bench(episodes: int = 20_000, repeat: int = 3) -> dict:
+    """ns per step of the linear-Gaussian rollout kernel (n = 4, m = 2, T = 100) on all threads,
+    for a score-function and the pathwise estimator alone, and for both on the same episodes."""
+    from pgbench.kernels.lqg import sample_lqg
+    prob = make(LQG_BENCH_PROBLEM)
+    T = prob.horizon
+    K = 2 * max(2, numba.config.NUMBA_NUM_THREADS)
+    N = max(1, episodes // K)
+    out = {"problem": LQG_BENCH_PROBLEM, "steps_per_episode": T, "episodes": N * K}
+    for label, names in [(e, [e]) for e in LQG_BENCH_ESTIMATORS] + [("both", list(LQG_BENCH_ESTIMATORS))]:
+        sample_lqg(prob, names, None, 2, 2, 0, 1)  # compile outside the timing
+        t = _best(lambda: sample_lqg(prob, names, None, N, K, 0, 1), max(1, repeat))
+        out[f"ns_per_step_{label}"] = t / (N * K * T) * 1e9
     return out
 
 
@@ -109,4 +130,8 @@ def format_bench(r: dict) -> str:
         f"  all {r['all_estimators']} estimators    {r['ns_per_step_all_estimators']:8.2f} ns/step of the cell, on the "
         f"same episodes ({r['passes_all_estimators']} passes: batch statistics, then weights)",
     ]
+    if "lqg" in r:
+        q = r["lqg"]
+        lines.append(f"  LQG {q['problem']}: {q['ns_per_step_reinforce_rtg']:.2f} ns/step reinforce_rtg, "
+                     f"{q['ns_per_step_svg_inf']:.2f} svg_inf, {q['ns_per_step_both']:.2f} both (all threads)")
     return "\n".join(lines)

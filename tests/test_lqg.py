@@ -293,3 +293,52 @@ def test_measure_reports_pathwise_variance_far_below_score_function():
     assert df.loc["svg_inf", "variance_hi"] < df.loc["value_baseline", "variance_lo"]
     assert df.loc["value_baseline", "variance_hi"] < df.loc["reinforce", "variance_lo"]
     assert not df.loc["mppi:lambda=5.0", "unbiased"] and df.loc["mppi:lambda=5.0", "p_value"] < 1e-6
+
+
+# ----------------------------------------------------------------------------- bench, suites, figure
+
+def test_bench_reports_lqg_ns_per_step():
+    from pgbench.bench import LQG_BENCH_PROBLEM, format_bench, lqg_bench
+    q = lqg_bench(episodes=400, repeat=1)
+    assert q["problem"] == LQG_BENCH_PROBLEM and q["steps_per_episode"] == 100
+    for key in ("ns_per_step_reinforce_rtg", "ns_per_step_svg_inf", "ns_per_step_both"):
+        assert np.isfinite(q[key]) and q[key] > 0
+    line = format_bench({"lqg": q, **{k: 1.0 for k in (
+        "ns_per_step", "ns_per_step_per_core", "ns_per_step_1thread", "thread_scaling", "ns_per_step_rng_floor",
+        "ratio_to_rng_floor", "ns_per_step_numpy", "speedup_vs_numpy", "speedup_vs_numpy_1thread",
+        "ns_per_step_all_estimators")}, "estimator": "e", "problem": "p", "steps_per_episode": 1, "threads": 1,
+        "all_estimators": 1, "passes_all_estimators": 1}).splitlines()[-1]
+    assert "LQG" in line and "svg_inf" in line
+
+
+def test_control_suites_are_declared_for_every_horizon_and_sigma():
+    from pgbench.suites.registry import CONTROL_HORIZONS, CONTROL_SIGMAS, SUITES
+    horizon = [s for s in SUITES.values() if s.id.startswith("control/horizon/")]
+    sigma = [s for s in SUITES.values() if s.id.startswith("control/sigma/")]
+    assert sorted(make(s.problem).horizon for s in horizon) == sorted(CONTROL_HORIZONS)
+    assert sorted(float(np.exp(make(s.problem).theta[-1])) for s in sigma) == pytest.approx(sorted(CONTROL_SIGMAS))
+    # each family draws its figure once, from its last suite
+    assert [s.figures for s in horizon].count(("variance_vs_T",)) == 1
+    assert [s.figures for s in sigma].count(("variance_vs_sigma",)) == 1
+    for s in horizon + sigma:
+        for e in s.estimators:
+            parse(e, "lqg")
+
+
+def test_variance_vs_param_figure_plots_each_estimator_against_T():
+    import pandas as pd
+    from pgbench.errors import PGBenchError as E
+    from pgbench.reports.figures import FAMILY_FIGURES, variance_vs_param
+    rows = [{"estimator": e, "N": 16, "unbiased": e != "mppi:lambda=10.0", "problem": f"double_integrator:T={T},gamma=0.99",
+             "variance": v * T, "variance_lo": v * T / 2, "variance_hi": v * T * 2}
+            for T in (5, 50, 200) for e, v in (("reinforce", 100.0), ("svg_inf", 0.1), ("mppi:lambda=10.0", 5.0))]
+    fig = FAMILY_FIGURES["variance_vs_T"](pd.DataFrame(rows), "control/horizon")
+    ax = fig.axes[0]
+    lines = [c.lines[0] for c in ax.containers]  # the data line of each errorbar
+    assert len(lines) == 3
+    for l in lines:
+        np.testing.assert_array_equal(l.get_xdata(), [5, 50, 200])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "mppi:lambda=10.0  (biased)" in labels and ax.get_yscale() == "log"
+    with pytest.raises(E, match="sigma"):
+        variance_vs_param(pd.DataFrame(rows), param="sigma")
