@@ -342,3 +342,54 @@ def test_variance_vs_param_figure_plots_each_estimator_against_T():
     assert "mppi:lambda=10.0  (biased)" in labels and ax.get_yscale() == "log"
     with pytest.raises(E, match="sigma"):
         variance_vs_param(pd.DataFrame(rows), param="sigma")
+
+
+# ----------------------------------------------------------------------------- exact variance (Gaussian moments)
+
+def test_quadratic_form_moments_match_chi_square_and_gaussian_identities():
+    from pgbench.exact.lqg_moments import Quad, moment
+    D = 5
+    chi = Quad(np.eye(D), np.zeros(D), 0.0)
+    assert moment([chi] * 4) == pytest.approx(D * (D + 2) * (D + 4) * (D + 6), rel=1e-12)
+    b = np.arange(1.0, D + 1)
+    lin = Quad(np.zeros((D, D)), b, 0.0)
+    assert moment([lin] * 4) == pytest.approx(3 * (b @ b) ** 2, rel=1e-12)
+    # mixed: E[(x0^2 + 1)(x0 + x1)^2] = E[x0^4] + E[x0^2] + E[x0^2] + 1 = 3 + 1 + 1 + 1
+    q1 = Quad(np.diag([1.0, 0, 0, 0, 0]), np.zeros(D), 1.0)
+    q2 = Quad(np.zeros((D, D)), np.array([1.0, 1.0, 0, 0, 0]), 0.0)
+    assert moment([q1, q2, q2]) == pytest.approx(6.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["lqg:n=2,m=1,T=3,gamma=0.9,seed=1", "double_integrator:T=10",
+                                  "lqg:n=3,m=2,T=6,gamma=0.95,seed=2"])
+def test_exact_variance_against_monte_carlo(spec):
+    """Exact per-episode tr Cov of reinforce, svg_inf and svg0 (exact and wrong critic) against
+    the kernel's N = 1 estimates (5 standard errors of the mean squared deviation); their exact
+    means equal the exact gradient (svg0 with a wrong critic: its exact bias, matched by the kernel)."""
+    from pgbench.exact.lqg_moments import per_episode_variance
+    p = make(spec)
+    g = exact_lqg(p).grad
+    cases = [("reinforce", 0.0), ("svg_inf", 0.0), ("svg0", 0.0), ("svg0", 0.5)]
+    Ktr = 100_000
+    est = sample_lqg(p, [c[0] for c in cases], [{"scale": c[1]} if c[0] == "svg0" else {} for c in cases], 1, Ktr,
+                     3, 5)
+    for j, (name, scale) in enumerate(cases):
+        var, mean = per_episode_variance(p, name, scale=scale)
+        e = est[:, j]
+        d2 = ((e - e.mean(axis=0)) ** 2).sum(axis=1)
+        assert abs(d2.mean() - var) <= 5 * d2.std(ddof=1) / np.sqrt(Ktr), (name, scale, var, d2.mean())
+        se = e.std(axis=0, ddof=1) / np.sqrt(Ktr)
+        assert np.all(np.abs(e.mean(axis=0) - mean) <= 5 * se), (name, scale)
+        if scale == 0.0:
+            np.testing.assert_allclose(mean, g, rtol=1e-9, atol=1e-11 * np.abs(g).max())
+        else:
+            assert np.linalg.norm(mean - g) > 10 * np.linalg.norm(se)
+
+
+def test_measure_shows_exact_variance_beside_measured():
+    from pgbench.measure.measure import measure
+    df = measure("double_integrator:T=8", ["reinforce", "svg_inf", "value_baseline"], batch=4, trials=50,
+                 seed=1).set_index("estimator")
+    assert np.isfinite(df.loc["svg_inf", "exact_variance"]) and np.isfinite(df.loc["reinforce", "exact_mse"])
+    assert np.isnan(df.loc["value_baseline", "exact_variance"])
+    assert np.isnan(measure("double_integrator:T=0,gamma=0.9", ["svg_inf"], batch=4, trials=5)["exact_variance"][0])

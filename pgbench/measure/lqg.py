@@ -10,7 +10,7 @@ import numpy as np
 from pgbench.errors import PGBenchError
 
 
-def run_lqg_cell(prob, specs, batch: int, trials: int, seed: int, theta, cell):
+def run_lqg_cell(prob, specs, batch: int, trials: int, seed: int, theta, cell, exact: bool = True):
     from dataclasses import replace
 
     from pgbench.exact.lqg import exact_lqg
@@ -36,5 +36,8 @@ def run_lqg_cell(prob, specs, batch: int, trials: int, seed: int, theta, cell):
         cap = prob.max_steps
         extras["max_steps"] = cap
         extras["truncated_J"] = gt.J - exact_lqg(prob, th, horizon=cap).J
+    if exact:
+        from pgbench.exact.lqg_moments import exact_columns
+        extras["exact_moments"] = exact_columns(prob, specs, batch, th)
     targets = np.tile(gt.grad.reshape(1, -1), (len(specs), 1))
     return Cell(prob, specs, est, targets, batch, trials, seed, secs, batch * trials, th.shape, extras)

@@ -87,7 +87,7 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
         if requested == "cuda":
             raise PGBenchError("lqg problems run on the CPU backend only (use --backend cpu or auto)")
         from pgbench.measure.lqg import run_lqg_cell
-        return run_lqg_cell(prob, specs, batch, trials, seed, theta, cell)
+        return run_lqg_cell(prob, specs, batch, trials, seed, theta, cell, exact)
     # stochastic objectives
     if requested == "cuda":
         raise PGBenchError("stochastic objectives run on the CPU backend only (use --backend cpu or auto)")
