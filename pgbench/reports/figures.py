@@ -518,7 +518,8 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
     """Variance of each estimator (log scale, with its confidence interval) against a parameter
     of the problem id (the horizon ``T``, or ``sigma``) on a log x axis: rows of several suites
     that differ in that parameter (a suite family such as ``control/horizon``). Estimators claimed
-    biased are drawn dashed and marked ``(biased)``; several batch sizes give one line each."""
+    biased are drawn dashed and marked ``(biased)``; several batch sizes give one line each; the
+    exact variance (``exact_variance``, where known) as open black-edged markers."""
     _require(df, ["estimator", "N", "variance", "problem"], "variance_vs_param")
     d_all = df.assign(_x=[_problem_param(p, param) for p in df["problem"]])
     d_all = d_all[np.isfinite(d_all["_x"].to_numpy(dtype=float))]
@@ -530,6 +531,7 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
     fig = _new_figure(8.5, 5.0)
     ax = fig.add_subplot()
     dashes = ("-", "-.", ":", (0, (5, 1)))
+    has_exact = False
     for est in _order(d_all["estimator"]):
         for k, N in enumerate(n_values):
             d = d_all[(d_all["estimator"] == est) & (d_all["N"] == N)].sort_values("_x")
@@ -545,6 +547,12 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
                 (f", N={N}" if len(n_values) > 1 else "")
             ax.errorbar(x, v, yerr=_log_err(v, lo, hi, v.min() * 1e-3), color=colour, marker=marker, ms=5, lw=1.6,
                         capsize=3, label=label, ls="--" if _claimed_biased(unb.get(est)) else dashes[k % len(dashes)])
+            ex = _exact_col(d, "exact_variance")
+            if ex is not None:
+                ex = ex[ok]
+                keep = np.isfinite(ex) & (ex > 0)
+                ax.plot(x[keep], ex[keep], ls="none", marker=marker, ms=9, mfc="none", mec="black", mew=1.0)
+                has_exact = has_exact or bool(keep.any())
     xs = sorted(set(float(x) for x in d_all["_x"]))
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -556,7 +564,11 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
     ax.set_ylabel("variance  tr Cov(g_hat)  (log)")
     nlab = f"N = {n_values[0]}" if len(n_values) == 1 else "several N"
     ax.set_title(_title(suite or "", f"variance against {param} ({nlab})"))
-    _legend_outside(ax)
+    handles, labels = ax.get_legend_handles_labels()
+    if has_exact:
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=9))
+        labels.append("exact variance")
+    _legend_outside(ax, handles, labels)
     return fig
 
 
