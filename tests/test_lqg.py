@@ -301,7 +301,8 @@ def test_bench_reports_lqg_ns_per_step():
     from pgbench.bench import LQG_BENCH_PROBLEM, format_bench, lqg_bench
     q = lqg_bench(episodes=400, repeat=1)
     assert q["problem"] == LQG_BENCH_PROBLEM and q["steps_per_episode"] == 100
-    for key in ("ns_per_step_reinforce_rtg", "ns_per_step_svg_inf", "ns_per_step_both"):
+    assert q["ratio_to_normals_floor"] == q["ns_per_step_svg_inf"] / q["ns_per_step_normals_floor"]
+    for key in ("ns_per_step_reinforce_rtg", "ns_per_step_svg_inf", "ns_per_step_both", "ns_per_step_normals_floor"):
         assert np.isfinite(q[key]) and q[key] > 0
     line = format_bench({"lqg": q, **{k: 1.0 for k in (
         "ns_per_step", "ns_per_step_per_core", "ns_per_step_1thread", "thread_scaling", "ns_per_step_rng_floor",

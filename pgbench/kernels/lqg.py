@@ -286,6 +286,23 @@ def _lqg_partials(A, B, Q, R, K, sigma, L0, Lw, mu0, gamma, gpow, T, P, c, BtP, 
     return sums, zsum, mx, ws, wz
 
 
+@njit(parallel=True, cache=True)
+def normal_floor(seed, cell, n_episodes, steps, pairs_per_step, n_chunks):
+    """The normal draws alone (``pairs_per_step`` Box-Muller pairs a step, streams seeded per
+    episode as the kernel seeds them): the floor the LQG kernel is compared with in ``pgbench bench``."""
+    out = np.zeros(n_chunks)
+    per = (n_episodes + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        acc = 0.0
+        for i in range(c * per, min(n_episodes, (c + 1) * per)):
+            s0, s1 = stream(seed, cell, np.uint64(0), np.uint64(i))
+            for t in range(steps * pairs_per_step):
+                z1, z2, s0, s1 = normal_pair(s0, s1)
+                acc += z1 * z2
+        out[c] = acc
+    return out
+
+
 def _resolve(names, params):
     out = []
     for name, p in zip(names, params):
