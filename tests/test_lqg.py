@@ -61,6 +61,14 @@ def test_unbounded_is_the_limit_of_long_horizons():
     assert abs(cut) <= 1e-10 * abs(inf.J)
 
 
+def test_pgbench_exact_dispatches_to_the_lqg_solver():
+    import pgbench
+    p = make("point_mass:T=0,gamma=0.9")
+    assert pgbench.exact(p).J == exact_lqg(p).J
+    with pytest.raises(PGBenchError, match="entropy"):
+        pgbench.exact(p, beta=0.1)
+
+
 def test_scalar_closed_form():
     """n = m = 1, T = 1: J = -(q + r k^2) E[s0^2] - r sigma^2; dJ/dk = -2 r k E[s0^2]; dJ/dlog sigma = -2 r sigma^2."""
     q, r, k, sig, mu, v = 2.0, 0.5, -0.7, 0.4, 1.5, 0.3
