@@ -79,7 +79,7 @@ def pathwise(problem, theta, S, E, Xi, Lw):
 def reference_lqg(problem, names_params, N, Ktr, seed, cell, theta=None):
     """(Ktr, n_estimators, d) from the formulas; names_params: list of (name, params dict)."""
     th = problem.resolve_theta(theta)
-    T = problem.max_steps
+    T = problem.sampling_steps(th)
     n, m, d = problem.n, problem.m, problem.dim
     g = problem.gamma
     gt = exact_lqg(problem, th)

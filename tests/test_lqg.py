@@ -57,7 +57,7 @@ def test_unbounded_is_the_limit_of_long_horizons():
     np.testing.assert_allclose(fin.grad, inf.grad, rtol=1e-8, atol=1e-9 * np.abs(inf.grad).max())
     np.testing.assert_allclose(fin.fisher_matrix(), inf.fisher_matrix(), rtol=1e-8, atol=1e-9)
     # and the sampling cap keeps the J it cuts off below the documented fraction
-    cut = inf.J - exact_lqg(p, th, horizon=p.max_steps).J
+    cut = inf.J - exact_lqg(p, th, horizon=p.sampling_steps(th)).J
     assert abs(cut) <= 1e-10 * abs(inf.J)
 
 

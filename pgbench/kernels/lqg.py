@@ -322,7 +322,7 @@ def sample_lqg(problem, names, params, N: int, K: int, seed: int, cell: int, the
     """K trials of batch-N gradient estimates for each named LQG estimator: (K, len(names), d).
 
     All estimators share the episodes (common random numbers). ``params[j]``: estimator j's
-    parameters (``None``: defaults). An unbounded problem is sampled for ``problem.max_steps``.
+    parameters (``None``: defaults). An unbounded problem is sampled for ``problem.sampling_steps(theta)`` steps.
     """
     from pgbench.exact.lqg import exact_lqg
     from pgbench.problems.lqg import psd_sqrt
@@ -333,7 +333,7 @@ def sample_lqg(problem, names, params, N: int, K: int, seed: int, cell: int, the
         raise PGBenchError(f"mppi weights the episodes of a batch against each other: it needs N >= 2; got N={N}")
     th = problem.resolve_theta(theta)
     Kg, sigma = problem.unpack(th)
-    T = problem.max_steps if problem.horizon is None else problem.horizon
+    T = problem.sampling_steps(th)
     gt = exact_lqg(problem, th)
     P = np.ascontiguousarray(gt.P)
     BtP = np.ascontiguousarray(np.einsum("ji,tjk->tik", problem.B, P[1:] if P.shape[0] > 1 else P))

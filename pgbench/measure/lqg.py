@@ -33,7 +33,7 @@ def run_lqg_cell(prob, specs, batch: int, trials: int, seed: int, theta, cell, e
     extras = {}
     if prob.horizon is None:
         # every episode runs to the cap: the J beyond it is the truncation (reported, not hidden)
-        cap = prob.max_steps
+        cap = prob.sampling_steps(th)
         extras["max_steps"] = cap
         extras["truncated_J"] = gt.J - exact_lqg(prob, th, horizon=cap).J
     if exact:

@@ -103,6 +103,7 @@ class LQGProblem:
         th = np.array(th, dtype=np.float64)
         th.setflags(write=False)
         object.__setattr__(self, "theta", th)
+        object.__setattr__(self, "_caps", {})  # sampling cap per theta (unbounded horizon)
 
     # ----------------------------------------------------------------- shapes and parameters
     @property
@@ -174,11 +175,20 @@ class LQGProblem:
 
     @property
     def max_steps(self) -> int:
-        """Episode length when sampling: T, or for an unbounded problem the cap of :data:`CAP_REL`."""
+        """Episode length when sampling at the problem's theta (see :meth:`sampling_steps`)."""
+        return self.sampling_steps()
+
+    def sampling_steps(self, theta=None) -> int:
+        """Episode length when sampling: T, or for an unbounded problem the cap of :data:`CAP_REL`
+        at theta (computed once per theta)."""
         if self.horizon is not None:
             return self.horizon
-        from pgbench.exact.lqg import sampling_cap
-        return sampling_cap(self)
+        th = self.resolve_theta(theta)
+        key = th.tobytes()
+        if key not in self._caps:
+            from pgbench.exact.lqg import sampling_cap
+            self._caps[key] = sampling_cap(self, th)
+        return self._caps[key]
 
     def __repr__(self):
         h = "unbounded" if self.horizon is None else f"T={self.horizon}"
