@@ -119,20 +119,21 @@ def _cmd_measure(args) -> int:
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
         return 0
     import pandas as pd
-    cols = ["estimator", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se",
-            "cosine", "p_value"]
+    cols = ["estimator", "class", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse",
+            "mse_se", "cosine", "p_robust", "p_test"]
     if "exact_variance" in df and df["exact_variance"].notna().any():  # exact moments by enumeration
         cols += ["exact_variance", "exact_mse"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(f"{prob.name}: N={args.batch}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
-        print(df[cols].to_string(index=False))
+        print(df[cols].rename(columns={"p_robust": "p (mean = exact)", "p_test": "test"}).to_string(index=False))
         print(f"sampling: {df['seconds'][0]:.3g} s, {df['episodes_per_second'][0]:.3g} episodes/s")
         if not np.isnan(df["truncated_mass"][0]):
             print(f"episode cap cuts off probability {df['truncated_mass'][0]:.3g} of still running")
-        if len(df.attrs.get("paired", [])):
-            print("paired against " + str(df.attrs["paired"]["reference"][0]) + " (same episodes):")
-            print(df.attrs["paired"][["estimator", "mse_diff", "mse_diff_se", "variance_ratio", "p_value"]]
-                  .to_string(index=False))
+        if df.attrs.get("paired"):
+            paired = pd.DataFrame(df.attrs["paired"])
+            print("paired against " + str(paired["reference"][0]) + " (same episodes):")
+            print(paired[["estimator", "mse_diff", "mse_diff_se", "variance_ratio", "p_value"]]
+                  .rename(columns={"p_value": "p (means agree)"}).to_string(index=False))
         if "proxy" in df.attrs:
             print("W(tau) proxy: " + ", ".join(f"{k}={v:.4g}" for k, v in df.attrs["proxy"].items()))
     return 0

@@ -189,9 +189,12 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
     references : estimators measured on the same episodes, for the variance ratios (the first one
         also decides which coordinates the sampled episodes observe; see :func:`bootstrap_max_t`)
 
-    ``p_value`` is the bootstrap max-t test's, ``p_holm`` its Holm adjustment over the panel
-    (``passed = p_holm > alpha``); ``p_metrics``/``test_metrics`` are the normal-theory test of
-    :func:`pgbench.measure.metrics.summarize`, for comparison.
+    ``p_value`` is the verdict's p-value (:func:`pgbench.measure.metrics.verdict_p`, the policy
+    of the reports and the pytest summary: the larger of the bootstrap max-t p ``p_bootstrap``
+    and the normal-theory p ``p_metrics``, the latter alone once the bootstrap is at its floor),
+    ``test`` names the test it comes from, ``p_holm`` is its Holm adjustment over the panel
+    (``passed = p_holm > alpha``). The bootstrap's resamples are sized so that its floor is 20
+    times below the smallest Holm threshold ``alpha / n``.
 
     Returns
     -------
@@ -237,8 +240,10 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
             if ref_labels and getattr(spec, "name", "") != "importance_sampling" else None
         m = metrics.summarize(est, cell.targets[0])
         bt = bootstrap_max_t(est, cell.targets[0], reference=ref, B=n_boot, seed=seed * 7919 + idx)
+        p, test = metrics.verdict_p(m["p_value"], m["test"], bt["p_value"], n_boot)
         row = {"problem": pid, "theta": theta_desc, "estimator": spec.label, "claimed_unbiased": bool(spec.unbiased),
-               "N": batch, "K": trials, "d": est.shape[1], "test": bt["test"], "p_value": bt["p_value"],
+               "N": batch, "K": trials, "d": est.shape[1], "test": test, "p_value": p,
+               "p_bootstrap": bt["p_value"],
                "p_holm": math.nan, "passed": False, "tested": bt["tested"], "unobserved": bt["unobserved"],
                "p_metrics": m["p_value"], "test_metrics": m["test"],
                "bias_norm": m["bias_norm"], "bias_norm_lo": m["bias_norm_ci"][0],
@@ -275,7 +280,7 @@ def format_validation(df: pd.DataFrame) -> str:
     """The table ``pgbench validate`` prints, and a verdict line."""
     refs = df.attrs.get("references", [])
     lines = []
-    head = f"{'problem':46s} {'p_boot':>9s} {'p_holm':>9s} {'bias_norm [95% CI]':>28s} {'exact':>9s}"
+    head = f"{'problem':46s} {'p':>9s} {'p_holm':>9s} {'bias_norm [95% CI]':>28s} {'exact':>9s}"
     for r in refs:
         head += f" {'var/' + r:>22s}"
     lines.append(head + "  verdict")
@@ -288,7 +293,7 @@ def format_validation(df: pd.DataFrame) -> str:
             lo, hi = r.get(f"var_ratio_{ref}_lo", np.nan), r.get(f"var_ratio_{ref}_hi", np.nan)
             txt = "" if not np.isfinite(v) else f"{v:.3g} [{lo:.2g}, {hi:.2g}]"
             line += f" {txt:>22s}"
-        lines.append(line + ("  pass" if r["passed"] else "  FAIL"))
+        lines.append(line + ("  pass" if r["passed"] else "  FAIL") + f"  ({r['test']})")
     n_fail = int((~df["passed"]).sum())
     a = df.attrs.get("alpha", float("nan"))
     est = df.attrs.get("estimator", "")

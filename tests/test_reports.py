@@ -299,6 +299,7 @@ def test_html_is_well_formed_and_self_contained(written_report):
 
 
 def test_report_content(synthetic_run, written_report):
+    from pgbench.reports.report import fmt
     md = open(written_report[0]).read()
     html_text = open(written_report[1]).read()
     # metadata
@@ -316,9 +317,18 @@ def test_report_content(synthetic_run, written_report):
     assert '<strong class="flag">BIAS DETECTED</strong>' in html_text
     # the summary at the top names the winners
     summary = md.split("## Summary", 1)[1].split("## Suite", 1)[0]
+    from pgbench.estimators.catalogue import estimator_class
     for rec in RunDir(synthetic_run).cells():
-        best = min(rec["rows"], key=lambda r: r["mse"])["estimator"]
-        assert f"| `{rec['cell']}` | {rec['N']} | `{best}` |" in summary
+        # winners per class: an oracle (exact V, Q, A, b*) is a reference, never the practical winner
+        prac = [r for r in rec["rows"] if estimator_class(r["estimator"], r["unbiased"]) == "practical"]
+        best = min(prac, key=lambda r: r["mse"])["estimator"]
+        assert f"| `{rec['cell']}` | {rec['N']} | `{best}` (" in summary
+        oracles = [r for r in rec["rows"] if estimator_class(r["estimator"], r["unbiased"]) == "oracle"]
+        if oracles:
+            best_o = min(oracles, key=lambda r: r["mse"])["estimator"]
+            line = next(ln for ln in summary.splitlines() if ln.startswith(f"| `{rec['cell']}` | {rec['N']} |"))
+            assert line.rstrip(" |").endswith(f"`{best_o}` ({fmt(min(r['mse'] for r in oracles))})")
+    assert "oracle (reference)" in summary
     assert "BIAS DETECTED" in summary
     # exact values beside the measured ones when present (ladder), absent otherwise (gae)
     ladder = md.split("## Suite ladder/three-step-bandit", 1)[1].split("## Suite", 1)[0]
@@ -354,6 +364,36 @@ def test_report_of_a_run_without_cells(tmp_path):
 
 
 # ----------------------------------------------------------------------------- verdicts and formatting
+
+def test_the_p_shown_is_the_verdicts_with_its_test():
+    """A claimed-biased row whose normal-theory p is tiny but whose bootstrap p is not: the table
+    shows the bootstrap's p (the verdict's), names that test, and says 'bias not resolved'."""
+    from pgbench.reports.report import Doc, _cell_table, render_markdown
+    row = _row("gae:lambda=0.9,critic=perturbed,scale=0.3", 16, unbiased=False, bias=0.1)
+    row.update(p_value=1.3e-31, test="hotelling", p_bootstrap=0.3)
+    doc = Doc()
+    _cell_table(doc, {"cell": "c", "N": 16, "rows": [row]})
+    line = [ln for ln in render_markdown(doc).splitlines() if ln.startswith("| `gae")][0]
+    assert "| 0.3 | bootstrap max-t | bias not resolved |" in line and "1.3e-31" not in line
+    assert "| oracle |" in line
+
+
+def test_truncation_note_states_the_J_lost_and_is_silent_when_negligible():
+    from pgbench.reports.report import truncation_note
+    # a chain that never terminates: every episode reaches the cap, but the J lost is 2.6e-12
+    assert truncation_note({"J": 3.0, "truncated_mass": 1.0, "truncated_J": 2.6e-12}) == ""
+    note = truncation_note({"J": 2.0, "truncated_mass": 0.01, "truncated_J": 1e-3})
+    assert "J = 0.001" in note and "0.0005 of |J|" in note and "0.01" in note
+    assert truncation_note({"J": 1.0, "truncated_mass": None, "truncated_J": None}) == ""
+
+
+def test_wide_tables_scroll_in_html():
+    from pgbench.reports.report import Doc, render_html
+    doc = Doc()
+    doc.table(["a"] * 30, [["x" * 20] * 30])
+    out = render_html(doc, "t")
+    assert '<div class="scroll"><table>' in out and "overflow-x: auto" in out
+
 
 def test_verdicts():
     from pgbench.reports.report import verdict

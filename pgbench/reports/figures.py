@@ -65,6 +65,23 @@ def _styles(df: pd.DataFrame, styles: Optional[dict]) -> dict:
     return st
 
 
+def estimator_classes(df: pd.DataFrame) -> dict:
+    """``{estimator: class}`` (practical, oracle, biased): the rows' ``class`` column, or the
+    catalogue's class for runs written before the column existed."""
+    from pgbench.estimators.catalogue import estimator_class
+    out = {}
+    for _, r in df.drop_duplicates("estimator").iterrows():
+        c = r.get("class") if "class" in df.columns else None
+        out[r["estimator"]] = c if isinstance(c, str) and c else estimator_class(
+            str(r["estimator"]), r.get("unbiased") if "unbiased" in df.columns else None)
+    return out
+
+
+def _with_class(labels: list, classes: dict) -> list:
+    """Legend labels carrying the class of the non-practical estimators: ``value_baseline [oracle]``."""
+    return [lab + (f" [{classes[lab]}]" if classes.get(lab, "practical") != "practical" else "") for lab in labels]
+
+
 def _order(values) -> list:
     return list(dict.fromkeys(values))
 
@@ -119,11 +136,6 @@ def _log_err(val: np.ndarray, lo: np.ndarray, hi: np.ndarray, floor: float) -> n
     """Error bars on a log axis: a lower end at or below zero is drawn down to ``floor``."""
     lo = np.where(np.isfinite(lo) & (lo > floor), lo, floor)
     return _err(val, np.minimum(lo, val), hi)
-
-
-def _claimed_biased(v) -> bool:
-    """True only for an explicit 'not unbiased' (a missing claim is not a claim of bias)."""
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and not bool(v)
 
 
 def _exact_col(df: pd.DataFrame, col: str) -> Optional[np.ndarray]:
@@ -183,6 +195,7 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     ax.set_ylabel("variance  tr Cov(g_hat)")
     ax.set_title(_title(suite, "variance against batch size N"))
     handles, labels = ax.get_legend_handles_labels()
+    labels = _with_class(labels, estimator_classes(df))
     if len(n_values) >= 2:
         handles.append(Line2D([], [], ls="--", color="grey"))
         labels.append("1/N from smallest N")
@@ -203,7 +216,7 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     """Per estimator, three bars side by side: bias^2 (``||mean - g||^2``, hatched), variance
     (solid) and MSE (outlined; MSE = bias^2 + variance), each with its confidence interval; one
     panel per batch size N. The x axis is logarithmic when the values span more than two
-    decades. Estimators claimed biased are marked ``(biased)``."""
+    decades. Oracle and biased estimators are marked ``[oracle]`` / ``[biased]``."""
     _require(df, ["estimator", "N", "bias_norm", "variance", "mse"], "bias_variance")
     suite = _suite_name(df, suite)
     st = _styles(df, styles)
@@ -216,7 +229,7 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     h = 0.27
     all_ests = _order(df["estimator"])
-    unb_all = dict(zip(df["estimator"], df["unbiased"])) if "unbiased" in df else {}
+    classes = estimator_classes(df)
     for k, N in enumerate(n_values):
         ax = axes[k // ncols][k % ncols]
         d = df[df["N"] == N].drop_duplicates("estimator")
@@ -255,8 +268,7 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
         ax.set_ylim(-len(all_ests) + 0.5, 0.5)
         if k % ncols == 0:
             ax.set_yticks([-i for i in range(len(all_ests))])
-            ax.set_yticklabels([e + ("  (biased)" if _claimed_biased(unb_all.get(e)) else "") for e in all_ests],
-                               fontsize=9)
+            ax.set_yticklabels(_with_class(all_ests, classes), fontsize=9)
             for t, e in zip(ax.get_yticklabels(), all_ests):
                 t.set_color(st[e][0])
         if use_log:
@@ -338,6 +350,7 @@ def efficiency(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[d
     ax.set_ylabel("MSE  E||g_hat - g||^2")
     ax.set_title(_title(suite, "MSE against wall-clock time (lower left is better)"))
     handles, labels = ax.get_legend_handles_labels()
+    labels = _with_class(labels, estimator_classes(df))
     handles.append(Line2D([], [], ls=":", color="grey"))
     labels.append("MSE x seconds = 10^k")
     _legend_outside(ax, handles, labels)

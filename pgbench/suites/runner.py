@@ -48,12 +48,13 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
                  proxy=suite.proxy and N >= 2)
     rec = {"suite": suite.id, "cell": cell_id(suite, N), "N": N, "K": suite.n_trials(quick), "seed": seed,
            "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
-           "rows": df.to_dict(orient="records"), "paired": df.attrs["paired"].to_dict(orient="records"),
+           "rows": df.to_dict(orient="records"), "paired": list(df.attrs["paired"]),
            "wall_seconds": time.time() - t0}
     if prob.kind == "mdp":
         from pgbench.exact import exact
         gt = exact(prob, theta)
-        rec["exact"] = {"J": gt.J, "grad_norm": gt.grad_norm, "truncated_mass": gt.truncated_mass}
+        rec["exact"] = {"J": gt.J, "grad_norm": gt.grad_norm, "truncated_mass": gt.truncated_mass,
+                       "truncated_J": gt.truncated_J}
     if "proxy" in df.attrs:
         rec["proxy"] = df.attrs["proxy"]
         from pgbench.measure.engine import episode_samples
