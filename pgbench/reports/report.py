@@ -598,9 +598,10 @@ def _planned_missing(meta: dict, cells: list[dict]) -> list[str]:
     return missing
 
 
-def build_report(run_dir) -> tuple[Doc, list[str], list[str]]:
+def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
     """The report of a run directory as a :class:`Doc`; writes the figure PNGs on the way.
-    Returns ``(doc, figure paths relative to run_dir, problems)``."""
+    Returns ``(doc, figure paths relative to run_dir, problems)``. ``progress``: a callable
+    given one line per suite as its tables and figures are made (e.g. to print on stderr)."""
     meta, cells = load_run(run_dir)
     run_dir = os.fspath(run_dir)
     env = meta.get("environment") if isinstance(meta.get("environment"), dict) else {}
@@ -673,7 +674,9 @@ def build_report(run_dir) -> tuple[Doc, list[str], list[str]]:
     df_all = results_frame(cells)
     suites = list(dict.fromkeys([s for s in (meta.get("suites") or []) if any(c["suite"] == s for c in cells)]
                                 + [c["suite"] for c in cells]))
-    for sid in suites:
+    for i, sid in enumerate(suites):
+        if progress is not None:
+            progress(f"report: suite {i + 1}/{len(suites)} {sid}")
         recs = sorted([c for c in cells if c["suite"] == sid], key=lambda c: c["N"])
         desc, suite = _suite_description(sid)
         doc.h(2, f"Suite {sid}", _anchor(sid))
@@ -717,11 +720,12 @@ def _B() -> int:
     return BOOTSTRAP
 
 
-def write_report(run_dir) -> tuple[str, str]:
+def write_report(run_dir, progress=None) -> tuple[str, str]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into a run directory; returns
     ``(md_path, html_path)``. Raises :class:`PGBenchError` for a missing or malformed run
-    directory (no ``meta.json``, bad JSON, a cell record without its keys)."""
-    doc, _, _ = build_report(run_dir)
+    directory (no ``meta.json``, bad JSON, a cell record without its keys). ``progress``: see
+    :func:`build_report`."""
+    doc, _, _ = build_report(run_dir, progress=progress)
     run_dir = os.fspath(run_dir)
     md_path = os.path.join(run_dir, "report.md")
     html_path = os.path.join(run_dir, "report.html")

@@ -62,13 +62,33 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
     return to_jsonable(rec)
 
 
+def kernels_cached() -> bool:
+    """Whether numba's on-disk cache already holds the MDP sampling kernels (else the first cell
+    compiles them, a minute or two). A heuristic: the cache index files exist."""
+    try:
+        from pgbench.kernels import mdp
+        return all(os.path.exists(getattr(mdp, name)._cache._cache_file._index_path)
+                   for name in ("_batch_stats", "_score_weights"))
+    except Exception:  # a numba without these internals: say nothing rather than guess
+        return True
+
+
+def _say(msg: str) -> None:
+    print(f"pgbench: {msg}", file=sys.stderr, flush=True)
+
+
 def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
     return [(s.id, N) for s in suites for N in s.cells(quick)]
 
 
 def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int = 0, resume: str | None = None,
         progress: bool | None = None, executor=None, report: bool = True, backend: str = "cpu") -> str:
-    """Run suites into a run directory (new, or ``resume``d); returns its path."""
+    """Run suites into a run directory (new, or ``resume``d); returns its path.
+
+    ``progress``: ``None`` (default) shows a progress bar on a terminal and otherwise (CI, a
+    redirect) one line per finished cell on stderr; ``True`` forces the bar, ``False`` is silent.
+    Either way (unless ``False``) stderr says when the kernels are being compiled and while the
+    report is written."""
     from pgbench.measure.backend import resolve_backend
     backend = resolve_backend(backend)
     if resume:
@@ -84,10 +104,16 @@ def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int =
         rd = RunDir.create(out, suite_ids, quick, seed)
         rd.update_meta(backend=backend)
     cells = [c for c in plan([get_suite(s) for s in suite_ids], quick) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
+    quiet = progress is False
+    lines = progress is None and not sys.stderr.isatty()  # no terminal: a line per cell instead of a bar
     if progress is None:
         progress = sys.stderr.isatty()
+    if not quiet and cells and not kernels_cached():
+        _say("compiling kernels (first run only: a minute or two; cached afterwards)")
     from tqdm import tqdm
     bar = tqdm(total=len(cells), desc="pgbench run", unit="cell", disable=not progress, file=sys.stderr)
+    if lines:
+        bar = _LineProgress(len(cells))
     try:
         if executor is None:
             for sid, N in cells:
@@ -107,5 +133,27 @@ def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int =
     rd.finalize()
     if report:
         from pgbench.reports.report import write_report
-        write_report(rd.path)
+        if not quiet:
+            _say("writing the report (figures and tables)")
+        write_report(rd.path, progress=None if quiet else _say)
     return rd.path
+
+
+class _LineProgress:
+    """The progress bar's interface, as one stderr line per finished cell (for logs and CI)."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.what, self.t0 = total, 0, "", time.time()
+        self.last = self.t0
+
+    def set_postfix_str(self, s: str) -> None:
+        self.what = s
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.time()
+        _say(f"cell {self.n}/{self.total} done: {self.what} ({now - self.last:.1f} s; {now - self.t0:.0f} s so far)")
+        self.last = now
+
+    def close(self) -> None:
+        pass
