@@ -603,6 +603,8 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
     Returns ``(doc, figure paths relative to run_dir, problems)``. ``progress``: a callable
     given one line per suite as its tables and figures are made (e.g. to print on stderr)."""
     meta, cells = load_run(run_dir)
+    order = {s: i for i, s in enumerate(meta.get("suites") or [])}
+    cells.sort(key=lambda c: (order.get(c["suite"], len(order)), c["suite"], c["N"]))  # N numerically
     run_dir = os.fspath(run_dir)
     env = meta.get("environment") if isinstance(meta.get("environment"), dict) else {}
     doc = Doc()
@@ -620,6 +622,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
                  ["status", B(meta.get("status")) if meta.get("status") not in ("complete",) else "complete"],
                  ["mode", "quick (CI subset)" if quick else ("full" if quick is not None else "-")],
                  ["seed", str(meta.get("seed", "-"))], ["git commit", C(meta.get("git_commit") or "unknown")],
+                 ["sampler fingerprint", C(meta.get("sampler_fingerprint") or "not recorded")],
                  ["machine", machine or "-"], ["versions", versions or "-"],
                  ["source", str(meta.get("source") or "-")],
                  ["suites", ", ".join(meta.get("suites") or []) or "-"],
