@@ -15,6 +15,7 @@ black-edged markers beside the measured values when present.
 :func:`efficiency`     MSE against wall-clock seconds (log-log), iso-cost lines
 :func:`gae_lambda`     GAE bias and variance against lambda, one line per critic
 :func:`proxy_scatter`  W(tau) against the exact ||z||^2, with their correlation
+:func:`horizon`        variance against the horizon T and the discount gamma (a suite family)
 =====================  ==========================================================
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from pgbench.errors import PGBenchError
 
@@ -145,6 +146,14 @@ def _exact_col(df: pd.DataFrame, col: str) -> Optional[np.ndarray]:
     return v if np.isfinite(v).any() else None
 
 
+def _log_ticks(axis) -> None:
+    """Readable ticks on a log axis: majors at 1, 2, 5 x 10^k labelled in plain numbers
+    (``0.02``, ``5e+03``), unlabelled minors, so short ranges get labels that do not collide."""
+    axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0), numticks=12))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _legend_outside(ax, handles=None, labels=None, title=None) -> None:
     kw = {} if handles is None else {"handles": handles}
     if labels is not None:
@@ -161,7 +170,7 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     _require(df, ["estimator", "N", "variance"], "variance_vs_n")
     suite = _suite_name(df, suite)
     st = _styles(df, styles)
-    fig = _new_figure(8.5, 5.0)
+    fig = _new_figure(10.0, 5.0)
     ax = fig.add_subplot()
     has_exact = False
     n_values = sorted(set(int(n) for n in df["N"]))
@@ -193,7 +202,7 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     ax.grid(True, which="both", alpha=0.3)
     ax.set_xlabel("batch size N (episodes per estimate)")
     ax.set_ylabel("variance  tr Cov(g_hat)")
-    ax.set_title(_title(suite, "variance against batch size N"))
+    fig.suptitle(_title(suite, "variance against batch size N"), fontsize=12)
     handles, labels = ax.get_legend_handles_labels()
     labels = _with_class(labels, estimator_classes(df))
     if len(n_values) >= 2:
@@ -296,13 +305,17 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
 # ----------------------------------------------------------------------------- efficiency
 
 def efficiency(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
-    """MSE against wall-clock seconds on log-log axes, one line per estimator through its batch
-    sizes (labelled with N), with dotted iso-cost lines ``MSE x seconds = const``: lower-left is
-    better. Estimators of a cell share their episodes, so they share the cell's time."""
+    """MSE against seconds on log-log axes, one line per estimator through its batch sizes
+    (labelled with N), with dotted iso-cost lines ``MSE x seconds = const``: lower-left is
+    better. The seconds are each estimator's own (``own_seconds``: its kernel alone on the
+    cell's shape) where the rows carry them; otherwise the cell's, which its estimators share."""
     _require(df, ["estimator", "N", "mse", "seconds"], "efficiency")
+    own = "own_seconds" in df.columns and np.isfinite(_num(df["own_seconds"])).any()
+    if own:
+        df = df.assign(seconds=df["own_seconds"])
     suite = _suite_name(df, suite)
     st = _styles(df, styles)
-    fig = _new_figure(8.5, 5.0)
+    fig = _new_figure(10.0, 5.0)
     ax = fig.add_subplot()
     xs, ys = [], []
     ests = _order(df["estimator"])
@@ -344,11 +357,15 @@ def efficiency(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[d
             last = sec
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _log_ticks(ax.xaxis)
+    ax.tick_params(axis="x", labelsize=8)
     ax.grid(True, which="major", alpha=0.3)
-    ax.set_xlabel("wall-clock seconds of the cell (all K trials)"
-                  + ("; estimators share the cell's time, spread +-6% for legibility" if shared else ""))
+    ax.set_xlabel("the estimator's own seconds (alone on the cell's N K episodes)" if own else
+                  "wall-clock seconds of the cell (all K trials)"
+                  + ("; shared by its estimators, spread +-6%" if shared else ""))
     ax.set_ylabel("MSE  E||g_hat - g||^2")
-    ax.set_title(_title(suite, "MSE against wall-clock time (lower left is better)"))
+    fig.suptitle(_title(suite, "MSE against " + ("each estimator's own time" if own else "wall-clock time")
+                        + " (lower left is better)"), fontsize=12)
     handles, labels = ax.get_legend_handles_labels()
     labels = _with_class(labels, estimator_classes(df))
     handles.append(Line2D([], [], ls=":", color="grey"))
@@ -507,6 +524,91 @@ def proxy_scatter(scatter: dict, corr: Optional[float] = None, suite: Optional[s
     return fig
 
 
+# ----------------------------------------------------------------------------- horizon and discount
+
+def _suite_param(suite_id: str, key: str) -> Optional[float]:
+    """``horizon/T=8`` -> 8.0 for ``key='T'`` (None when the suite id does not set ``key``)."""
+    last = str(suite_id).rsplit("/", 1)[-1]
+    if last.startswith(key + "="):
+        try:
+            return float(last.split("=", 1)[1])
+        except ValueError:
+            return None
+    return None
+
+
+def horizon(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
+    """Variance of each estimator against the horizon T (left; suites ``.../T=..``) and against the
+    effective horizon ``1 / (1 - gamma)`` of the discount (right; suites ``.../gamma=..``), log-log,
+    with confidence intervals and the exact variances as open black-edged markers where known.
+    Takes the rows of the whole family (column ``suite``)."""
+    _require(df, ["suite", "estimator", "variance"], "horizon")
+    st = _styles(df, styles)
+    classes = estimator_classes(df)
+    d = df.assign(_T=[_suite_param(s, "T") for s in df["suite"]],
+                  _g=[_suite_param(s, "gamma") for s in df["suite"]])
+    panels = [(k, x) for k, x in (("_T", "horizon T (steps; gamma = 1)"),
+                                  ("_g", "effective horizon 1 / (1 - gamma) (unbounded episodes)"))
+              if d[k].notna().any()]
+    if not panels:
+        raise PGBenchError("horizon: no suite of the form .../T=.. or .../gamma=.. in the table")
+    fig = _new_figure(6.0 * len(panels) + 2.6, 4.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    has_exact = False
+    for ax, (key, xlabel) in zip(axes, panels):
+        sub = d[d[key].notna()]
+        xs = sorted(set(sub[key]))
+        for est in _order(sub["estimator"]):
+            e = sub[sub["estimator"] == est].sort_values(key)
+            x = e[key].to_numpy(float)
+            x = 1.0 / (1.0 - x) if key == "_g" else x
+            v = _num(e["variance"])
+            ok = np.isfinite(v) & (v > 0)
+            if not ok.any():
+                continue
+            lo = _num(e["variance_lo"])[ok] if "variance_lo" in e else np.full(ok.sum(), np.nan)
+            hi = _num(e["variance_hi"])[ok] if "variance_hi" in e else np.full(ok.sum(), np.nan)
+            colour, marker = st[est]
+            ax.errorbar(x[ok], v[ok], yerr=_log_err(v[ok], lo, hi, v[ok].min() * 1e-3), color=colour,
+                        marker=marker, ms=5, lw=1.4, capsize=3, label=est)
+            ex = _exact_col(e, "exact_variance")
+            if ex is not None:
+                m = ok & np.isfinite(ex) & (ex > 0)
+                if m.any():
+                    ax.plot(x[m], ex[m], ls="none", marker=marker, ms=9, mfc="none", mec="black", mew=1.0)
+                    has_exact = True
+        ticks = [1.0 / (1.0 - g) for g in xs] if key == "_g" else xs
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:.3g}" for t in ticks], fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+        if key == "_g":
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(ticks)
+            top.set_xticklabels([f"{g:g}" for g in xs], fontsize=8)
+            top.xaxis.set_minor_locator(NullLocator())
+            top.set_xlabel("gamma", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel("variance  tr Cov(g_hat)")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    labels = _with_class(labels, classes)
+    if has_exact:
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=9))
+        labels.append("exact variance")
+    _legend_outside(axes[-1], handles, labels)
+    Ns = sorted(set(int(n) for n in d["N"])) if "N" in d else []
+    fam = _suite_name(df, suite) or "horizon"
+    fig.suptitle(_title(fam.split("/")[0], "variance against the horizon and the discount"
+                        + (f" (N = {Ns[0]})" if len(Ns) == 1 else "")), fontsize=12)
+    return fig
+
+
 FIGURES = {"variance_vs_N": variance_vs_n, "bias_variance": bias_variance, "efficiency": efficiency,
-           "gae_lambda": gae_lambda, "proxy": proxy_scatter}
+           "gae_lambda": gae_lambda, "proxy": proxy_scatter, "horizon": horizon}
 """The figure names suites list in ``Suite.figures`` and the functions that draw them."""
+
+FAMILY_FIGURES = ("horizon",)
+"""Figures drawn once for a family of suites (``horizon/T=8``, ``horizon/gamma=0.9``...), from the
+rows of all its suites, under the family's last suite in the report."""

@@ -541,7 +541,8 @@ def _suite_description(sid: str) -> tuple[str, Optional[object]]:
 
 
 def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: pd.DataFrame,
-                       written: list, problems: list) -> None:
+                       written: list, problems: list, df_all: Optional[pd.DataFrame] = None,
+                       suites: Optional[list] = None) -> None:
     from pgbench.reports import figures as F
     names = []
     for r in recs:
@@ -562,6 +563,16 @@ def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: p
                                  lambda r=r, corr=corr: F.proxy_scatter(r["scatter"], corr, sid, r["cell"])))
             if not jobs:
                 doc.p(Inline(f"Figure 'proxy': no per-episode scatter data in this suite's cells."))
+        elif name in F.FAMILY_FIGURES:
+            fam = sid.split("/")[0]
+            members = [s for s in (suites or [sid]) if s.split("/")[0] == fam]
+            if members and sid != members[-1]:
+                doc.p(Inline(f"Figure '{name}': drawn with the family's last suite, {members[-1]}."))
+                continue
+            fdf = df_all[df_all["suite"].isin(members)] if df_all is not None else df
+            fn = F.FIGURES[name]
+            jobs.append((f"{_slug(fam)}-{name}.png", f"{fam}: {name}",
+                         lambda fn=fn, fdf=fdf: fn(fdf, fam, styles=F.estimator_styles(list(fdf["estimator"])))))
         elif name in F.FIGURES:
             fn = F.FIGURES[name]
             kw = {} if name == "gae_lambda" else {"styles": styles}
@@ -701,7 +712,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
             _proxy_table(doc, rec)
         df = df_all[df_all["suite"] == sid] if not df_all.empty else df_all
         if not df.empty:
-            _figures_for_suite(doc, run_dir, sid, recs, df, written, problems)
+            _figures_for_suite(doc, run_dir, sid, recs, df, written, problems, df_all, suites)
 
     doc.h(2, "Notes", "notes")
     doc.ul([f"Verdicts test H0: mean of the K trial estimates = exact gradient at level {ALPHA:g}, with the p "
