@@ -178,17 +178,6 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
              alpha: float = 0.05, references=REFERENCES, exact_limit: int = 20_000) -> pd.DataFrame:
     """Test ``estimator`` for unbiasedness on every problem of a panel; one row per problem.
 
-    Parameters
-    ----------
-    estimator : a built-in estimator id (``gae:lambda=0.9``) or the name of a user estimator
-        registered with :func:`pgbench.estimators.register_estimator`
-    problems : problem ids / ``.npz`` paths / problems / :class:`PanelProblem` (default :data:`PANEL`)
-    batch, trials : batch size N and trials K of each problem's cell
-    seed : the run's seed (each problem's cell draws its own streams from it)
-    alpha : family-wise false-alarm rate over the panel (Holm)
-    references : estimators measured on the same episodes, for the variance ratios (the first one
-        also decides which coordinates the sampled episodes observe; see :func:`bootstrap_max_t`)
-
     ``p_value`` is the verdict's p-value (:func:`pgbench.measure.metrics.verdict_p`, the policy
     of the reports and the pytest summary: the larger of the bootstrap max-t p ``p_bootstrap``
     and the normal-theory p ``p_metrics``, the latter alone once the bootstrap is at its floor),
@@ -196,13 +185,33 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
     (``passed = p_holm > alpha``). The bootstrap's resamples are sized so that its floor is 20
     times below the smallest Holm threshold ``alpha / n``.
 
+    Parameters
+    ----------
+    estimator
+        A built-in estimator id (``gae:lambda=0.9``) or the name of a user estimator
+        registered with :func:`pgbench.estimators.register_estimator`.
+    problems
+        Problem ids, ``.npz`` paths, problems or :class:`PanelProblem` (default :data:`PANEL`).
+    batch, trials
+        Batch size N and trials K of each problem's cell.
+    seed
+        The run's seed (each problem's cell draws its own streams from it).
+    alpha
+        Family-wise false-alarm rate over the panel (Holm).
+    references
+        Estimators measured on the same episodes, for the variance ratios (the first one
+        also decides which coordinates the sampled episodes observe; see :func:`bootstrap_max_t`).
+
     Returns
     -------
-    DataFrame with columns ``problem, theta, estimator, claimed_unbiased, N, K, d, test, p_value, p_holm,
-    passed, tested, unobserved, p_metrics, test_metrics, bias_norm, bias_norm_lo, bias_norm_hi, rel_bias, exact_grad_norm, exact_bias_norm,
-    variance, variance_se, var_ratio_<ref>, var_ratio_<ref>_lo, var_ratio_<ref>_hi, seconds``;
-    ``df.attrs``: ``passed`` (every problem passed), ``alpha``, ``correction`` (``'holm'``),
-    ``estimator``, ``references``.
+    DataFrame
+        Columns ``problem``, ``theta``, ``estimator``, ``claimed_unbiased``, ``N``, ``K``, ``d``,
+        ``test``, ``p_value``, ``p_bootstrap``, ``p_holm``, ``passed``, ``tested``, ``unobserved``,
+        ``p_metrics``, ``test_metrics``, ``bias_norm``, ``bias_norm_lo``, ``bias_norm_hi``,
+        ``rel_bias``, ``exact_grad_norm``, ``exact_bias_norm``, ``variance``, ``variance_se``,
+        ``var_ratio_<ref>``, ``var_ratio_<ref>_lo``, ``var_ratio_<ref>_hi``, ``seconds``;
+        ``df.attrs``: ``passed`` (every problem passed), ``alpha``, ``correction`` (``'holm'``),
+        ``estimator``, ``references``.
     """
     from pgbench.estimators.catalogue import parse
     from pgbench.measure import metrics

@@ -16,7 +16,7 @@ Point estimates
   when either vector is zero.
 
 Uncertainties (``level`` is the two-sided confidence level, ``a = 1 - level``)
---------------------------------------------------------------------------
+------------------------------------------------------------------------------
 - ``mse_se = sd(||e_k||^2) / sqrt(K)`` (``sd`` with ``ddof = 1``): ``mse`` is a mean of ``K``
   iid terms.  ``cosine_se`` and ``mean_se`` (per coordinate) likewise; ``cosine_ci`` is the
   Student-t interval clipped to ``[-1, 1]``.

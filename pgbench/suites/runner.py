@@ -87,7 +87,7 @@ def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
 
 def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int = 0, resume: str | None = None,
         progress: bool | None = None, executor=None, report: bool = True, backend: str = "cpu") -> str:
-    """Run suites into a run directory (new, or ``resume``d); returns its path.
+    """Run suites into a run directory (a new one, or the one ``resume`` names); returns its path.
 
     ``progress``: ``None`` (default) shows a progress bar on a terminal and otherwise (CI, a
     redirect) one line per finished cell on stderr; ``True`` forces the bar, ``False`` is silent.
