@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pgbench.errors import PGBenchError
@@ -202,13 +203,39 @@ def test_every_figure_function_gives_a_readable_png(synthetic_run):
     rec = next(c for c in RunDir(synthetic_run).cells() if "scatter" in c)
     figs = {"variance_vs_N": F.variance_vs_n(ladder), "bias_variance": F.bias_variance(ladder),
             "efficiency": F.efficiency(base, "baselines/garnet-20"), "gae_lambda": F.gae_lambda(gae),
-            "proxy": F.proxy_scatter(rec["scatter"], rec["proxy"]["corr_W_znorm2"], rec["suite"], rec["cell"])}
+            "proxy": F.proxy_scatter(rec["scatter"], rec["proxy"]["corr_W_znorm2"], rec["suite"], rec["cell"]),
+            "horizon": F.horizon(_horizon_rows())}
     assert set(figs) == set(F.FIGURES)
     for name, fig in figs.items():
         assert_png(F.png_bytes(fig))
         title = (fig._suptitle.get_text() if fig._suptitle else "") + " ".join(a.get_title() for a in fig.axes)
         assert "/" in title, f"{name}: the title names the suite"
     assert "0.430" in figs["proxy"].axes[0].get_title()  # the correlation is in the title
+
+
+def _horizon_rows() -> pd.DataFrame:
+    rows = []
+    for sid, scale in (("horizon/T=2", 1.0), ("horizon/T=8", 4.0), ("horizon/gamma=0.5", 1.0),
+                       ("horizon/gamma=0.9", 5.0)):
+        for est, v in (("reinforce", 2.0), ("reinforce_rtg", 1.0), ("value_baseline", 0.1)):
+            r = _row(est, 16, var=v * scale * 16)
+            r["suite"] = sid
+            r["exact_variance"] = v * scale if sid == "horizon/T=2" else None
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def test_horizon_figure_draws_variance_against_T_and_the_effective_horizon():
+    from pgbench.reports import figures as F
+    fig = F.horizon(_horizon_rows())
+    ax_T, ax_g = fig.axes[:2]
+    assert "horizon T" in ax_T.get_xlabel() and "1 / (1 - gamma)" in ax_g.get_xlabel()
+    # effective horizons 1/(1 - 0.5) = 2 and 1/(1 - 0.9) = 10 on the right panel
+    line = ax_g.containers[0].lines[0]  # the first estimator's errorbar data line
+    np.testing.assert_allclose(sorted(line.get_xdata()), [2.0, 10.0])
+    assert_png(F.png_bytes(fig))
+    with pytest.raises(PGBenchError, match="no suite of the form"):
+        F.horizon(_horizon_rows().assign(suite="baselines/x"))
 
 
 def test_estimator_colours_are_consistent_across_figures(synthetic_run):
@@ -219,7 +246,9 @@ def test_estimator_colours_are_consistent_across_figures(synthetic_run):
     f1, f2 = F.variance_vs_n(ladder, styles=styles), F.efficiency(ladder, styles=styles)
     for fig in (f1, f2):
         handles, labels = fig.axes[0].get_legend_handles_labels()
-        colours = {lab: (h.lines[0] if hasattr(h, "lines") else h).get_color() for h, lab in zip(handles, labels)}
+        # legend labels carry the class of non-practical estimators: "value_baseline [oracle]"
+        colours = {lab.split(" [")[0]: (h.lines[0] if hasattr(h, "lines") else h).get_color()
+                   for h, lab in zip(handles, labels)}
         for est, (colour, _) in styles.items():
             assert colours[est] == colour
 

@@ -599,8 +599,8 @@ def horizon(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict
         labels.append("exact variance")
     _legend_outside(axes[-1], handles, labels)
     Ns = sorted(set(int(n) for n in d["N"])) if "N" in d else []
-    fam = _suite_name(df, suite) or "horizon"
-    fig.suptitle(_title(fam.split("/")[0], "variance against the horizon and the discount"
+    fam = (_suite_name(df, suite) or str(df["suite"].iloc[0])).split("/")[0]
+    fig.suptitle(_title(f"{fam}/T=.., {fam}/gamma=..", "variance against the horizon and the discount"
                         + (f" (N = {Ns[0]})" if len(Ns) == 1 else "")), fontsize=12)
     return fig
 
