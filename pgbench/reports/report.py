@@ -448,8 +448,9 @@ def _paired_table(doc: Doc, rec: dict) -> None:
     ref = pairs[0].get("reference", rec["rows"][0]["estimator"] if rec["rows"] else "?")
     doc.p("Paired against the reference ", C(ref), " on the same episodes (common random numbers): "
           "MSE difference (estimator - reference) and variance ratio (estimator / reference).")
-    headers = ["estimator", "MSE diff [95% CI]", "p (MSE diff)", "variance ratio [95% CI]", "p (ratio)",
+    headers = ["estimator", "class", "MSE diff [95% CI]", "p (MSE diff)", "variance ratio [95% CI]", "p (ratio)",
                "p (means agree)", "MSE vs reference"]
+    classes = {r["estimator"]: _class(r) for r in rec["rows"]}
     out = []
     for p in pairs:
         ci = p.get("mse_diff_ci") if isinstance(p.get("mse_diff_ci"), (list, tuple)) else [None, None]
@@ -466,10 +467,12 @@ def _paired_table(doc: Doc, rec: dict) -> None:
             v = Inline("-")
         if p.get("reference") not in (None, ref):
             v = [v, Inline(f" (vs {p.get('reference')})")]
-        out.append([C(p.get("estimator", "?")), fmt_ci(p.get("mse_diff"), lo, hi), fmt_p(p.get("mse_diff_p")),
+        est = p.get("estimator", "?")
+        cls = classes.get(est) or _class({"estimator": est})
+        out.append([C(est), cls, fmt_ci(p.get("mse_diff"), lo, hi), fmt_p(p.get("mse_diff_p")),
                     fmt_ci(p.get("variance_ratio"), rlo, rhi), fmt_p(p.get("variance_ratio_p")),
                     fmt_p(p.get("p_value")), v])
-    doc.table(headers, out, {1, 2, 3, 4, 5})
+    doc.table(headers, out, {2, 3, 4, 5, 6})
 
 
 def _cell_header(doc: Doc, rec: dict) -> None:
