@@ -48,9 +48,9 @@ import pytest
 P_FLAG = 1e-3
 """The summary flags an estimator claimed unbiased whose p-value is below this."""
 
-METRIC_KEYS = ("unbiased", "bias_norm", "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance",
+METRIC_KEYS = ("class", "unbiased", "bias_norm", "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance",
                "variance_se", "mse", "mse_se", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust", "p_test", "test", "seconds", "episodes",
-               "episodes_per_second")
+               "episodes_per_second", "own_seconds", "own_mse_x_seconds")
 """Per-estimator fields copied into ``benchmark.extra_info["metrics"]``."""
 
 _STATE = pytest.StashKey["_State"]()
