@@ -1,4 +1,4 @@
-"""Command line: ``pgbench list | exact | measure | validate | run | report | compare | bench``.
+"""Command line: pgbench list | exact | measure | validate | run | report | compare | bench.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -40,21 +40,36 @@ def _cmd_list(args) -> int:
     from pgbench.problems.registry import describe
     what = args.what or "problems"
     if what == "problems":
-        for name, params, doc in describe():
-            print(f"{name + (':' + params if params else ''):48s} {doc}")
+        rows = [(name + (":" + params if params else ""), doc) for name, params, doc in describe()]
+        _print_table(("problem id [:parameters with defaults]", "what"), rows)
         return 0
     if what == "estimators":
         from pgbench.estimators.catalogue import describe as edesc
+        from pgbench.estimators.catalogue import estimator_class
+        rows = []
         for name, params, unbiased, doc in edesc():
-            print(f"{name + (':' + params if params else ''):52s} {unbiased:36s} {doc}")
+            try:
+                cls = estimator_class(name, unbiased == "yes")
+            except PGBenchError:  # needs a parameter to parse (const_baseline:b=..)
+                cls = "practical" if unbiased == "yes" else "biased"
+            rows.append((name + (":" + params if params else ""), unbiased, cls, doc))
+        _print_table(("estimator [:parameters with defaults]", "unbiased", "class (defaults)", "what"), rows)
         return 0
     if what == "suites":
         from pgbench.suites.registry import SUITES
-        for sid, su in SUITES.items():
-            print(f"{sid:32s} {su.problem:40s} N={','.join(map(str, su.batch_sizes))} K={su.trials}  "
-                  f"[{','.join(su.tags)}]")
+        _print_table(("suite", "problem", "batch sizes N", "trials K", "tags"),
+                     [(sid, su.problem, ",".join(map(str, su.batch_sizes)), str(su.trials), ",".join(su.tags))
+                      for sid, su in SUITES.items()])
         return 0
     raise PGBenchError(f"pgbench list takes 'problems', 'estimators' or 'suites'; got {what!r}")
+
+
+def _print_table(headers, rows) -> None:
+    """Left-aligned columns under a header line; the last column is not padded."""
+    rows = [tuple(str(c).replace("``", "") for c in r) for r in rows]  # docstrings' reST literals
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers[:-1])]
+    for r in [tuple(headers), tuple("-" * len(h) for h in headers)] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
 
 
 def _cmd_exact(args) -> int:
@@ -124,20 +139,21 @@ def _cmd_measure(args) -> int:
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
         return 0
     import pandas as pd
-    cols = ["estimator", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se",
-            "cosine", "p_value"]
+    cols = ["estimator", "class", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse",
+            "mse_se", "cosine", "p_robust", "p_test"]
     if "exact_variance" in df and df["exact_variance"].notna().any():  # exact moments by enumeration
         cols += ["exact_variance", "exact_mse"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(f"{prob.name}: N={args.batch}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
-        print(df[cols].to_string(index=False))
+        print(df[cols].rename(columns={"p_robust": "p (mean = exact)", "p_test": "test"}).to_string(index=False))
         print(f"sampling: {df['seconds'][0]:.3g} s, {df['episodes_per_second'][0]:.3g} episodes/s")
         if not np.isnan(df["truncated_mass"][0]):
             print(f"episode cap cuts off probability {df['truncated_mass'][0]:.3g} of still running")
-        if len(df.attrs.get("paired", [])):
-            print("paired against " + str(df.attrs["paired"]["reference"][0]) + " (same episodes):")
-            print(df.attrs["paired"][["estimator", "mse_diff", "mse_diff_se", "variance_ratio", "p_value"]]
-                  .to_string(index=False))
+        if df.attrs.get("paired"):
+            paired = pd.DataFrame(df.attrs["paired"])
+            print("paired against " + str(paired["reference"][0]) + " (same episodes):")
+            print(paired[["estimator", "mse_diff", "mse_diff_se", "variance_ratio", "p_value"]]
+                  .rename(columns={"p_value": "p (means agree)"}).to_string(index=False))
         if "proxy" in df.attrs:
             print("W(tau) proxy: " + ", ".join(f"{k}={v:.4g}" for k, v in df.attrs["proxy"].items()))
     return 0
@@ -181,7 +197,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_report(args) -> int:
     from pgbench.reports.report import write_report
-    md, html = write_report(args.run_dir)
+    md, html = write_report(args.run_dir, progress=lambda msg: print(f"pgbench: {msg}", file=sys.stderr, flush=True))
     print(f"wrote {md} and {html}")
     return 0
 
@@ -209,19 +225,33 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+DESCRIPTION = """Exact policy-gradient ground truth on small MDPs, and the bias, variance and MSE
+of gradient estimators measured against it."""
+
+EPILOG = """examples:
+  pgbench list estimators
+  pgbench exact boltzmann_bandit
+  pgbench measure three_step_bandit -e reinforce -e value_baseline --batch 16 --trials 400
+  pgbench run --quick --out results/quick
+
+'pgbench COMMAND --help' describes a command's options."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pgbench", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    pl = sub.add_parser("list", help="list problems or estimators")
-    pl.add_argument("what", nargs="?", default="problems")
+    p = _Parser(prog="pgbench", description=DESCRIPTION, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    pl = sub.add_parser("list", help="list problems, estimators or suites")
+    pl.add_argument("what", nargs="?", default="problems", help="problems (default), estimators or suites")
     pl.set_defaults(fn=_cmd_list)
     pe = sub.add_parser("exact", help="exact J and gradient of a problem")
-    pe.add_argument("problem", help="a problem id (see `pgbench list`) or a .npz path")
+    pe.add_argument("problem", help="a problem id (see 'pgbench list') or a .npz path")
     pe.add_argument("--theta", default=None, help="zeros | random:SEED | FILE.npy (default: the problem's theta)")
     pe.add_argument("--beta", type=float, default=0.0, help="entropy-regularisation weight")
-    pe.add_argument("--method", default="auto", choices=["auto", "dense", "sparse"])
+    pe.add_argument("--method", default="auto", choices=["auto", "dense", "sparse"],
+                    help="linear solver for unbounded problems (default auto: sparse for large S)")
     pe.add_argument("--natural", action="store_true", help="also print the min-norm natural gradient")
-    pe.add_argument("--json", action="store_true")
+    pe.add_argument("--json", action="store_true", help="print one JSON object")
     pe.set_defaults(fn=_cmd_exact)
     pm = sub.add_parser("measure", help="measure estimators' bias, variance and MSE on one cell")
     pm.add_argument("problem", help="a problem id or a .npz path")
@@ -229,11 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="estimator id, e.g. reinforce_rtg or gae:lambda=0.9,critic=perturbed,scale=0.1 (repeatable)")
     pm.add_argument("--batch", "-N", type=int, required=True, help="batch size N (episodes per estimate)")
     pm.add_argument("--trials", "-K", type=int, default=100, help="independent trials K (default 100)")
-    pm.add_argument("--seed", type=int, default=0)
+    pm.add_argument("--seed", type=int, default=0, help="the run's seed: same seed, same numbers (default 0)")
     pm.add_argument("--theta", default=None, help="zeros | random:SEED | FILE.npy (default: the problem's theta)")
     pm.add_argument("--proxy", action="store_true", help="also report the W(tau) proxy diagnostics")
-    pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
-    pm.add_argument("--json", action="store_true")
+    pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="where episodes are sampled (default cpu; auto: CUDA when usable)")
+    pm.add_argument("--json", action="store_true", help="print JSON: an object for one estimator, a list for several")
     pm.set_defaults(fn=_cmd_measure)
     pv = sub.add_parser("validate", help="test an estimator for unbiasedness on a panel of problems (exit 1 if biased)")
     pv.add_argument("estimator", help="estimator id, or a user estimator's name (see --import)")
@@ -241,18 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="problem ids or .npz paths (default: the standard panel, pgbench.validate.PANEL)")
     pv.add_argument("--batch", "-N", type=int, default=10, help="batch size N (default 10)")
     pv.add_argument("--trials", "-K", type=int, default=400, help="trials K per problem (default 400)")
-    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     pv.add_argument("--alpha", type=float, default=0.05,
                     help="family-wise false-alarm rate over the panel (Holm; default 0.05)")
     pv.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
                     help="import a module or .py file first (e.g. one registering user estimators; repeatable)")
-    pv.add_argument("--json", action="store_true")
+    pv.add_argument("--json", action="store_true", help="print one JSON object with a row per problem")
     pv.set_defaults(fn=_cmd_validate)
     pr = sub.add_parser("run", help="run benchmark suites and write results and a report")
     pr.add_argument("suites", nargs="*", help="suite ids or families (default: all; see `pgbench list suites`)")
     pr.add_argument("--quick", action="store_true", help="the cheap subset of every suite")
     pr.add_argument("--out", default=None, help="run directory (default results/run-DATE-TIME)")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     pr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     pr.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
     pr.add_argument("--executor", default="local", choices=["local", "dask", "dask-local"],
@@ -263,19 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where MDP cells sample (objectives always run on the CPU)")
     pr.set_defaults(fn=_cmd_run)
     prep = sub.add_parser("report", help="write report.md and report.html for a run directory")
-    prep.add_argument("run_dir")
+    prep.add_argument("run_dir", help="a run directory written by 'pgbench run'")
     prep.set_defaults(fn=_cmd_report)
     pc = sub.add_parser("compare", help="cells whose metrics moved beyond their confidence intervals")
-    pc.add_argument("run_a")
-    pc.add_argument("run_b")
-    pc.add_argument("--json", action="store_true")
+    pc.add_argument("run_a", help="the earlier run directory")
+    pc.add_argument("run_b", help="the later run directory")
+    pc.add_argument("--json", action="store_true", help="print the comparison as JSON records")
     pc.set_defaults(fn=_cmd_compare)
     pb = sub.add_parser("bench", help="kernel throughput against NumPy and the generator floor")
-    pb.add_argument("--episodes", type=int, default=400_000)
+    pb.add_argument("--episodes", type=int, default=400_000, help="episodes per timing round (default 400000)")
     pb.add_argument("--repeat", type=int, default=5, help="timing rounds; each figure keeps its best round")
     pb.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
-    pb.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
-    pb.add_argument("--json", action="store_true")
+    pb.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="time the CPU kernel (default) or the CUDA one")
+    pb.add_argument("--json", action="store_true", help="print one JSON object")
     pb.set_defaults(fn=_cmd_bench)
     return p
 
@@ -283,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "fn", None) is None:  # 'pgbench' alone: the usage, not an error
+        parser.print_help()
+        return 0
     try:
         return args.fn(args)
     except PGBenchError as exc:

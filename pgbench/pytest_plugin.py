@@ -29,8 +29,9 @@ Options
                         ``--benchmark-json`` is given
 
 A terminal summary lists, per cell and estimator, bias norm, variance and MSE (each ± its
-standard error) and the unbiasedness p-value, flagging (``!``) an estimator that claims to be
-unbiased and has ``p < 1e-3``.
+standard error) and the unbiasedness p-value that verdicts use (``p_robust``, from
+:func:`pgbench.measure.metrics.verdict_p`) with the test it comes from, flagging (``!``) an
+estimator that claims to be unbiased and has ``p < 1e-3``.
 
 The plugin is loaded in every pytest session of anyone who installs pgbench: at import it
 imports nothing beyond pytest, and a session that neither requests its fixtures nor passes
@@ -47,9 +48,9 @@ import pytest
 P_FLAG = 1e-3
 """The summary flags an estimator claimed unbiased whose p-value is below this."""
 
-METRIC_KEYS = ("unbiased", "bias_norm", "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance",
-               "variance_se", "mse", "mse_se", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust", "test", "seconds", "episodes",
-               "episodes_per_second")
+METRIC_KEYS = ("class", "unbiased", "bias_norm", "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance",
+               "variance_se", "mse", "mse_se", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust", "p_test", "test", "seconds", "episodes",
+               "episodes_per_second", "own_seconds", "own_mse_x_seconds")
 """Per-estimator fields copied into ``benchmark.extra_info["metrics"]``."""
 
 _STATE = pytest.StashKey["_State"]()
@@ -214,7 +215,7 @@ def pgbench_measure(request, benchmark):
 
 
 def _flagged(row: dict) -> bool:
-    # the robust p-value: the normal-theory test and the bootstrap max-t must both reject
+    # the verdict's p-value (metrics.verdict_p): the one the reports and suites/test_suites.py use
     p = row.get("p_robust", row.get("p_value"))
     return bool(row.get("unbiased")) and p is not None and p < P_FLAG
 
@@ -270,7 +271,7 @@ def summary_lines(measured: list[dict]) -> list[tuple[str, bool]]:
         return []
     width = max(len("estimator"), *(len(r["estimator"]) for m in measured for r in m["rows"]))
     head = (f"  {'estimator':<{width}}  unb  {'|bias| ± se':<20}  {'variance ± se':<20}  {'MSE ± se':<20}  "
-            f"{'p-value':>9}")
+            f"{'p-value':>9}  test")
     out: list[tuple[str, bool]] = []
     for m in measured:
         out.append((f"{m['cell']}  (K={m['K']}, seed={m['seed']}, {m['seconds']:.2f} s)", False))
@@ -281,7 +282,8 @@ def summary_lines(measured: list[dict]) -> list[tuple[str, bool]]:
             out.append((f"  {r['estimator']:<{width}}  {'yes' if r.get('unbiased') else 'no ':<3}  "
                         f"{_fmt(r.get('bias_norm'), r.get('bias_norm_se')):<20}  "
                         f"{_fmt(r.get('variance'), r.get('variance_se')):<20}  "
-                        f"{_fmt(r.get('mse'), r.get('mse_se')):<20}  {ptxt:>9}" + ("  !" if flag else ""), flag))
+                        f"{_fmt(r.get('mse'), r.get('mse_se')):<20}  {ptxt:>9}  {r.get('p_test') or r.get('test') or ''}"
+                        + ("  !" if flag else ""), flag))
     return out
 
 

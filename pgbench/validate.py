@@ -178,28 +178,40 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
              alpha: float = 0.05, references=REFERENCES, exact_limit: int = 20_000) -> pd.DataFrame:
     """Test ``estimator`` for unbiasedness on every problem of a panel; one row per problem.
 
+    ``p_value`` is the verdict's p-value (:func:`pgbench.measure.metrics.verdict_p`, the policy
+    of the reports and the pytest summary: the larger of the bootstrap max-t p ``p_bootstrap``
+    and the normal-theory p ``p_metrics``, the latter alone once the bootstrap is at its floor),
+    ``test`` names the test it comes from, ``p_holm`` is its Holm adjustment over the panel
+    (``passed = p_holm > alpha``). The bootstrap's resamples are sized so that its floor is 20
+    times below the smallest Holm threshold ``alpha / n``.
+
     Parameters
     ----------
-    estimator : a built-in estimator id (``gae:lambda=0.9``) or the name of a user estimator
-        registered with :func:`pgbench.estimators.register_estimator`
-    problems : problem ids / ``.npz`` paths / problems / :class:`PanelProblem` (default :data:`PANEL`)
-    batch, trials : batch size N and trials K of each problem's cell
-    seed : the run's seed (each problem's cell draws its own streams from it)
-    alpha : family-wise false-alarm rate over the panel (Holm)
-    references : estimators measured on the same episodes, for the variance ratios (the first one
-        also decides which coordinates the sampled episodes observe; see :func:`bootstrap_max_t`)
-
-    ``p_value`` is the bootstrap max-t test's, ``p_holm`` its Holm adjustment over the panel
-    (``passed = p_holm > alpha``); ``p_metrics``/``test_metrics`` are the normal-theory test of
-    :func:`pgbench.measure.metrics.summarize`, for comparison.
+    estimator
+        A built-in estimator id (``gae:lambda=0.9``) or the name of a user estimator
+        registered with :func:`pgbench.estimators.register_estimator`.
+    problems
+        Problem ids, ``.npz`` paths, problems or :class:`PanelProblem` (default :data:`PANEL`).
+    batch, trials
+        Batch size N and trials K of each problem's cell.
+    seed
+        The run's seed (each problem's cell draws its own streams from it).
+    alpha
+        Family-wise false-alarm rate over the panel (Holm).
+    references
+        Estimators measured on the same episodes, for the variance ratios (the first one
+        also decides which coordinates the sampled episodes observe; see :func:`bootstrap_max_t`).
 
     Returns
     -------
-    DataFrame with columns ``problem, theta, estimator, claimed_unbiased, N, K, d, test, p_value, p_holm,
-    passed, tested, unobserved, p_metrics, test_metrics, bias_norm, bias_norm_lo, bias_norm_hi, rel_bias, exact_grad_norm, exact_bias_norm,
-    variance, variance_se, var_ratio_<ref>, var_ratio_<ref>_lo, var_ratio_<ref>_hi, seconds``;
-    ``df.attrs``: ``passed`` (every problem passed), ``alpha``, ``correction`` (``'holm'``),
-    ``estimator``, ``references``.
+    DataFrame
+        Columns ``problem``, ``theta``, ``estimator``, ``claimed_unbiased``, ``N``, ``K``, ``d``,
+        ``test``, ``p_value``, ``p_bootstrap``, ``p_holm``, ``passed``, ``tested``, ``unobserved``,
+        ``p_metrics``, ``test_metrics``, ``bias_norm``, ``bias_norm_lo``, ``bias_norm_hi``,
+        ``rel_bias``, ``exact_grad_norm``, ``exact_bias_norm``, ``variance``, ``variance_se``,
+        ``var_ratio_<ref>``, ``var_ratio_<ref>_lo``, ``var_ratio_<ref>_hi``, ``seconds``;
+        ``df.attrs``: ``passed`` (every problem passed), ``alpha``, ``correction`` (``'holm'``),
+        ``estimator``, ``references``.
     """
     from pgbench.estimators.catalogue import parse
     from pgbench.measure import metrics
@@ -237,8 +249,10 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
             if ref_labels and getattr(spec, "name", "") != "importance_sampling" else None
         m = metrics.summarize(est, cell.targets[0])
         bt = bootstrap_max_t(est, cell.targets[0], reference=ref, B=n_boot, seed=seed * 7919 + idx)
+        p, test = metrics.verdict_p(m["p_value"], m["test"], bt["p_value"], n_boot)
         row = {"problem": pid, "theta": theta_desc, "estimator": spec.label, "claimed_unbiased": bool(spec.unbiased),
-               "N": batch, "K": trials, "d": est.shape[1], "test": bt["test"], "p_value": bt["p_value"],
+               "N": batch, "K": trials, "d": est.shape[1], "test": test, "p_value": p,
+               "p_bootstrap": bt["p_value"],
                "p_holm": math.nan, "passed": False, "tested": bt["tested"], "unobserved": bt["unobserved"],
                "p_metrics": m["p_value"], "test_metrics": m["test"],
                "bias_norm": m["bias_norm"], "bias_norm_lo": m["bias_norm_ci"][0],
@@ -275,7 +289,7 @@ def format_validation(df: pd.DataFrame) -> str:
     """The table ``pgbench validate`` prints, and a verdict line."""
     refs = df.attrs.get("references", [])
     lines = []
-    head = f"{'problem':46s} {'p_boot':>9s} {'p_holm':>9s} {'bias_norm [95% CI]':>28s} {'exact':>9s}"
+    head = f"{'problem':46s} {'p':>9s} {'p_holm':>9s} {'bias_norm [95% CI]':>28s} {'exact':>9s}"
     for r in refs:
         head += f" {'var/' + r:>22s}"
     lines.append(head + "  verdict")
@@ -288,7 +302,7 @@ def format_validation(df: pd.DataFrame) -> str:
             lo, hi = r.get(f"var_ratio_{ref}_lo", np.nan), r.get(f"var_ratio_{ref}_hi", np.nan)
             txt = "" if not np.isfinite(v) else f"{v:.3g} [{lo:.2g}, {hi:.2g}]"
             line += f" {txt:>22s}"
-        lines.append(line + ("  pass" if r["passed"] else "  FAIL"))
+        lines.append(line + ("  pass" if r["passed"] else "  FAIL") + f"  ({r['test']})")
     n_fail = int((~df["passed"]).sum())
     a = df.attrs.get("alpha", float("nan"))
     est = df.attrs.get("estimator", "")

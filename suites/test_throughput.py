@@ -1,7 +1,8 @@
 """Throughput of the sampling kernel: ``reinforce_rtg`` on ``garnet:S=20,A=4,b=3,seed=0,horizon=50``
 (every episode runs the full 50 steps), the numba kernel against the vectorised-NumPy reference.
-pytest-benchmark times both; ``extra_info`` holds ns per environment step. Nothing asserts a time
-(the machine is shared); the figures are measured and reported, as in ``pgbench bench``."""
+pytest-benchmark times both on the same work per round (the same number of episodes of 50 steps),
+so the rows of its table compare directly; ``extra_info`` holds ns per environment step. Nothing
+asserts a time (the machine is shared); the figures are measured and reported, as in ``pgbench bench``."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +16,11 @@ BENCH_PROBLEM = "garnet:S=20,A=4,b=3,seed=0,horizon=50"
 ESTIMATOR = "reinforce_rtg"
 
 
+def _shape(quick: bool) -> tuple:
+    """(N, K) of a timed round: 4,000 episodes (quick) or 40,000, for the kernel and NumPy alike."""
+    return (500, 8) if quick else (2000, 20)
+
+
 @pytest.fixture(scope="module")
 def problem():
     prob = make(BENCH_PROBLEM)
@@ -24,7 +30,7 @@ def problem():
 
 def test_kernel(benchmark, problem, request):
     quick = request.config.getoption("pgbench_quick")
-    N, K = (500, 8) if quick else (2000, 20)  # 4,000 / 40,000 episodes a round
+    N, K = _shape(quick)
     sample_mdp(problem, [ESTIMATOR], N=64, K=2)  # compile (or load from the cache) outside the timing
     kernel_secs = []
 
@@ -48,7 +54,8 @@ def test_kernel(benchmark, problem, request):
 
 def test_numpy_reference(benchmark, problem, request):
     quick = request.config.getoption("pgbench_quick")
-    n = 1000 if quick else 4000
+    N, K = _shape(quick)
+    n = N * K  # the kernel's episodes per round: the two rows of the table time the same work
     reinforce_rtg_numpy(problem, None, 10, seed=0)
     benchmark.group = "throughput: reinforce_rtg on garnet-20, horizon 50"
     g = benchmark.pedantic(reinforce_rtg_numpy, args=(problem, None, n), kwargs={"seed": 0},

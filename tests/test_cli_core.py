@@ -33,10 +33,40 @@ def exact_json(capsys, *argv):
 def test_list_shows_every_problem(capsys):
     rc, out, err = run(capsys, "list")
     assert rc == 0 and err == ""
-    firsts = [line.split(":")[0].split()[0] for line in out.splitlines() if line.strip()]
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["problem", "id", "[:parameters"] and set(lines[1]) <= {"-", " "}
+    firsts = [line.split(":")[0].split()[0] for line in lines[2:] if line.strip()]
     assert sorted(firsts) == sorted(REGISTRY)
+    assert "``" not in out
     assert "garnet:S=20,A=4,b=3,seed=0" in out  # parameters with their defaults
     assert run(capsys, "list", "problems")[1] == out
+
+
+@pytest.mark.parametrize("what, head", [("estimators", ["estimator", "[:parameters", "with", "defaults]",
+                                                          "unbiased", "class"]),
+                                         ("suites", ["suite", "problem", "batch", "sizes", "N", "trials", "K", "tags"])])
+def test_list_tables_have_headers(capsys, what, head):
+    rc, out, err = run(capsys, "list", what)
+    assert rc == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].split()[:len(head)] == head and set(lines[1]) <= {"-", " "}
+    if what == "estimators":
+        row = next(ln for ln in lines if ln.startswith("value_baseline "))
+        assert row.split()[1:3] == ["yes", "oracle"]
+
+
+def test_pgbench_alone_prints_the_usage_and_help_has_no_rest_markup(capsys):
+    rc, out, err = run(capsys)
+    assert rc == 0 and err == "" and out.startswith("usage: pgbench") and "measure" in out
+    from pgbench.cli import build_parser
+    parser = build_parser()
+    assert "``" not in parser.format_help()
+    # every option of every command says what it does
+    sub = next(a for a in parser._actions if a.dest == "cmd")
+    for name, sp in sub.choices.items():
+        assert "``" not in sp.format_help()
+        for action in sp._actions:
+            assert action.help, f"pgbench {name} {action.option_strings or action.dest} has no help"
 
 
 # ---------------------------------------------------------------------------- exact --json

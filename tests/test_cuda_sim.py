@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-pytest.importorskip("numba.cuda", reason="numba-cuda (the 'cuda' extra) is not installed")
+# numba itself still ships a deprecated built-in numba.cuda: ask for the numba-cuda package
+pytest.importorskip("numba_cuda", reason="numba-cuda (the 'cuda' extra) is not installed")
 
 HERE = os.path.dirname(__file__)
 

@@ -11,7 +11,7 @@ from pgbench.suites.registry import get_suite  # noqa: E402
 from pgbench.suites.store import RunDir  # noqa: E402
 
 SUITES = ["ladder/three-step-bandit", "objectives/gaussian-toy", "discount/chain-6"]
-TIMING = {"seconds", "episodes_per_second", "mse_x_seconds"}
+TIMING = {"seconds", "episodes_per_second", "mse_x_seconds", "own_seconds", "own_mse_x_seconds"}
 
 
 def _rows(path):

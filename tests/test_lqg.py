@@ -348,7 +348,7 @@ def test_variance_vs_param_figure_plots_each_estimator_against_T():
     for l in lines:
         np.testing.assert_array_equal(l.get_xdata(), [5, 50, 200])
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "mppi:lambda=10.0  (biased)" in labels and ax.get_yscale() == "log"
+    assert "mppi:lambda=10.0 [biased]" in labels and "svg_inf" in labels and ax.get_yscale() == "log"
     with pytest.raises(E, match="sigma"):
         variance_vs_param(pd.DataFrame(rows), param="sigma")
 

@@ -68,7 +68,11 @@ def test_measure_returns_one_tidy_row_per_estimator():
         assert row["episodes"] == cell.episodes
     # paired comparisons against the first estimator (same target only)
     paired = df.attrs["paired"]
-    assert set(paired["estimator"]) == {"reinforce_rtg", "rloo"}
+    assert isinstance(paired, list) and {r["estimator"] for r in paired} == {"reinforce_rtg", "rloo"}
+    assert {r["reference"] for r in paired} == {"reinforce"}
+    # attrs hold no DataFrame, so frames of two cells concatenate
+    both = pd.concat([df, df])
+    assert len(both) == 2 * len(df) and list(both.columns) == list(df.columns)
 
 
 def test_measure_unbounded_reports_truncated_mass_and_optimal_b():

@@ -419,3 +419,37 @@ def test_bad_options_and_paired_shapes_raise():
 def test_cost_bad_input(args, match):
     with pytest.raises(PGBenchError, match=match):
         cost(*args)
+
+
+# ----------------------------------------------------------------------------- the verdict's p-value
+
+
+def test_verdict_p_is_the_larger_p_while_the_bootstrap_resolves_it():
+    from pgbench.measure.metrics import verdict_p
+    assert verdict_p(0.02, "hotelling", 0.3, 1999) == (0.3, "bootstrap max-t")
+    assert verdict_p(0.4, "holm", 0.01, 1999) == (0.4, "Holm t-tests")
+    # no bootstrap: the normal-theory p and its test
+    assert verdict_p(1e-8, "hotelling", math.nan, 0) == (1e-8, "Hotelling T2")
+
+
+def test_verdict_p_below_the_bootstrap_floor_is_the_normal_theory_p_and_says_so():
+    """With B = 1999 no bootstrap p can fall below 1/2000; a cell both tests reject that hard gets
+    the normal-theory p, named with the bootstrap's bound, so a 1e-6 threshold stays reachable."""
+    from pgbench.measure.metrics import verdict_p
+    p, test = verdict_p(1.3e-31, "hotelling", 1 / 2000, 1999)
+    assert p == 1.3e-31 and test == "Hotelling T2; bootstrap p < 0.0005"
+    # at the floor but the normal-theory p larger: it is the max anyway
+    assert verdict_p(0.01, "hotelling", 1 / 2000, 1999) == (0.01, "Hotelling T2")
+    # a constant coordinate that misses the exact value: certain
+    assert verdict_p(0.7, "hotelling", 0.0, 1999)[0] == 0.0
+
+
+def test_summarize_reports_the_verdict_p_of_a_strongly_biased_cell():
+    """A bias of 20 standard errors: Hotelling's p is astronomically small, no bootstrap resample
+    reaches it, and p_robust is Hotelling's p (not the bootstrap's floor)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 3)) + np.array([1.0, 0.0, 0.0])
+    m = summarize(X, np.zeros(3), bootstrap=1999)
+    assert m["p_bootstrap"] == 1 / 2000
+    assert m["p_robust"] == m["p_value"] < 1e-30
+    assert m["p_test"] == "Hotelling T2; bootstrap p < 0.0005"

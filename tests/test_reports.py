@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pgbench.errors import PGBenchError
@@ -202,13 +203,39 @@ def test_every_figure_function_gives_a_readable_png(synthetic_run):
     rec = next(c for c in RunDir(synthetic_run).cells() if "scatter" in c)
     figs = {"variance_vs_N": F.variance_vs_n(ladder), "bias_variance": F.bias_variance(ladder),
             "efficiency": F.efficiency(base, "baselines/garnet-20"), "gae_lambda": F.gae_lambda(gae),
-            "proxy": F.proxy_scatter(rec["scatter"], rec["proxy"]["corr_W_znorm2"], rec["suite"], rec["cell"])}
+            "proxy": F.proxy_scatter(rec["scatter"], rec["proxy"]["corr_W_znorm2"], rec["suite"], rec["cell"]),
+            "horizon": F.horizon(_horizon_rows())}
     assert set(figs) == set(F.FIGURES)
     for name, fig in figs.items():
         assert_png(F.png_bytes(fig))
         title = (fig._suptitle.get_text() if fig._suptitle else "") + " ".join(a.get_title() for a in fig.axes)
         assert "/" in title, f"{name}: the title names the suite"
     assert "0.430" in figs["proxy"].axes[0].get_title()  # the correlation is in the title
+
+
+def _horizon_rows() -> pd.DataFrame:
+    rows = []
+    for sid, scale in (("horizon/T=2", 1.0), ("horizon/T=8", 4.0), ("horizon/gamma=0.5", 1.0),
+                       ("horizon/gamma=0.9", 5.0)):
+        for est, v in (("reinforce", 2.0), ("reinforce_rtg", 1.0), ("value_baseline", 0.1)):
+            r = _row(est, 16, var=v * scale * 16)
+            r["suite"] = sid
+            r["exact_variance"] = v * scale if sid == "horizon/T=2" else None
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def test_horizon_figure_draws_variance_against_T_and_the_effective_horizon():
+    from pgbench.reports import figures as F
+    fig = F.horizon(_horizon_rows())
+    ax_T, ax_g = fig.axes[:2]
+    assert "horizon T" in ax_T.get_xlabel() and "1 / (1 - gamma)" in ax_g.get_xlabel()
+    # effective horizons 1/(1 - 0.5) = 2 and 1/(1 - 0.9) = 10 on the right panel
+    line = ax_g.containers[0].lines[0]  # the first estimator's errorbar data line
+    np.testing.assert_allclose(sorted(line.get_xdata()), [2.0, 10.0])
+    assert_png(F.png_bytes(fig))
+    with pytest.raises(PGBenchError, match="no suite of the form"):
+        F.horizon(_horizon_rows().assign(suite="baselines/x"))
 
 
 def test_estimator_colours_are_consistent_across_figures(synthetic_run):
@@ -219,7 +246,9 @@ def test_estimator_colours_are_consistent_across_figures(synthetic_run):
     f1, f2 = F.variance_vs_n(ladder, styles=styles), F.efficiency(ladder, styles=styles)
     for fig in (f1, f2):
         handles, labels = fig.axes[0].get_legend_handles_labels()
-        colours = {lab: (h.lines[0] if hasattr(h, "lines") else h).get_color() for h, lab in zip(handles, labels)}
+        # legend labels carry the class of non-practical estimators: "value_baseline [oracle]"
+        colours = {lab.split(" [")[0]: (h.lines[0] if hasattr(h, "lines") else h).get_color()
+                   for h, lab in zip(handles, labels)}
         for est, (colour, _) in styles.items():
             assert colours[est] == colour
 
@@ -299,6 +328,7 @@ def test_html_is_well_formed_and_self_contained(written_report):
 
 
 def test_report_content(synthetic_run, written_report):
+    from pgbench.reports.report import fmt
     md = open(written_report[0]).read()
     html_text = open(written_report[1]).read()
     # metadata
@@ -316,9 +346,18 @@ def test_report_content(synthetic_run, written_report):
     assert '<strong class="flag">BIAS DETECTED</strong>' in html_text
     # the summary at the top names the winners
     summary = md.split("## Summary", 1)[1].split("## Suite", 1)[0]
+    from pgbench.estimators.catalogue import estimator_class
     for rec in RunDir(synthetic_run).cells():
-        best = min(rec["rows"], key=lambda r: r["mse"])["estimator"]
-        assert f"| `{rec['cell']}` | {rec['N']} | `{best}` |" in summary
+        # winners per class: an oracle (exact V, Q, A, b*) is a reference, never the practical winner
+        prac = [r for r in rec["rows"] if estimator_class(r["estimator"], r["unbiased"]) == "practical"]
+        best = min(prac, key=lambda r: r["mse"])["estimator"]
+        assert f"| `{rec['cell']}` | {rec['N']} | `{best}` (" in summary
+        oracles = [r for r in rec["rows"] if estimator_class(r["estimator"], r["unbiased"]) == "oracle"]
+        if oracles:
+            best_o = min(oracles, key=lambda r: r["mse"])["estimator"]
+            line = next(ln for ln in summary.splitlines() if ln.startswith(f"| `{rec['cell']}` | {rec['N']} |"))
+            assert line.rstrip(" |").endswith(f"`{best_o}` ({fmt(min(r['mse'] for r in oracles))})")
+    assert "oracle (reference)" in summary
     assert "BIAS DETECTED" in summary
     # exact values beside the measured ones when present (ladder), absent otherwise (gae)
     ladder = md.split("## Suite ladder/three-step-bandit", 1)[1].split("## Suite", 1)[0]
@@ -354,6 +393,36 @@ def test_report_of_a_run_without_cells(tmp_path):
 
 
 # ----------------------------------------------------------------------------- verdicts and formatting
+
+def test_the_p_shown_is_the_verdicts_with_its_test():
+    """A claimed-biased row whose normal-theory p is tiny but whose bootstrap p is not: the table
+    shows the bootstrap's p (the verdict's), names that test, and says 'bias not resolved'."""
+    from pgbench.reports.report import Doc, _cell_table, render_markdown
+    row = _row("gae:lambda=0.9,critic=perturbed,scale=0.3", 16, unbiased=False, bias=0.1)
+    row.update(p_value=1.3e-31, test="hotelling", p_bootstrap=0.3)
+    doc = Doc()
+    _cell_table(doc, {"cell": "c", "N": 16, "rows": [row]})
+    line = [ln for ln in render_markdown(doc).splitlines() if ln.startswith("| `gae")][0]
+    assert "| 0.3 | bootstrap max-t | bias not resolved |" in line and "1.3e-31" not in line
+    assert "| oracle |" in line
+
+
+def test_truncation_note_states_the_J_lost_and_is_silent_when_negligible():
+    from pgbench.reports.report import truncation_note
+    # a chain that never terminates: every episode reaches the cap, but the J lost is 2.6e-12
+    assert truncation_note({"J": 3.0, "truncated_mass": 1.0, "truncated_J": 2.6e-12}) == ""
+    note = truncation_note({"J": 2.0, "truncated_mass": 0.01, "truncated_J": 1e-3})
+    assert "J = 0.001" in note and "0.0005 of |J|" in note and "0.01" in note
+    assert truncation_note({"J": 1.0, "truncated_mass": None, "truncated_J": None}) == ""
+
+
+def test_wide_tables_scroll_in_html():
+    from pgbench.reports.report import Doc, render_html
+    doc = Doc()
+    doc.table(["a"] * 30, [["x" * 20] * 30])
+    out = render_html(doc, "t")
+    assert '<div class="scroll"><table>' in out and "overflow-x: auto" in out
+
 
 def test_verdicts():
     from pgbench.reports.report import verdict

@@ -21,7 +21,8 @@ from pgbench.suites.store import RunDir, atomic_write_bytes, atomic_write_text, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHEAP_SUITES = ["ladder/three-step-bandit", "objectives/gaussian-toy"]  # 4 quick cells, < 1 s in all
-TIMING_COLUMNS = ["seconds", "episodes_per_second", "mse_x_seconds", "wall_seconds"]
+TIMING_COLUMNS = ["seconds", "episodes_per_second", "mse_x_seconds", "wall_seconds", "own_seconds",
+                  "own_mse_x_seconds", "own_cost_seconds"]
 
 
 def _listdir(path):

@@ -27,6 +27,7 @@ class EstimatorInfo:
     code: int = -1
     in_batch: bool = False  # needs batch statistics (a first pass over the batch)
     required: tuple = ()
+    oracle: str = ""  # the exact quantity it reads (V, Q, A, b*): not implementable outside pgbench
 
 
 MDP_ESTIMATORS = {e.name: e for e in [
@@ -44,17 +45,20 @@ MDP_ESTIMATORS = {e.name: e for e in [
     EstimatorInfo("score_norm_baseline", "as w_baseline with weights ||z||^2 (exact, cross terms kept)",
                   "no (in-batch)", code=SCORE_NORM_B, in_batch=True),
     EstimatorInfo("optimal_const_baseline", "(R - b*) z, oracle b* = E[R ||z||^2] / E[||z||^2]", "yes",
-                  code=OPT_CONST_B),
-    EstimatorInfo("value_baseline", "sum_t gamma^t (G_t - V_t(s_t)) grad log pi_t, oracle V", "yes", code=VALUE_B),
+                  code=OPT_CONST_B, oracle="b*"),
+    EstimatorInfo("value_baseline", "sum_t gamma^t (G_t - V_t(s_t)) grad log pi_t, oracle V", "yes", code=VALUE_B,
+                  oracle="V"),
     EstimatorInfo("time_baseline_loo", "sum_t gamma^t (G_t - b_t) grad log pi_t, b_t the leave-one-out mean of G_t",
                   "yes", code=TIME_B_LOO, in_batch=True),
-    EstimatorInfo("true_advantage", "sum_t gamma^t A_t(s_t, a_t) grad log pi_t, oracle A", "yes", code=TRUE_ADV),
-    EstimatorInfo("all_action", "sum_t gamma^t sum_a grad pi(a|s_t) Q_t(s_t, a), oracle Q", "yes", code=ALL_ACTION),
+    EstimatorInfo("true_advantage", "sum_t gamma^t A_t(s_t, a_t) grad log pi_t, oracle A", "yes", code=TRUE_ADV,
+                  oracle="A"),
+    EstimatorInfo("all_action", "sum_t gamma^t sum_a grad pi(a|s_t) Q_t(s_t, a), oracle Q", "yes", code=ALL_ACTION,
+                  oracle="Q"),
     EstimatorInfo("gae", "sum_t gamma^t A^GAE_t grad log pi_t (Schulman et al. 2016)",
                   "yes with critic=exact; no otherwise",
-                  {"lambda": 0.95, "critic": "exact", "scale": 0.1, "seed": 0}, code=GAE),
+                  {"lambda": 0.95, "critic": "exact", "scale": 0.1, "seed": 0}, code=GAE, oracle="V"),
     EstimatorInfo("td0", "gae with lambda = 0 (one-step actor-critic)", "yes with critic=exact; no otherwise",
-                  {"critic": "exact", "scale": 0.1, "seed": 0}, code=GAE),
+                  {"critic": "exact", "scale": 0.1, "seed": 0}, code=GAE, oracle="V"),
     EstimatorInfo("geometric_termination", "stop each step with probability 1 - gamma, undiscounted reward-to-go",
                   "yes", code=GEOMETRIC),
     EstimatorInfo("importance_sampling", "episodes from a behaviour policy mu, per-decision ratios",
@@ -66,6 +70,12 @@ MDP_ESTIMATORS = {e.name: e for e in [
 ]}
 
 CRITICS = ("exact", "perturbed", "fitted")
+
+ESTIMATOR_CLASSES = ("practical", "oracle", "biased")
+"""How reports group estimators. ``oracle``: reads an exact quantity of the problem (V, Q, A or
+b*) that no agent has, so it is a reference, not a contender; ``biased``: biased by design
+(its expectation is not what it estimates); ``practical``: everything else, unbiased and
+implementable from sampled episodes alone."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,25 @@ class EstimatorSpec:
         if n == "user":
             return bool(p.get("unbiased", False))
         return self.info.unbiased == "yes"
+
+    @property
+    def oracle(self) -> str:
+        """The exact quantity this estimator reads (``V``, ``Q``, ``A``, ``b*``), or ``""``.
+        GAE and TD(0) read the exact V with ``critic=exact`` and ``critic=perturbed`` (exact V plus
+        a fixed error); ``critic=fitted`` learns its critic from the batch."""
+        if self.name in ("gae", "td0") and self.p.get("critic") == "fitted":
+            return ""
+        if self.name == "natural":
+            return self.base.oracle
+        return self.info.oracle
+
+    @property
+    def estimator_class(self) -> str:
+        """One of :data:`ESTIMATOR_CLASSES`: ``oracle`` before ``biased`` (an oracle estimator is a
+        reference whatever its bias), then ``biased`` for what is not unbiased, else ``practical``."""
+        if self.oracle:
+            return "oracle"
+        return "practical" if self.unbiased else "biased"
 
     @property
     def in_batch(self) -> bool:
@@ -266,8 +295,24 @@ def _lqg_spec(name: str, raw: dict, spec: str, kind: str) -> EstimatorSpec:
         params[key] = _coerce(val, entry["params"][key], f"parameter {key} of estimator {name}")
     unb = entry["unbiased"]
     info = EstimatorInfo(name, entry["doc"], unb if isinstance(unb, str) else ("yes" if unb else "no"),
-                         dict(entry["params"]), target="lqg", in_batch=(name == "mppi"))
+                         dict(entry["params"]), target="lqg", in_batch=(name == "mppi"),
+                         oracle={"value_baseline": "V", "svg0": "Q"}.get(name, ""))
     return EstimatorSpec(info, tuple(sorted({**entry["params"], **params}.items())))
+
+
+def estimator_class(label: str, unbiased=None, kind: str = "mdp") -> str:
+    """The class (:data:`ESTIMATOR_CLASSES`) of an estimator id, from the catalogue; an id the
+    catalogue does not know (a user estimator not registered in this process) falls back on its
+    claimed unbiasedness."""
+    try:
+        return parse(label, kind).estimator_class
+    except PGBenchError:
+        for k in ("gaussian", "categorical", "lqg"):
+            try:
+                return parse(label, k).estimator_class
+            except PGBenchError:
+                pass
+    return "practical" if unbiased else "biased"
 
 
 def describe() -> list[tuple[str, str, str, str]]:

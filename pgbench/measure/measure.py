@@ -4,7 +4,7 @@
 batch size N for every estimator on common random numbers and returns a tidy DataFrame, one
 row per estimator, with bias, variance, MSE (and their standard errors), cosine, the
 unbiasedness p-value and cost. Paired comparisons between estimators (same episodes) are in
-``df.attrs["paired"]``; the W(tau)-proxy diagnostics in ``df.attrs["proxy"]``.
+``df.attrs["paired"]`` (a list of records: ``pd.DataFrame(df.attrs["paired"])``); the W(tau)-proxy diagnostics in ``df.attrs["proxy"]``.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from pgbench.estimators.catalogue import parse
 from pgbench.measure import metrics
 from pgbench.problems.registry import make
 
-BOOTSTRAP = 1999  # resamples of the bootstrap max-t test (p resolution 1/2000)
+BOOTSTRAP = metrics.BOOTSTRAP  # resamples of the bootstrap max-t test (p resolution 1/2000)
 
-RESULT_COLUMNS = ["problem", "estimator", "unbiased", "N", "K", "seed", "d", "exact_grad_norm", "mean", "bias_norm",
+RESULT_COLUMNS = ["problem", "estimator", "class", "unbiased", "N", "K", "seed", "d", "exact_grad_norm", "mean", "bias_norm",
                   "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance", "variance_se",
                   "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust",
-                  "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass",
+                  "p_test", "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass",
                   "exact_variance", "exact_mse"]
 
 EXACT_LIMIT = 20_000
@@ -146,7 +146,8 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
         m = metrics.summarize(cell.estimates[:, j, :], cell.targets[j], bootstrap=BOOTSTRAP)
         c = metrics.cost(cell.seconds, cell.episodes, m["mse"])
         rows.append({
-            "problem": cell.problem.name, "estimator": sp.label, "unbiased": bool(sp.unbiased), "N": cell.N,
+            "problem": cell.problem.name, "estimator": sp.label, "class": sp.estimator_class,
+            "unbiased": bool(sp.unbiased), "N": cell.N,
             "K": cell.K, "seed": cell.seed, "d": cell.estimates.shape[2],
             "exact_grad_norm": float(np.linalg.norm(cell.targets[j])),
             "mean": np.asarray(m["mean"]).reshape(cell.theta_shape).tolist(),
@@ -155,14 +156,15 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
             "variance": m["variance"], "variance_se": m["variance_se"], "variance_lo": m["variance_ci"][0],
             "variance_hi": m["variance_ci"][1], "mse": m["mse"], "mse_se": m["mse_se"], "mse_lo": m["mse_ci"][0],
             "mse_hi": m["mse_ci"][1], "cosine": m["cosine"], "cosine_se": m["cosine_se"], "p_value": m["p_value"], "p_bootstrap": m["p_bootstrap"], "p_robust": m["p_robust"],
-            "test": m["test"], "unobserved": m["unobserved"], "seconds": c["seconds"], "episodes": cell.episodes,
+            "p_test": m["p_test"], "test": m["test"], "unobserved": m["unobserved"], "seconds": c["seconds"], "episodes": cell.episodes,
             "episodes_per_second": c["episodes_per_second"], "mse_x_seconds": c["work_normalised_mse"],
             "truncated_mass": cell.extras.get("truncated_mass", np.nan),
             "exact_variance": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[0],
             "exact_mse": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[1],
         })
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    df.attrs["paired"] = paired_table(cell)
+    # a list of records, not a DataFrame: pandas compares attrs when concatenating frames
+    df.attrs["paired"] = paired_table(cell).to_dict(orient="records")
     if "proxy" in cell.extras:
         df.attrs["proxy"] = proxy_summary(cell)
     if "optimal_const_baseline_b" in cell.extras:

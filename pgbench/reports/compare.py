@@ -30,7 +30,7 @@ from pgbench.errors import PGBenchError
 from pgbench.reports.report import load_run, results_frame
 
 Z_THRESHOLD = 4.0
-"""|z| beyond which a metric counts as moved (see the module docstring)."""
+"""``|z|`` beyond which a metric counts as moved (see the module docstring)."""
 
 METRICS = ("bias_norm", "variance", "mse")
 SPEED = "episodes_per_second"

@@ -15,6 +15,7 @@ black-edged markers beside the measured values when present.
 :func:`efficiency`     MSE against wall-clock seconds (log-log), iso-cost lines
 :func:`gae_lambda`     GAE bias and variance against lambda, one line per critic
 :func:`proxy_scatter`  W(tau) against the exact ||z||^2, with their correlation
+:func:`horizon`        variance against the horizon T and the discount gamma (a suite family)
 =====================  ==========================================================
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from pgbench.errors import PGBenchError
 
@@ -63,6 +64,23 @@ def _styles(df: pd.DataFrame, styles: Optional[dict]) -> dict:
         more = estimator_styles(list(st) + extra)
         st.update({e: more[e] for e in extra})
     return st
+
+
+def estimator_classes(df: pd.DataFrame) -> dict:
+    """``{estimator: class}`` (practical, oracle, biased): the rows' ``class`` column, or the
+    catalogue's class for runs written before the column existed."""
+    from pgbench.estimators.catalogue import estimator_class
+    out = {}
+    for _, r in df.drop_duplicates("estimator").iterrows():
+        c = r.get("class") if "class" in df.columns else None
+        out[r["estimator"]] = c if isinstance(c, str) and c else estimator_class(
+            str(r["estimator"]), r.get("unbiased") if "unbiased" in df.columns else None)
+    return out
+
+
+def _with_class(labels: list, classes: dict) -> list:
+    """Legend labels carrying the class of the non-practical estimators: ``value_baseline [oracle]``."""
+    return [lab + (f" [{classes[lab]}]" if classes.get(lab, "practical") != "practical" else "") for lab in labels]
 
 
 def _order(values) -> list:
@@ -121,16 +139,19 @@ def _log_err(val: np.ndarray, lo: np.ndarray, hi: np.ndarray, floor: float) -> n
     return _err(val, np.minimum(lo, val), hi)
 
 
-def _claimed_biased(v) -> bool:
-    """True only for an explicit 'not unbiased' (a missing claim is not a claim of bias)."""
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and not bool(v)
-
-
 def _exact_col(df: pd.DataFrame, col: str) -> Optional[np.ndarray]:
     if col not in df.columns:
         return None
     v = _num(df[col])
     return v if np.isfinite(v).any() else None
+
+
+def _log_ticks(axis) -> None:
+    """Readable ticks on a log axis: majors at 1, 2, 5 x 10^k labelled in plain numbers
+    (``0.02``, ``5e+03``), unlabelled minors, so short ranges get labels that do not collide."""
+    axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0), numticks=12))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _legend_outside(ax, handles=None, labels=None, title=None) -> None:
@@ -149,7 +170,7 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     _require(df, ["estimator", "N", "variance"], "variance_vs_n")
     suite = _suite_name(df, suite)
     st = _styles(df, styles)
-    fig = _new_figure(8.5, 5.0)
+    fig = _new_figure(10.0, 5.0)
     ax = fig.add_subplot()
     has_exact = False
     n_values = sorted(set(int(n) for n in df["N"]))
@@ -181,8 +202,9 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     ax.grid(True, which="both", alpha=0.3)
     ax.set_xlabel("batch size N (episodes per estimate)")
     ax.set_ylabel("variance  tr Cov(g_hat)")
-    ax.set_title(_title(suite, "variance against batch size N"))
+    fig.suptitle(_title(suite, "variance against batch size N"), fontsize=12)
     handles, labels = ax.get_legend_handles_labels()
+    labels = _with_class(labels, estimator_classes(df))
     if len(n_values) >= 2:
         handles.append(Line2D([], [], ls="--", color="grey"))
         labels.append("1/N from smallest N")
@@ -203,7 +225,7 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     """Per estimator, three bars side by side: bias^2 (``||mean - g||^2``, hatched), variance
     (solid) and MSE (outlined; MSE = bias^2 + variance), each with its confidence interval; one
     panel per batch size N. The x axis is logarithmic when the values span more than two
-    decades. Estimators claimed biased are marked ``(biased)``."""
+    decades. Oracle and biased estimators are marked ``[oracle]`` / ``[biased]``."""
     _require(df, ["estimator", "N", "bias_norm", "variance", "mse"], "bias_variance")
     suite = _suite_name(df, suite)
     st = _styles(df, styles)
@@ -216,7 +238,7 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     h = 0.27
     all_ests = _order(df["estimator"])
-    unb_all = dict(zip(df["estimator"], df["unbiased"])) if "unbiased" in df else {}
+    classes = estimator_classes(df)
     for k, N in enumerate(n_values):
         ax = axes[k // ncols][k % ncols]
         d = df[df["N"] == N].drop_duplicates("estimator")
@@ -255,8 +277,7 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
         ax.set_ylim(-len(all_ests) + 0.5, 0.5)
         if k % ncols == 0:
             ax.set_yticks([-i for i in range(len(all_ests))])
-            ax.set_yticklabels([e + ("  (biased)" if _claimed_biased(unb_all.get(e)) else "") for e in all_ests],
-                               fontsize=9)
+            ax.set_yticklabels(_with_class(all_ests, classes), fontsize=9)
             for t, e in zip(ax.get_yticklabels(), all_ests):
                 t.set_color(st[e][0])
         if use_log:
@@ -284,13 +305,17 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
 # ----------------------------------------------------------------------------- efficiency
 
 def efficiency(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
-    """MSE against wall-clock seconds on log-log axes, one line per estimator through its batch
-    sizes (labelled with N), with dotted iso-cost lines ``MSE x seconds = const``: lower-left is
-    better. Estimators of a cell share their episodes, so they share the cell's time."""
+    """MSE against seconds on log-log axes, one line per estimator through its batch sizes
+    (labelled with N), with dotted iso-cost lines ``MSE x seconds = const``: lower-left is
+    better. The seconds are each estimator's own (``own_seconds``: its kernel alone on the
+    cell's shape) where the rows carry them; otherwise the cell's, which its estimators share."""
     _require(df, ["estimator", "N", "mse", "seconds"], "efficiency")
+    own = "own_seconds" in df.columns and np.isfinite(_num(df["own_seconds"])).any()
+    if own:
+        df = df.assign(seconds=df["own_seconds"])
     suite = _suite_name(df, suite)
     st = _styles(df, styles)
-    fig = _new_figure(8.5, 5.0)
+    fig = _new_figure(10.0, 5.0)
     ax = fig.add_subplot()
     xs, ys = [], []
     ests = _order(df["estimator"])
@@ -332,12 +357,17 @@ def efficiency(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[d
             last = sec
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _log_ticks(ax.xaxis)
+    ax.tick_params(axis="x", labelsize=8)
     ax.grid(True, which="major", alpha=0.3)
-    ax.set_xlabel("wall-clock seconds of the cell (all K trials)"
-                  + ("; estimators share the cell's time, spread +-6% for legibility" if shared else ""))
+    ax.set_xlabel("the estimator's own seconds (alone on the cell's N K episodes)" if own else
+                  "wall-clock seconds of the cell (all K trials)"
+                  + ("; shared by its estimators, spread +-6%" if shared else ""))
     ax.set_ylabel("MSE  E||g_hat - g||^2")
-    ax.set_title(_title(suite, "MSE against wall-clock time (lower left is better)"))
+    fig.suptitle(_title(suite, "MSE against " + ("each estimator's own time" if own else "wall-clock time")
+                        + " (lower left is better)"), fontsize=12)
     handles, labels = ax.get_legend_handles_labels()
+    labels = _with_class(labels, estimator_classes(df))
     handles.append(Line2D([], [], ls=":", color="grey"))
     labels.append("MSE x seconds = 10^k")
     _legend_outside(ax, handles, labels)
@@ -494,8 +524,89 @@ def proxy_scatter(scatter: dict, corr: Optional[float] = None, suite: Optional[s
     return fig
 
 
+# ----------------------------------------------------------------------------- horizon and discount
+
+def _suite_param(suite_id: str, key: str) -> Optional[float]:
+    """``horizon/T=8`` -> 8.0 for ``key='T'`` (None when the suite id does not set ``key``)."""
+    last = str(suite_id).rsplit("/", 1)[-1]
+    if last.startswith(key + "="):
+        try:
+            return float(last.split("=", 1)[1])
+        except ValueError:
+            return None
+    return None
+
+
+def horizon(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
+    """Variance of each estimator against the horizon T (left; suites ``.../T=..``) and against the
+    effective horizon ``1 / (1 - gamma)`` of the discount (right; suites ``.../gamma=..``), log-log,
+    with confidence intervals and the exact variances as open black-edged markers where known.
+    Takes the rows of the whole family (column ``suite``)."""
+    _require(df, ["suite", "estimator", "variance"], "horizon")
+    st = _styles(df, styles)
+    classes = estimator_classes(df)
+    d = df.assign(_T=[_suite_param(s, "T") for s in df["suite"]],
+                  _g=[_suite_param(s, "gamma") for s in df["suite"]])
+    panels = [(k, x) for k, x in (("_T", "horizon T (steps; gamma = 1)"),
+                                  ("_g", "effective horizon 1 / (1 - gamma) (unbounded episodes)"))
+              if d[k].notna().any()]
+    if not panels:
+        raise PGBenchError("horizon: no suite of the form .../T=.. or .../gamma=.. in the table")
+    fig = _new_figure(6.0 * len(panels) + 2.6, 4.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    has_exact = False
+    for ax, (key, xlabel) in zip(axes, panels):
+        sub = d[d[key].notna()]
+        xs = sorted(set(sub[key]))
+        for est in _order(sub["estimator"]):
+            e = sub[sub["estimator"] == est].sort_values(key)
+            x = e[key].to_numpy(float)
+            x = 1.0 / (1.0 - x) if key == "_g" else x
+            v = _num(e["variance"])
+            ok = np.isfinite(v) & (v > 0)
+            if not ok.any():
+                continue
+            lo = _num(e["variance_lo"])[ok] if "variance_lo" in e else np.full(ok.sum(), np.nan)
+            hi = _num(e["variance_hi"])[ok] if "variance_hi" in e else np.full(ok.sum(), np.nan)
+            colour, marker = st[est]
+            ax.errorbar(x[ok], v[ok], yerr=_log_err(v[ok], lo, hi, v[ok].min() * 1e-3), color=colour,
+                        marker=marker, ms=5, lw=1.4, capsize=3, label=est)
+            ex = _exact_col(e, "exact_variance")
+            if ex is not None:
+                m = ok & np.isfinite(ex) & (ex > 0)
+                if m.any():
+                    ax.plot(x[m], ex[m], ls="none", marker=marker, ms=9, mfc="none", mec="black", mew=1.0)
+                    has_exact = True
+        ticks = [1.0 / (1.0 - g) for g in xs] if key == "_g" else xs
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:.3g}" for t in ticks], fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+        if key == "_g":
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(ticks)
+            top.set_xticklabels([f"{g:g}" for g in xs], fontsize=8)
+            top.xaxis.set_minor_locator(NullLocator())
+            top.set_xlabel("gamma", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel("variance  tr Cov(g_hat)")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    labels = _with_class(labels, classes)
+    if has_exact:
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=9))
+        labels.append("exact variance")
+    _legend_outside(axes[-1], handles, labels)
+    Ns = sorted(set(int(n) for n in d["N"])) if "N" in d else []
+    fam = (_suite_name(df, suite) or str(df["suite"].iloc[0])).split("/")[0]
+    fig.suptitle(_title(f"{fam}/T=.., {fam}/gamma=..", "variance against the horizon and the discount"
+                        + (f" (N = {Ns[0]})" if len(Ns) == 1 else "")), fontsize=12)
+    return fig
+
+
 FIGURES = {"variance_vs_N": variance_vs_n, "bias_variance": bias_variance, "efficiency": efficiency,
-           "gae_lambda": gae_lambda, "proxy": proxy_scatter}
+           "gae_lambda": gae_lambda, "proxy": proxy_scatter, "horizon": horizon}
 """The figure names suites list in ``Suite.figures`` and the functions that draw them."""
 
 
@@ -517,8 +628,8 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
                       param: str = "T", xlabel: Optional[str] = None) -> Figure:
     """Variance of each estimator (log scale, with its confidence interval) against a parameter
     of the problem id (the horizon ``T``, or ``sigma``) on a log x axis: rows of several suites
-    that differ in that parameter (a suite family such as ``control/horizon``). Estimators claimed
-    biased are drawn dashed and marked ``(biased)``; several batch sizes give one line each; the
+    that differ in that parameter (a suite family such as ``control/horizon``). Estimators biased
+    by design are drawn dashed; legend labels carry the class of non-practical estimators; several batch sizes give one line each; the
     exact variance (``exact_variance``, where known) as open black-edged markers."""
     _require(df, ["estimator", "N", "variance", "problem"], "variance_vs_param")
     d_all = df.assign(_x=[_problem_param(p, param) for p in df["problem"]])
@@ -527,7 +638,7 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
         raise PGBenchError(f"variance_vs_param: no problem id carries parameter {param!r}")
     st = _styles(d_all, styles)
     n_values = sorted(set(int(n) for n in d_all["N"]))
-    unb = dict(zip(d_all["estimator"], d_all["unbiased"])) if "unbiased" in d_all else {}
+    classes = estimator_classes(d_all)
     fig = _new_figure(8.5, 5.0)
     ax = fig.add_subplot()
     dashes = ("-", "-.", ":", (0, (5, 1)))
@@ -543,10 +654,10 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
             lo = _num(d["variance_lo"])[ok] if "variance_lo" in d else np.full_like(v, np.nan)
             hi = _num(d["variance_hi"])[ok] if "variance_hi" in d else np.full_like(v, np.nan)
             colour, marker = st[est]
-            label = est + ("  (biased)" if _claimed_biased(unb.get(est)) else "") + \
-                (f", N={N}" if len(n_values) > 1 else "")
+            biased = classes.get(est) == "biased"
+            label = _with_class([est], classes)[0] + (f", N={N}" if len(n_values) > 1 else "")
             ax.errorbar(x, v, yerr=_log_err(v, lo, hi, v.min() * 1e-3), color=colour, marker=marker, ms=5, lw=1.6,
-                        capsize=3, label=label, ls="--" if _claimed_biased(unb.get(est)) else dashes[k % len(dashes)])
+                        capsize=3, label=label, ls="--" if biased else dashes[k % len(dashes)])
             ex = _exact_col(d, "exact_variance")
             if ex is not None:
                 ex = ex[ok]
@@ -580,5 +691,7 @@ def variance_vs_sigma(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
     return variance_vs_param(df, suite, styles, param="sigma", xlabel="policy noise sigma")
 
 
-FAMILY_FIGURES = {"variance_vs_T": variance_vs_T, "variance_vs_sigma": variance_vs_sigma}
-"""Figures drawn from every suite of a family (the suite id up to its last '/'), not one suite."""
+FAMILY_FIGURES = {"variance_vs_T": variance_vs_T, "variance_vs_sigma": variance_vs_sigma, "horizon": horizon}
+"""Figures drawn once for a family of suites (the suite id up to its last '/': ``horizon/T=8`` and
+``horizon/gamma=0.9`` are the family ``horizon``), from the rows of all its suites, under the
+family's last suite in the report."""

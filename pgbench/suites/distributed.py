@@ -65,4 +65,6 @@ def run_on_executor(executor, rd, cells, quick: bool, seed: int, bar, backend: s
     for fut in as_completed(futures):
         rec = fut.result()
         rd.write_cell(rec)
+        if hasattr(bar, "set_postfix_str"):  # name the finished cell in the progress line
+            bar.set_postfix_str(rec.get("cell", ""))
         bar.update()

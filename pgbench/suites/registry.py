@@ -123,6 +123,28 @@ SUITES = {s.id: s for s in [
           quick_batch_sizes=(16,), quick_trials=200, figures=("bias_variance",)),
 ] + CONTROL_SUITES}
 
+# Variance against the horizon T and the discount gamma (the figure every policy-gradient paper
+# draws): one suite per T or gamma on the same small garnet, one cell (N = 16) each, drawn together
+# by the report's "horizon" figure. Exact variances by enumeration where the trajectories are few
+# enough (T <= 4 here); exact second moments for the longer horizons and the unbounded ones are
+# still to come (NaN until then).
+HORIZON_ESTIMATORS = ("reinforce", "reinforce_rtg", "value_baseline", "gae:lambda=0.95")
+HORIZON_PROBLEM = "garnet:S=4,A=2,b=2,seed=3"
+HORIZONS = (2, 4, 8, 16, 32)
+GAMMAS = (0.5, 0.8, 0.9, 0.95, 0.99)
+for _T in HORIZONS:
+    SUITES[f"horizon/T={_T}"] = Suite(
+        f"horizon/T={_T}", f"{HORIZON_PROBLEM},gamma=1.0,horizon={_T}", HORIZON_ESTIMATORS, (16,), 300,
+        tags=("horizon",), theta="random:10", quick_trials=60, figures=("horizon",),
+        description=f"Variance against the horizon: T = {_T}, undiscounted (gamma = 1). The full return's "
+                    "variance grows fastest with T, reward-to-go's slower, the value baseline's and GAE's least.")
+for _g in GAMMAS:
+    SUITES[f"horizon/gamma={_g}"] = Suite(
+        f"horizon/gamma={_g}", f"{HORIZON_PROBLEM},gamma={_g}", HORIZON_ESTIMATORS, (16,), 300,
+        tags=("horizon",), theta="random:10", quick_trials=60, figures=("horizon",),
+        description=f"Variance against the discount: gamma = {_g}, unbounded horizon (effective horizon "
+                    f"1/(1 - gamma) = {1 / (1 - _g):.3g}), sampled to the cap where gamma^t < 1e-10.")
+
 DEFAULT_SUITES = tuple(SUITES)
 
 

@@ -46,19 +46,39 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
     be = backend if prob.kind == "mdp" else "cpu"
     df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta, backend=be,
                  proxy=suite.proxy and N >= 2)
+    from pgbench.measure.cost import add_own_costs
+    t_own = time.time()
+    add_own_costs(df, prob, N, theta, be)  # each estimator's own time, so efficiency ranks by what it costs
+    t_own = time.time() - t_own
     rec = {"suite": suite.id, "cell": cell_id(suite, N), "N": N, "K": suite.n_trials(quick), "seed": seed,
            "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
-           "rows": df.to_dict(orient="records"), "paired": df.attrs["paired"].to_dict(orient="records"),
-           "wall_seconds": time.time() - t0}
+           "rows": df.to_dict(orient="records"), "paired": list(df.attrs["paired"]),
+           "wall_seconds": time.time() - t0 - t_own, "own_cost_seconds": t_own}
     if prob.kind == "mdp":
         from pgbench.exact import exact
         gt = exact(prob, theta)
-        rec["exact"] = {"J": gt.J, "grad_norm": gt.grad_norm, "truncated_mass": gt.truncated_mass}
+        rec["exact"] = {"J": gt.J, "grad_norm": gt.grad_norm, "truncated_mass": gt.truncated_mass,
+                       "truncated_J": gt.truncated_J}
     if "proxy" in df.attrs:
         rec["proxy"] = df.attrs["proxy"]
         from pgbench.measure.engine import episode_samples
         rec["scatter"] = episode_samples(prob, theta, n=SCATTER_EPISODES, seed=seed)
     return to_jsonable(rec)
+
+
+def kernels_cached() -> bool:
+    """Whether numba's on-disk cache already holds the MDP sampling kernels (else the first cell
+    compiles them, a minute or two). A heuristic: the cache index files exist."""
+    try:
+        from pgbench.kernels import mdp
+        return all(os.path.exists(getattr(mdp, name)._cache._cache_file._index_path)
+                   for name in ("_batch_stats", "_score_weights"))
+    except Exception:  # a numba without these internals: say nothing rather than guess
+        return True
+
+
+def _say(msg: str) -> None:
+    print(f"pgbench: {msg}", file=sys.stderr, flush=True)
 
 
 def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
@@ -67,7 +87,12 @@ def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
 
 def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int = 0, resume: str | None = None,
         progress: bool | None = None, executor=None, report: bool = True, backend: str = "cpu") -> str:
-    """Run suites into a run directory (new, or ``resume``d); returns its path."""
+    """Run suites into a run directory (a new one, or the one ``resume`` names); returns its path.
+
+    ``progress``: ``None`` (default) shows a progress bar on a terminal and otherwise (CI, a
+    redirect) one line per finished cell on stderr; ``True`` forces the bar, ``False`` is silent.
+    Either way (unless ``False``) stderr says when the kernels are being compiled and while the
+    report is written."""
     from pgbench.measure.backend import resolve_backend
     backend = resolve_backend(backend)
     if resume:
@@ -83,10 +108,16 @@ def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int =
         rd = RunDir.create(out, suite_ids, quick, seed)
         rd.update_meta(backend=backend)
     cells = [c for c in plan([get_suite(s) for s in suite_ids], quick) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
+    quiet = progress is False
+    lines = progress is None and not sys.stderr.isatty()  # no terminal: a line per cell instead of a bar
     if progress is None:
         progress = sys.stderr.isatty()
+    if not quiet and cells and not kernels_cached():
+        _say("compiling kernels (first run only: a minute or two; cached afterwards)")
     from tqdm import tqdm
     bar = tqdm(total=len(cells), desc="pgbench run", unit="cell", disable=not progress, file=sys.stderr)
+    if lines:
+        bar = _LineProgress(len(cells))
     try:
         if executor is None:
             for sid, N in cells:
@@ -106,5 +137,27 @@ def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int =
     rd.finalize()
     if report:
         from pgbench.reports.report import write_report
-        write_report(rd.path)
+        if not quiet:
+            _say("writing the report (figures and tables)")
+        write_report(rd.path, progress=None if quiet else _say)
     return rd.path
+
+
+class _LineProgress:
+    """The progress bar's interface, as one stderr line per finished cell (for logs and CI)."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.what, self.t0 = total, 0, "", time.time()
+        self.last = self.t0
+
+    def set_postfix_str(self, s: str) -> None:
+        self.what = s
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.time()
+        _say(f"cell {self.n}/{self.total} done: {self.what} ({now - self.last:.1f} s; {now - self.t0:.0f} s so far)")
+        self.last = now
+
+    def close(self) -> None:
+        pass

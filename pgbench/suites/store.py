@@ -106,6 +106,13 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "numba_threads": numba.config.NUMBA_NUM_THREADS}
 
 
+def _sampler_fingerprint() -> str:
+    """The sampler's fingerprint (:func:`pgbench.measure.fingerprint.sampler_fingerprint`): runs
+    whose fingerprints differ were drawn by different samplers and must not be mixed."""
+    from pgbench.measure.fingerprint import sampler_fingerprint
+    return sampler_fingerprint()
+
+
 class RunDir:
     """A run directory: create, list finished cells, add cells, finalise."""
 
@@ -129,7 +136,8 @@ class RunDir:
         write_json(rd.meta_path, {"format": FORMAT_VERSION, "suites": list(suites), "quick": bool(quick),
                                   "seed": int(seed), "git_commit": git_commit(), "environment": environment(),
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ended": None,
-                                  "status": "running", "source": source})
+                                  "status": "running", "source": source,
+                                  "sampler_fingerprint": _sampler_fingerprint()})
         return rd
 
     @classmethod
