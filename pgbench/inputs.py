@@ -80,7 +80,7 @@ def real_array(name: str, x, shape: tuple | None = None) -> np.ndarray:
     """A float64 copy of ``x``; refuses complex, bool, string and object entries (which numpy
     would otherwise convert silently: the imaginary part dropped, '0.5' parsed, True read as 1)."""
     if isinstance(x, (str, bytes)):
-        raise PGBenchError(f"{name} must hold real numbers; got the string {x!r}")
+        raise PGBenchError(f"{name} must be numeric (real numbers); got the string {x!r}")
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as exc:
@@ -88,7 +88,7 @@ def real_array(name: str, x, shape: tuple | None = None) -> np.ndarray:
     if arr.dtype.kind not in "fiu":
         what = {"c": "complex", "b": "boolean", "U": "string", "S": "bytes", "O": "non-numeric (object)",
                 "M": "datetime", "m": "timedelta", "V": "structured"}.get(arr.dtype.kind, str(arr.dtype))
-        raise PGBenchError(f"{name} must hold real numbers; got {what} entries (dtype {arr.dtype})")
+        raise PGBenchError(f"{name} must be numeric (real numbers); got {what} entries (dtype {arr.dtype})")
     if shape is not None and arr.shape != shape:
         raise PGBenchError(f"{name} has shape {arr.shape}, expected {shape}")
     out = np.array(arr, dtype=np.float64)

@@ -192,7 +192,8 @@ def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:
         inputs.warn_steps(T, f"the exact solve of {mdp.name} with horizon {T}")
     dense = method == "dense" or (method == "auto" and S <= DENSE_MAX_S)
     need = S * per_state + 8.0 * S * A * K * 3 + (16.0 * S * S if dense else 0.0)
-    inputs.require_memory(need, f"the exact solve of {mdp.name}", "use method='sparse'" if dense else "")
+    what = f"the exact solve of {mdp.name}" + (f" (dense P_pi: {S} x {S})" if dense else "")
+    inputs.require_memory(need, what, "use method='sparse'" if dense else "")
 
 
 def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "auto",

@@ -37,8 +37,8 @@ def garnet(S: int = 20, A: int = 4, b: int = 3, seed: int = 0, gamma: float = 0.
     """Random MDP: each (s, a) moves to b distinct random states with Dirichlet(1) probabilities;
     ``R ~ U(0, 1)``; uniform start; optional Gaussian reward noise of std ``noise``.
     ``horizon=0`` is unbounded."""
-    S, A, b = (inputs.integer(f"garnet {k}", v, 1) for k, v in (("S", S), ("A", A), ("b", b)))
-    if not 1 <= b <= S:
+    S, A, b = (inputs.integer(f"garnet {k}", v) for k, v in (("S", S), ("A", A), ("b", b)))
+    if S < 1 or A < 1 or not 1 <= b <= S:
         raise PGBenchError(f"garnet needs S >= 1, A >= 1 and 1 <= b <= S; got S={S}, A={A}, b={b}")
     seed = inputs.seed(seed, "garnet seed")
     noise = inputs.real_scalar("garnet noise", noise)
@@ -73,7 +73,9 @@ def chain(n: int = 6, gamma: float = 0.95, horizon: int = 0) -> MDPProblem:
     """RiverSwim-style chain of n states (Strehl & Littman 2008): action 0 (left) always moves
     left and pays 0.005 at state 0; action 1 (right) swims against the current (0.35 right,
     0.6 stay, 0.05 left in the middle) and pays 1 at the far end. Starts at state 0."""
-    n = inputs.integer("chain n", n, 2)
+    n = inputs.integer("chain n", n)
+    if n < 2:
+        raise PGBenchError(f"chain needs n >= 2; got {n}")
     inputs.require_memory(4 * 8.0 * n * 2 * n, f"chain:n={n} (a dense (n, 2, n) P)", "use a smaller n")
     P = np.zeros((n, 2, n))
     R = np.zeros((n, 2))
@@ -126,11 +128,11 @@ def _grid_mdp(cells: list[str], slip_to: callable, gamma: float, name: str) -> T
 def gridworld(n: int = 4, slip: float = 0.1, gamma: float = 0.95) -> MDPProblem:
     """n x n grid from the top-left corner to a terminal goal at the bottom-right (reward 1 on
     entering it). With probability ``slip`` the move goes in one of the other three directions."""
-    n = inputs.integer("gridworld n", n, 2)
+    n = inputs.integer("gridworld n", n)
     slip = inputs.real_scalar("gridworld slip", slip)
-    inputs.require_memory(5 * 8.0 * n ** 4 * 4, f"gridworld:n={n} (a dense (n^2, 4, n^2) P)", "use a smaller n")
-    if not 0.0 <= slip <= 1.0:
+    if n < 2 or not 0.0 <= slip <= 1.0:
         raise PGBenchError(f"gridworld needs n >= 2 and slip in [0, 1]; got n={n}, slip={slip}")
+    inputs.require_memory(5 * 8.0 * n ** 4 * 4, f"gridworld:n={n} (a dense (n^2, 4, n^2) P)", "use a smaller n")
     cells = ["F" * n for _ in range(n)]
     cells[0] = "S" + cells[0][1:]
     cells[-1] = cells[-1][:-1] + "G"
@@ -162,7 +164,9 @@ def gaussian_toy(theta: float = 1.0) -> GaussianToy:
 def categorical(K: int = 4, seed: int = -1) -> CategoricalObjective:
     """``x ~ Cat(softmax(theta))``, cost ``||onehot(x) - t||^2``; t = linspace(0.1, 0.9, K),
     or U(0, 1)^K drawn from ``seed`` when seed >= 0. theta = 0."""
-    K = inputs.integer("categorical K", K, 2)
+    K = inputs.integer("categorical K", K)
+    if K < 2:
+        raise PGBenchError(f"categorical needs K >= 2; got {K}")
     seed = inputs.integer("categorical seed (-1: fixed targets)", seed, -1, inputs.SEED_LIMIT - 1)
     inputs.require_memory(8.0 * K * 8, f"categorical:K={K}", "use a smaller K")
     t = np.linspace(0.1, 0.9, K) if seed < 0 else np.random.default_rng(seed).random(K)
