@@ -154,7 +154,7 @@ def _require_cell_resources(prob, n_est: int, N: int, K: int) -> None:
         what = f"a cell of {prob.name} (K={K}, {n_est} estimator(s), S={S}, A={A}, d={d}, episode cap {cap})"
         inputs.require_memory(need, what, "use fewer trials K or estimators per cell")
     else:
-        inputs.require_memory(8.0 * K * (n_est + 1) * max(1, prob.dim) * 3,
+        inputs.require_memory(8.0 * K * (n_est + 1) * max(1, int(getattr(prob, "dim", 1) or 1)) * 3,
                               f"a cell of {prob.name} (K={K}, {n_est} estimator(s))", "use fewer trials K")
     if N * K > inputs.EPISODE_WARNING:
         warnings.warn(f"{prob.name}: N x K = {N * K:.3g} episodes in one cell (hours at 10^7 to 10^8 episodes "
