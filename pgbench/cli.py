@@ -200,6 +200,8 @@ def _cmd_compare(args) -> int:
 def _cmd_bench(args) -> int:
     from pgbench.bench import format_bench, run_bench
     from pgbench.measure.backend import resolve_backend
+    if args.episodes < 1000 or args.repeat < 1:
+        raise PGBenchError(f"bench needs --episodes >= 1000 and --repeat >= 1; got {args.episodes} and {args.repeat}")
     backend = resolve_backend(args.backend)
     if backend == "cuda":
         from pgbench.kernels.cuda import run_bench_cuda

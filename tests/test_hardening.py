@@ -224,6 +224,10 @@ ISSUE_CLI_CASES = [
     ["measure", "three_step_bandit", "-e", "reinforce", "--batch", "4", "--seed", str(2 ** 70)],
     ["run", "--quick", CHEAP[0], "--executor", "dask-local", "--workers", "0"],
     ["run", "--quick", CHEAP[0], "--executor", "dask-local", "--workers", "-1"],
+    # and a few more options of the other commands
+    ["bench", "--episodes", "-1", "--quick"], ["bench", "--repeat", "0"], ["validate", "reinforce", "--alpha", "2"],
+    ["validate", "reinforce", "-p", "garnet:S=1e9"], ["exact", "three_step_bandit", "--beta", "nan"],
+    ["exact", "three_step_bandit", "--theta", "random:-1"], ["run", "--resume", "no/such/run"],
 ]
 
 
