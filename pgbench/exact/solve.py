@@ -189,7 +189,8 @@ def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:
         # V, Q, d, the advantage and its weighted sum: (T, S) and (T, S, A) arrays
         inputs.require_memory(T * S * per_state, f"the exact solve of {mdp.name} with horizon {T} ({T} x {S} x {A} "
                               "arrays)", "use a shorter horizon, or horizon=0 (unbounded) with gamma < 1")
-        inputs.warn_steps(T, f"the exact solve of {mdp.name} with horizon {T}")
+        inputs.warn_steps(T, f"the exact solve of {mdp.name} with horizon {T} (about "
+                          f"{inputs.fmt_bytes(T * S * per_state)} of arrays)")
     dense = method == "dense" or (method == "auto" and S <= DENSE_MAX_S)
     need = S * per_state + 8.0 * S * A * K * 3 + (16.0 * S * S if dense else 0.0)
     what = f"the exact solve of {mdp.name}" + (f" (dense P_pi: {S} x {S})" if dense else "")
