@@ -146,10 +146,13 @@ def _require_cell_resources(prob, n_est: int, N: int, K: int) -> None:
         d = prob.policy.dim
         cap = prob.mdp.episode_cap
         threads = _threads()
-        from pgbench.measure.engine import ITEM_MEMORY_BUDGET
-        # K x estimators accumulators (S, A) and estimates (d), the per-block work items, the
-        # per-thread episode buffers and discount powers (cap steps), the exact solution
-        need = (8.0 * K * (n_est + 1) * (S * A + d) + max(ITEM_MEMORY_BUDGET, 16 * 8.0 * n_est * S * A) + 8.0 * (cap + 1) * (5 * threads + 3)
+        from pgbench.measure.engine import ITEM_MEMORY_BUDGET, n_chunks_for
+        # work items of a block of trials (the engine caps them at ITEM_MEMORY_BUDGET, one trial at least)
+        per_trial = n_chunks_for(N) * 8.0 * (n_est + 1) * S * A
+        items = 2 * min(K * per_trial, max(ITEM_MEMORY_BUDGET, per_trial))
+        # K x estimators accumulators (S, A) and estimates (d), the work items, the per-thread
+        # episode buffers and discount powers (cap steps), the sampler's tables
+        need = (8.0 * K * (n_est + 1) * (S * A + d) + items + 8.0 * (cap + 1) * (5 * threads + 3)
                 + 8.0 * S * A * prob.mdp.K * 12)
         what = f"a cell of {prob.name} (K={K}, {n_est} estimator(s), S={S}, A={A}, d={d}, episode cap {cap})"
         inputs.require_memory(need, what, "use fewer trials K or estimators per cell")
