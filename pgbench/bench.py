@@ -85,8 +85,40 @@ def run_bench(episodes: int = 400_000, repeat: int = 5, quick: bool = False, bac
     out["ns_per_step_all_estimators"] = ns_all
     out["passes_all_estimators"] = passes
     numba.set_num_threads(n_all)
+    out["lqg"] = lqg_bench(episodes // 20, repeat)
     out["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                       "numba": numba.__version__, "numpy": np.__version__, "threading_layer": _layer()}
+    return out
+
+
+LQG_BENCH_PROBLEM = "lqg:n=4,m=2,T=100,gamma=0.99,seed=0"
+LQG_BENCH_ESTIMATORS = ("reinforce_rtg", "svg_inf")
+
+
+def lqg_bench(episodes: int = 20_000, repeat: int = 3) -> dict:
+    """ns per step of the linear-Gaussian rollout kernel (n = 4, m = 2, T = 100) on all threads,
+    for a score-function and the pathwise estimator alone, for both on the same episodes, and for
+    the normal draws alone ((n + m) / 2 Box-Muller pairs a step); timed in interleaved rounds, each
+    keeping its best, so the ratio to the draws survives a loaded machine."""
+    from pgbench.kernels.lqg import normal_floor, sample_lqg
+    prob = make(LQG_BENCH_PROBLEM)
+    T = prob.horizon
+    K = 2 * max(2, numba.config.NUMBA_NUM_THREADS)
+    N = max(1, episodes // K)
+    pairs = (prob.n + prob.m + 1) // 2
+    jobs = {label: (lambda names=names: sample_lqg(prob, names, None, N, K, 0, 1))
+            for label, names in [(e, [e]) for e in LQG_BENCH_ESTIMATORS] + [("both", list(LQG_BENCH_ESTIMATORS))]}
+    jobs["normals_floor"] = lambda: normal_floor(seed_u64(0), np.uint64(1), N * K, T, pairs, 16)
+    sample_lqg(prob, list(LQG_BENCH_ESTIMATORS), None, 2, 2, 0, 1)  # compile outside the timings
+    normal_floor(seed_u64(0), np.uint64(1), 10, T, pairs, 2)
+    best = {label: float("inf") for label in jobs}
+    for _ in range(max(1, repeat)):
+        for label, fn in jobs.items():
+            best[label] = min(best[label], _best(fn, 1))
+    out = {"problem": LQG_BENCH_PROBLEM, "steps_per_episode": T, "episodes": N * K}
+    for label, t in best.items():
+        out[f"ns_per_step_{label}"] = t / (N * K * T) * 1e9
+    out["ratio_to_normals_floor"] = out["ns_per_step_svg_inf"] / out["ns_per_step_normals_floor"]
     return out
 
 
@@ -109,4 +141,10 @@ def format_bench(r: dict) -> str:
         f"  all {r['all_estimators']} estimators    {r['ns_per_step_all_estimators']:8.2f} ns/step of the cell, on the "
         f"same episodes ({r['passes_all_estimators']} passes: batch statistics, then weights)",
     ]
+    if "lqg" in r:
+        q = r["lqg"]
+        lines.append(f"  LQG {q['problem']}: {q['ns_per_step_reinforce_rtg']:.2f} ns/step reinforce_rtg, "
+                     f"{q['ns_per_step_svg_inf']:.2f} svg_inf, {q['ns_per_step_both']:.2f} both (all threads); "
+                     f"normals alone {q['ns_per_step_normals_floor']:.2f} (svg_inf / floor = "
+                     f"{q['ratio_to_normals_floor']:.2f})")
     return "\n".join(lines)

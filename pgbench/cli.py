@@ -72,6 +72,11 @@ def _cmd_exact(args) -> int:
         th = prob.check_theta(theta)
         out = {"problem": prob.name, "J": prob.J(th), "grad": prob.grad(th).tolist(),
                "grad_norm": float(np.linalg.norm(prob.grad(th)))}
+        if prob.kind == "lqg":  # theta = (K row-major, log sigma)
+            out.update(n=prob.n, m=prob.m, gamma=prob.gamma, horizon=prob.horizon)
+            if args.natural:
+                from pgbench.exact.lqg import exact_lqg
+                out["natural_grad"] = exact_lqg(prob, th).natural_gradient().tolist()
     else:
         gt = exact(prob, theta, beta=args.beta, method=args.method)
         out = {"problem": prob.name, "J": gt.J, "grad": gt.grad.tolist(), "grad_norm": gt.grad_norm,
@@ -87,7 +92,7 @@ def _cmd_exact(args) -> int:
         print(json.dumps(out))
         return 0
     print(f"problem   {out['problem']}")
-    for k in ("S", "A", "gamma", "horizon", "policy", "method"):
+    for k in ("S", "A", "n", "m", "gamma", "horizon", "policy", "method"):
         if k in out:
             print(f"{k:9s} {out[k]}")
     print(f"J         {out['J']:.10g}")

@@ -101,6 +101,8 @@ class EstimatorSpec:
             return not p.get("weighted", False)
         if n == "natural":
             return False
+        if n == "svg0" and self.info.target == "lqg":
+            return self.p.get("scale", 0.0) == 0.0
         if n == "user":
             return bool(p.get("unbiased", False))
         return self.info.unbiased == "yes"
@@ -153,6 +155,8 @@ def parse(spec, kind: str = "mdp") -> EstimatorSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise PGBenchError(f"an estimator must be a name like 'reinforce' or 'gae:lambda=0.9'; got {spec!r}")
     name, _, rest = spec.strip().partition(":")
+    if kind == "lqg" or name in _lqg_only_names():
+        return _lqg_spec(name, _split_params(rest, spec), spec, kind)
     if kind != "mdp" and name in _objective_names():
         return _objective_spec(name, _split_params(rest, spec), spec)
     if name not in MDP_ESTIMATORS:
@@ -236,6 +240,38 @@ def _objective_spec(name: str, raw: dict, spec: str) -> EstimatorSpec:
     return EstimatorSpec(info, tuple(sorted({**entry["params"], **params}.items())))
 
 
+def _lqg_table() -> dict:
+    try:
+        from pgbench.kernels.lqg import LQG_ESTIMATORS
+    except ImportError:
+        return {}
+    return LQG_ESTIMATORS
+
+
+def _lqg_only_names() -> set:
+    """LQG estimators with no MDP or objective namesake (``svg_inf``, ``svg0``, ``mppi``)."""
+    return set(_lqg_table()) - set(MDP_ESTIMATORS) - set(_objective_names())
+
+
+def _lqg_spec(name: str, raw: dict, spec: str, kind: str) -> EstimatorSpec:
+    table = _lqg_table()
+    if kind != "lqg":
+        raise PGBenchError(f"estimator {name!r} applies to linear-Gaussian control (lqg) problems only, "
+                           f"not to a {kind} problem")
+    if name not in table:
+        raise PGBenchError(f"estimator {name!r} does not apply to an lqg problem (for lqg: {', '.join(table)})")
+    entry = table[name]
+    params = {}
+    for key, val in raw.items():
+        if key not in entry["params"]:
+            raise PGBenchError(f"unknown parameter {key!r} for estimator {name} (known: {', '.join(entry['params']) or 'none'})")
+        params[key] = _coerce(val, entry["params"][key], f"parameter {key} of estimator {name}")
+    unb = entry["unbiased"]
+    info = EstimatorInfo(name, entry["doc"], unb if isinstance(unb, str) else ("yes" if unb else "no"),
+                         dict(entry["params"]), target="lqg", in_batch=(name == "mppi"))
+    return EstimatorSpec(info, tuple(sorted({**entry["params"], **params}.items())))
+
+
 def describe() -> list[tuple[str, str, str, str]]:
     """(name, parameters with defaults, unbiased, doc) for every estimator."""
     rows = []
@@ -245,6 +281,10 @@ def describe() -> list[tuple[str, str, str, str]]:
         entry = next(iter(kinds.values()))
         rows.append((name, ",".join(f"{k}={_fmt(v)}" for k, v in entry["params"].items()),
                      "yes" if entry["unbiased"] else "no", f"[{'/'.join(sorted(kinds))}] " + entry["doc"]))
+    for name, entry in _lqg_table().items():
+        unb = entry["unbiased"]
+        rows.append((name, ",".join(f"{k}={_fmt(v)}" for k, v in entry["params"].items()),
+                     unb if isinstance(unb, str) else ("yes" if unb else "no"), "[lqg] " + entry["doc"]))
     from pgbench.estimators.user import USER_ESTIMATORS
     for name, u in USER_ESTIMATORS.items():
         rows.append((name, "", "yes" if u.unbiased else "no", "[user] " + u.doc))

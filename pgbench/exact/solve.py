@@ -205,6 +205,11 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
     since ``E_a[-log pi(a|s)] = H(pi(.|s))`` it is J under the reward ``R - beta log pi``, and its
     gradient is the policy-gradient theorem with that reward's Q (the extra score term has mean zero).
     """
+    if getattr(problem, "kind", None) == "lqg":  # linear-Gaussian control: closed form
+        if beta:
+            raise PGBenchError("exact(): no entropy regularisation for lqg problems")
+        from pgbench.exact.lqg import exact_lqg
+        return exact_lqg(problem, theta)
     if not isinstance(problem, MDPProblem):
         raise PGBenchError(f"exact() takes an MDP problem; got {type(problem).__name__} (objectives have .J and .grad)")
     mdp = problem.mdp

@@ -89,6 +89,11 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
             extras["exact_moments"] = _exact_columns(prob, res.specs, batch, theta, extras)
         return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
                     th_shape, extras)
+    if prob.kind == "lqg":
+        if requested == "cuda":
+            raise PGBenchError("lqg problems run on the CPU backend only (use --backend cpu or auto)")
+        from pgbench.measure.lqg import run_lqg_cell
+        return run_lqg_cell(prob, specs, batch, trials, seed, theta, cell, exact)
     # stochastic objectives
     if requested == "cuda":
         raise PGBenchError("stochastic objectives run on the CPU backend only (use --backend cpu or auto)")

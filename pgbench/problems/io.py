@@ -29,6 +29,12 @@ def load_npz(path: str) -> MDPProblem:
             data = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise PGBenchError(f"cannot read {path} as a .npz problem file: {exc}") from None
+    if "kind" in data:
+        kind = str(data["kind"].item()) if np.ndim(data["kind"]) == 0 else repr(data["kind"])
+        if kind != "lqg":
+            raise PGBenchError(f"{path}: unknown problem kind {kind!r} (known: lqg; without 'kind': a tabular MDP)")
+        from pgbench.problems.lqg import from_arrays
+        return from_arrays(data, path, os.path.splitext(os.path.basename(path))[0])
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise PGBenchError(f"{path} lacks required array(s) {', '.join(missing)} (needs P, R, rho0, gamma)")
@@ -82,6 +88,12 @@ def _check_declared_sizes(path: str) -> None:
 
 def save_npz(path: str, problem: MDPProblem, theta=None) -> None:
     """Write a problem in the format :func:`load_npz` reads (atomically)."""
+    if getattr(problem, "kind", None) == "lqg":
+        from pgbench.problems.lqg import to_arrays
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **to_arrays(problem, theta))
+        os.replace(tmp, path)
+        return
     mdp = problem.mdp
     arrays = dict(P=mdp.P, R=mdp.R, rho0=mdp.rho0, gamma=np.float64(mdp.gamma),
                   horizon=np.int64(mdp.horizon or 0), terminal=mdp.terminal,

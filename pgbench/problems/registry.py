@@ -9,6 +9,7 @@ import numpy as np
 
 from pgbench.errors import PGBenchError
 from pgbench.problems import builtins as _b
+from pgbench.problems import lqg as _lqg
 
 REGISTRY = {
     "three_step_bandit": _b.three_step_bandit,
@@ -19,6 +20,9 @@ REGISTRY = {
     "frozen_lake": _b.frozen_lake,
     "gaussian_toy": _b.gaussian_toy,
     "categorical": _b.categorical,
+    "lqg": _lqg.lqg,
+    "point_mass": _lqg.point_mass,
+    "double_integrator": _lqg.double_integrator,
 }
 
 

@@ -497,3 +497,88 @@ def proxy_scatter(scatter: dict, corr: Optional[float] = None, suite: Optional[s
 FIGURES = {"variance_vs_N": variance_vs_n, "bias_variance": bias_variance, "efficiency": efficiency,
            "gae_lambda": gae_lambda, "proxy": proxy_scatter}
 """The figure names suites list in ``Suite.figures`` and the functions that draw them."""
+
+
+# ----------------------------------------------------------------------------- variance against a problem parameter
+
+def _problem_param(problem_id: str, key: str) -> float:
+    """The value of ``key`` in a problem id such as ``double_integrator:T=50,gamma=0.99`` (NaN if absent)."""
+    for item in str(problem_id).partition(":")[2].split(","):
+        k, _, v = item.partition("=")
+        if k.strip() == key:
+            try:
+                return float(v)
+            except ValueError:
+                return float("nan")
+    return float("nan")
+
+
+def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None,
+                      param: str = "T", xlabel: Optional[str] = None) -> Figure:
+    """Variance of each estimator (log scale, with its confidence interval) against a parameter
+    of the problem id (the horizon ``T``, or ``sigma``) on a log x axis: rows of several suites
+    that differ in that parameter (a suite family such as ``control/horizon``). Estimators claimed
+    biased are drawn dashed and marked ``(biased)``; several batch sizes give one line each; the
+    exact variance (``exact_variance``, where known) as open black-edged markers."""
+    _require(df, ["estimator", "N", "variance", "problem"], "variance_vs_param")
+    d_all = df.assign(_x=[_problem_param(p, param) for p in df["problem"]])
+    d_all = d_all[np.isfinite(d_all["_x"].to_numpy(dtype=float))]
+    if d_all.empty:
+        raise PGBenchError(f"variance_vs_param: no problem id carries parameter {param!r}")
+    st = _styles(d_all, styles)
+    n_values = sorted(set(int(n) for n in d_all["N"]))
+    unb = dict(zip(d_all["estimator"], d_all["unbiased"])) if "unbiased" in d_all else {}
+    fig = _new_figure(8.5, 5.0)
+    ax = fig.add_subplot()
+    dashes = ("-", "-.", ":", (0, (5, 1)))
+    has_exact = False
+    for est in _order(d_all["estimator"]):
+        for k, N in enumerate(n_values):
+            d = d_all[(d_all["estimator"] == est) & (d_all["N"] == N)].sort_values("_x")
+            x, v = _num(d["_x"]), _num(d["variance"])
+            ok = np.isfinite(v) & (v > 0) & (x > 0)
+            if not ok.any():
+                continue
+            x, v = x[ok], v[ok]
+            lo = _num(d["variance_lo"])[ok] if "variance_lo" in d else np.full_like(v, np.nan)
+            hi = _num(d["variance_hi"])[ok] if "variance_hi" in d else np.full_like(v, np.nan)
+            colour, marker = st[est]
+            label = est + ("  (biased)" if _claimed_biased(unb.get(est)) else "") + \
+                (f", N={N}" if len(n_values) > 1 else "")
+            ax.errorbar(x, v, yerr=_log_err(v, lo, hi, v.min() * 1e-3), color=colour, marker=marker, ms=5, lw=1.6,
+                        capsize=3, label=label, ls="--" if _claimed_biased(unb.get(est)) else dashes[k % len(dashes)])
+            ex = _exact_col(d, "exact_variance")
+            if ex is not None:
+                ex = ex[ok]
+                keep = np.isfinite(ex) & (ex > 0)
+                ax.plot(x[keep], ex[keep], ls="none", marker=marker, ms=9, mfc="none", mec="black", mew=1.0)
+                has_exact = has_exact or bool(keep.any())
+    xs = sorted(set(float(x) for x in d_all["_x"]))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{x:g}" for x in xs])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel(xlabel or param)
+    ax.set_ylabel("variance  tr Cov(g_hat)  (log)")
+    nlab = f"N = {n_values[0]}" if len(n_values) == 1 else "several N"
+    ax.set_title(_title(suite or "", f"variance against {param} ({nlab})"))
+    handles, labels = ax.get_legend_handles_labels()
+    if has_exact:
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=9))
+        labels.append("exact variance")
+    _legend_outside(ax, handles, labels)
+    return fig
+
+
+def variance_vs_T(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
+    return variance_vs_param(df, suite, styles, param="T", xlabel="horizon T (steps)")
+
+
+def variance_vs_sigma(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
+    return variance_vs_param(df, suite, styles, param="sigma", xlabel="policy noise sigma")
+
+
+FAMILY_FIGURES = {"variance_vs_T": variance_vs_T, "variance_vs_sigma": variance_vs_sigma}
+"""Figures drawn from every suite of a family (the suite id up to its last '/'), not one suite."""

@@ -474,7 +474,7 @@ def _suite_description(sid: str) -> tuple[str, Optional[object]]:
 
 
 def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: pd.DataFrame,
-                       written: list, problems: list) -> None:
+                       written: list, problems: list, df_all: Optional[pd.DataFrame] = None) -> None:
     from pgbench.reports import figures as F
     names = []
     for r in recs:
@@ -495,6 +495,12 @@ def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: p
                                  lambda r=r, corr=corr: F.proxy_scatter(r["scatter"], corr, sid, r["cell"])))
             if not jobs:
                 doc.p(Inline(f"Figure 'proxy': no per-episode scatter data in this suite's cells."))
+        elif name in F.FAMILY_FIGURES:
+            family = sid.rsplit("/", 1)[0]
+            rows = df if df_all is None else df_all[df_all["suite"].astype(str).str.startswith(family + "/")]
+            fn = F.FAMILY_FIGURES[name]
+            jobs.append((f"{_slug(family)}-{name}.png", f"{family}: {name}",
+                         lambda fn=fn, rows=rows: fn(rows, family, styles=styles)))
         elif name in F.FIGURES:
             fn = F.FIGURES[name]
             kw = {} if name == "gae_lambda" else {"styles": styles}
@@ -618,7 +624,7 @@ def build_report(run_dir) -> tuple[Doc, list[str], list[str]]:
             _proxy_table(doc, rec)
         df = df_all[df_all["suite"] == sid] if not df_all.empty else df_all
         if not df.empty:
-            _figures_for_suite(doc, run_dir, sid, recs, df, written, problems)
+            _figures_for_suite(doc, run_dir, sid, recs, df, written, problems, df_all)
 
     doc.h(2, "Notes", "notes")
     doc.ul([f"Verdicts test H0: mean of the K trial estimates = exact gradient (p-value column; Hotelling or "

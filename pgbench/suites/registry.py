@@ -40,6 +40,27 @@ BASELINES = ("reinforce", "const_baseline:b=1.0", "batch_mean_baseline", "rloo",
 GAE_SWEEP = tuple(f"gae:lambda={lam},critic={c}" + (",scale=0.3" if c == "perturbed" else "")
                   for c in ("exact", "perturbed") for lam in (0.0, 0.5, 0.8, 0.9, 0.95, 1.0))
 
+# Linear-Gaussian control: score function against pathwise as the horizon grows and as sigma shrinks.
+# One suite per horizon (or sigma), so each is its own problem; the family's last suite draws the
+# family figure (log variance against T, or against sigma) from every suite of the family in the run.
+CONTROL_ESTIMATORS = ("reinforce", "reinforce_rtg", "value_baseline", "svg0", "svg_inf", "mppi:lambda=10.0")
+CONTROL_HORIZONS = (5, 10, 20, 50, 100, 200)
+CONTROL_SIGMAS = (1.0, 0.3, 0.1, 0.03)
+CONTROL_SUITES = [
+    *[Suite(f"control/horizon/T={T}", f"double_integrator:T={T},gamma=0.99", CONTROL_ESTIMATORS, (16,), 400,
+            tags=("control", "pathwise", "horizon"),
+            description=f"Double integrator, T = {T}, sigma = 0.5: score-function estimators against the pathwise "
+                        "SVG(inf) and SVG(0) gradients and MPPI-style weighting, as the horizon grows.",
+            quick_trials=50, figures=("variance_vs_T",) if T == CONTROL_HORIZONS[-1] else ())
+      for T in CONTROL_HORIZONS],
+    *[Suite(f"control/sigma/sigma={sg}", f"double_integrator:T=50,gamma=0.99,sigma={sg}", CONTROL_ESTIMATORS, (16,),
+            400, tags=("control", "pathwise", "sigma"),
+            description=f"Double integrator, T = 50, sigma = {sg}: the score grows as 1/sigma, the pathwise "
+                        "gradient does not.",
+            quick_trials=50, figures=("variance_vs_sigma",) if sg == CONTROL_SIGMAS[-1] else ())
+      for sg in CONTROL_SIGMAS],
+]
+
 SUITES = {s.id: s for s in [
     Suite("ladder/three-step-bandit", "three_step_bandit", ("reinforce", "reinforce_rtg", "value_baseline", "rloo"),
           (1, 2, 4, 16, 64, 256, 1024), 400, tags=("variance", "ladder", "1/N"),
@@ -100,7 +121,7 @@ SUITES = {s.id: s for s in [
           description="Per-episode estimators on a small noisy garnet (5184 trajectories): measured against exact "
                       "variance and MSE; rtg_no_gamma_t's exact bias is its only error beyond noise.",
           quick_batch_sizes=(16,), quick_trials=200, figures=("bias_variance",)),
-]}
+] + CONTROL_SUITES}
 
 DEFAULT_SUITES = tuple(SUITES)
 

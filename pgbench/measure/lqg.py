@@ -1,0 +1,43 @@
+"""One measurement cell on a linear-Gaussian control problem (``measure()`` dispatches here on
+``problem.kind == "lqg"``): K trials of batch-N estimates on common random numbers, each
+estimator against the exact gradient of :mod:`pgbench.exact.lqg`."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pgbench.errors import PGBenchError
+
+
+def run_lqg_cell(prob, specs, batch: int, trials: int, seed: int, theta, cell, exact: bool = True):
+    from dataclasses import replace
+
+    from pgbench.exact.lqg import exact_lqg
+    from pgbench.kernels.lqg import sample_lqg
+    from pgbench.kernels.rng import cell_key
+    from pgbench.measure.measure import Cell
+    for s in specs:
+        if s.info.target != "lqg":
+            raise PGBenchError(f"estimator {s.name} does not apply to an lqg problem")
+    th = prob.resolve_theta(theta)
+    if theta is not None:
+        prob = replace(prob, theta=th)
+    cell = cell_key(prob.name, th, batch) if cell is None else cell
+    names, params = [s.name for s in specs], [s.p for s in specs]
+    sample_lqg(prob, names, params, 2, 1, seed, cell)  # compile outside the timing
+    t0 = time.perf_counter()
+    est = sample_lqg(prob, names, params, batch, trials, seed, cell)
+    secs = time.perf_counter() - t0
+    gt = exact_lqg(prob, th)
+    extras = {}
+    if prob.horizon is None:
+        # every episode runs to the cap: the J beyond it is the truncation (reported, not hidden)
+        cap = prob.sampling_steps(th)
+        extras["max_steps"] = cap
+        extras["truncated_J"] = gt.J - exact_lqg(prob, th, horizon=cap).J
+    if exact:
+        from pgbench.exact.lqg_moments import exact_columns
+        extras["exact_moments"] = exact_columns(prob, specs, batch, th)
+    targets = np.tile(gt.grad.reshape(1, -1), (len(specs), 1))
+    return Cell(prob, specs, est, targets, batch, trials, seed, secs, batch * trials, th.shape, extras)
