@@ -52,10 +52,15 @@ BAD_FLOAT = st.sampled_from(["-0.5", "1.5", "nan", "inf", "-inf", "x", "1e999", 
 
 @st.composite
 def bad_problem_ids(draw):
-    kind = draw(st.sampled_from(["garnet", "chain", "gridworld", "categorical", "unknown", "syntax"]))
+    kind = draw(st.sampled_from(["garnet", "chain", "gridworld", "categorical", "lqg", "unknown", "syntax"]))
+    if kind == "lqg":
+        return draw(st.sampled_from(["lqg:n=1e9", "lqg:m=100000", "lqg:T=1e12", "lqg:n=0", "lqg:seed=-1", "lqg:T=-1",
+                                     "lqg:sigma=-1", "lqg:sigma=nan", "lqg:gamma=2", "lqg:n=2.5", "lqg:T=True"]))
     if kind == "garnet":
         key = draw(st.sampled_from(["S", "A", "b", "seed", "horizon", "gamma", "noise"]))
         val = draw(BAD_FLOAT if key in ("gamma", "noise") else BAD_INT)
+        if key == "noise" and val == "1.5":
+            val = "-1.5"  # any noise >= 0 is valid
         if key in ("S", "A") and val in ("1e9", "99999999999999999999999"):
             return f"garnet:{key}={val}"  # too large: refused by the memory estimate
         if val in ("0", "1e9") and key in ("seed", "horizon"):
