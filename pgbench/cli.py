@@ -1,12 +1,16 @@
 """Command line: pgbench list | exact | measure | validate | run | report | compare | bench.
 
-Bad input ends with one line on stderr and exit status 2, never a traceback.
+Bad input ends with one line on stderr and exit status 2, a failing environment (disk full,
+read-only directory, a run directory in use) with one line and exit status 1; never a
+traceback, unless ``--debug`` (or ``PGBENCH_DEBUG=1``) asks for it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -27,6 +31,8 @@ def _theta_arg(problem, spec):
             seed = int(spec.split(":", 1)[1])
         except ValueError:
             raise PGBenchError(f"--theta random:SEED needs an integer seed; got {spec!r}") from None
+        from pgbench.inputs import seed as check_seed
+        seed = check_seed(seed, "--theta random:SEED")
         return np.random.default_rng(seed).normal(size=shape)
     if spec.endswith(".npy"):
         try:
@@ -183,7 +189,7 @@ def _cmd_run(args) -> int:
         from pgbench.suites.distributed import make_executor
         executor = make_executor(args.executor, args.scheduler, args.workers)
     try:
-        path = run(args.suites or None, quick=args.quick, out=args.out, seed=args.seed, resume=args.resume,
+        path = run(args.suites or None, quick=args.quick or None, out=args.out, seed=args.seed, resume=args.resume,
                    executor=executor, report=not args.no_report, backend=args.backend)
     finally:
         if executor is not None:
@@ -215,6 +221,8 @@ def _cmd_compare(args) -> int:
 def _cmd_bench(args) -> int:
     from pgbench.bench import format_bench, run_bench
     from pgbench.measure.backend import resolve_backend
+    if args.episodes < 1000 or args.repeat < 1:
+        raise PGBenchError(f"bench needs --episodes >= 1000 and --repeat >= 1; got {args.episodes} and {args.repeat}")
     backend = resolve_backend(args.backend)
     if backend == "cuda":
         from pgbench.kernels.cuda import run_bench_cuda
@@ -240,6 +248,8 @@ EPILOG = """examples:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgbench", description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of a failure (also PGBENCH_DEBUG=1); any position on the line")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     pl = sub.add_parser("list", help="list problems, estimators or suites")
     pl.add_argument("what", nargs="?", default="problems", help="problems (default), estimators or suites")
@@ -283,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("suites", nargs="*", help="suite ids or families (default: all; see `pgbench list suites`)")
     pr.add_argument("--quick", action="store_true", help="the cheap subset of every suite")
     pr.add_argument("--out", default=None, help="run directory (default results/run-DATE-TIME)")
-    pr.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
+    pr.add_argument("--seed", type=int, default=None, help="seed of a new run (default 0)")
     pr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     pr.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
     pr.add_argument("--executor", default="local", choices=["local", "dask", "dask-local"],
@@ -312,23 +322,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings on one line each, without the source line under them."""
+    print(f"pgbench: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("PGBENCH_DEBUG", "").strip() not in ("", "0")
+    if "--debug" in argv[:argv.index("--")] if "--" in argv else "--debug" in argv:
+        debug = True
+        argv.remove("--debug")
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "fn", None) is None:  # 'pgbench' alone: the usage, not an error
         parser.print_help()
         return 0
-    try:
+    if debug:
         return args.fn(args)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.fn(args)
     except PGBenchError as exc:
-        print(f"pgbench: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"pgbench: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_status
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
         print("pgbench: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("pgbench: error: out of memory; lower the work (or PGBENCH_MAX_MEMORY, so that it is refused "
+              "up front)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the environment: disk full, read-only directory, permissions
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"pgbench: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line; --debug shows where
+        print(f"pgbench: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

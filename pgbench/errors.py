@@ -2,9 +2,31 @@
 
 Every problem with user input surfaces as a :class:`PGBenchError`, a ``ValueError``
 whose message names the offending object; the command line prints that message on
-one line and exits non-zero.
+one line and exits with :attr:`PGBenchError.exit_status` (2: bad input; 1: the
+environment, such as a run directory another process is writing).
 """
 
 
 class PGBenchError(ValueError):
     """Bad input: the message says what is wrong and where."""
+
+    exit_status = 2
+
+
+class ResourceLimitError(PGBenchError):
+    """The work asked for needs more memory (or steps) than the configured limit allows."""
+
+
+class ProvenanceError(PGBenchError):
+    """A run directory holds a cell that another run (seed, suite, sampler, ...) made, or the
+    options given do not match the run being continued."""
+
+
+class RunLockedError(PGBenchError):
+    """Another live process is writing the run directory."""
+
+    exit_status = 1
+
+
+class PGBenchWarning(UserWarning):
+    """Something will work but costs more than one would expect (memory, time)."""

@@ -82,6 +82,7 @@ class _State:
         self.seed = int(config.getoption("pgbench_seed"))
         self.out = os.path.abspath(os.path.expanduser(out)) if out else None
         self.rundir = None  # a RunDir, created when first needed
+        self.lock = None  # its RunLock
         self.measured: list[dict] = []  # {"cell", "K", "seed", "seconds", "rows"} per measurement, for the summary
         self.suites: list[str] = []  # suites with a cell written to the run directory
         self.errors = 0  # measurements that raised
@@ -92,9 +93,11 @@ class _State:
 
     def run_dir(self):
         if self.rundir is None:
-            from pgbench.suites.store import RunDir
-            self.rundir = RunDir.create(self.out, [], self.quick, self.seed, source="pytest")
-            self.rundir.update_meta(trials=self.trials)
+            from pgbench.suites.runner import run_provenance
+            from pgbench.suites.store import RunDir, RunLock
+            self.lock = RunLock(self.out).acquire()  # held until the session ends
+            self.rundir = RunDir.create(self.out, [], self.quick, self.seed, source="pytest",
+                                        provenance=run_provenance(), trials=self.trials)
         return self.rundir
 
 
@@ -108,6 +111,13 @@ def pytest_configure(config):
     if out and os.path.exists(os.path.join(out, "meta.json")):
         raise pytest.UsageError(f"--pgbench-out {out} already holds a pgbench run; choose another directory "
                                 f"(or continue it with pgbench's resume)")
+    if out:
+        from pgbench.errors import PGBenchError
+        from pgbench.suites.store import check_new_run_dir
+        try:
+            check_new_run_dir(out)
+        except PGBenchError as exc:
+            raise pytest.UsageError(f"--pgbench-out: {exc}") from None
     config.stash[_STATE] = _State(config, out)
 
 
@@ -254,7 +264,10 @@ def pytest_sessionfinish(session, exitstatus):
         status = "incomplete"  # a measurement raised: its cell is missing
     else:
         status = "complete"
-    rd.finalize(status=status)
+    try:
+        rd.finalize(status=status)
+    finally:
+        st.lock.release()
 
 
 def _num(v, fmt: str) -> str:

@@ -190,7 +190,7 @@ BAD = [
     (["exact", "garnet:S=5,A=2", "--theta", "{missing.npy}"], "cannot read theta"),
     (["exact", "garnet:S=5,A=2", "--theta", "{shape.npy}"], "theta has shape (3, 3)"),
     (["exact", "garnet:S=5,A=2", "--theta", "{nan.npy}"], "non-finite"),
-    (["exact", "gaussian_toy", "--theta", "{words.npy}"], "theta must be a numeric"),
+    (["exact", "gaussian_toy", "--theta", "{words.npy}"], "theta must be numeric"),
     (["exact", "garnet:S=5,A=2", "--beta", "-1"], "beta"),
     (["exact", "garnet:S=5,A=2", "--beta", "nan"], "beta"),
     (["exact", "garnet:S=5,A=2", "--beta", "x"], "--beta"),

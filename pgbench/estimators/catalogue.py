@@ -227,6 +227,8 @@ def _validate(name: str, p: dict) -> None:
             raise PGBenchError(f"unknown critic {p['critic']!r} for {name}; known: {', '.join(CRITICS)}")
         if p["scale"] < 0:
             raise PGBenchError(f"critic scale must be non-negative; got {p['scale']}")
+        from pgbench.inputs import seed
+        seed(p["seed"], f"{name} critic seed")
     if name == "importance_sampling":
         if p["mu"] not in ("uniform", "mix"):
             raise PGBenchError(f"importance_sampling mu must be 'uniform' or 'mix' (eps-mixture of pi and uniform); got {p['mu']!r}")

@@ -28,7 +28,9 @@ from typing import Optional
 import numpy as np
 import scipy.linalg as sla
 
-from pgbench.errors import PGBenchError
+from pgbench import inputs
+from pgbench.errors import PGBenchError, ResourceLimitError
+from pgbench.exact.solve import STEP_LIMIT
 from pgbench.problems.lqg import CAP_REL, LQGProblem
 
 
@@ -102,6 +104,12 @@ def exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> L
         J = -(float(np.trace(P @ M0)) + c)
         return LQGGroundTruth(J, np.concatenate([gK.reshape(-1), gS]), P[None], np.array([c]), Mbar,
                               1.0 / (1.0 - g), sigma, None)
+    if T > STEP_LIMIT:
+        raise ResourceLimitError(f"lqg: horizon {T} is beyond {STEP_LIMIT} steps: the exact recursion loops over "
+                                 "every step; use T=0 (unbounded) with gamma < 1")
+    inputs.require_memory(8.0 * (T + 1) * (n * n + 1), f"the exact solve of {problem.name} ({T + 1} x {n} x {n} "
+                          "Riccati matrices)", "use a shorter horizon, or T=0 (unbounded) with gamma < 1")
+    inputs.warn_steps(T, f"the exact solve of {problem.name} with horizon {T}")
     P = np.zeros((T + 1, n, n))
     c = np.zeros(T + 1)
     for t in range(T - 1, -1, -1):

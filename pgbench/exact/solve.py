@@ -22,6 +22,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from pgbench import inputs
 from pgbench.errors import PGBenchError
 from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.problem import MDPProblem
@@ -171,6 +172,31 @@ class GroundTruth:
         return self._cache["nat"]
 
 
+STEP_LIMIT = 10 ** 9
+"""Horizons (and sampling caps) beyond this many steps are refused: the exact solve loops over them."""
+
+
+def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:
+    """Refuse, before allocating, an exact solve whose arrays exceed the memory limit; warn when
+    the finite-horizon recursion is long (it is a Python loop over the steps)."""
+    S, A, K = mdp.next_prob.shape
+    per_state = 8.0 * (4 * A + 4)
+    if mdp.horizon is not None:
+        T = mdp.horizon
+        if T > STEP_LIMIT:
+            raise inputs.ResourceLimitError(f"horizon {T} is beyond {STEP_LIMIT} steps: the exact solve loops over "
+                                            "every step; use horizon=0 (unbounded) with gamma < 1")
+        # V, Q, d, the advantage and its weighted sum: (T, S) and (T, S, A) arrays
+        inputs.require_memory(T * S * per_state, f"the exact solve of {mdp.name} with horizon {T} ({T} x {S} x {A} "
+                              "arrays)", "use a shorter horizon, or horizon=0 (unbounded) with gamma < 1")
+        inputs.warn_steps(T, f"the exact solve of {mdp.name} with horizon {T} (about "
+                          f"{inputs.fmt_bytes(T * S * per_state)} of arrays)")
+    dense = method == "dense" or (method == "auto" and S <= DENSE_MAX_S)
+    need = S * per_state + 8.0 * S * A * K * 3 + (16.0 * S * S if dense else 0.0)
+    what = f"the exact solve of {mdp.name}" + (f" (dense P_pi: {S} x {S})" if dense else "")
+    inputs.require_memory(need, what, "use method='sparse'" if dense else "")
+
+
 def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "auto",
           max_steps: Optional[int] = None) -> GroundTruth:
     """Exact J, V, Q, A, visitation and gradient of ``problem`` at ``theta``.
@@ -189,9 +215,10 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
     mdp = problem.mdp
     pol = problem.policy
     th = problem.resolve_theta(theta)
-    beta = float(beta)
-    if not np.isfinite(beta) or beta < 0:
+    beta = inputs.real_scalar("beta", beta)
+    if beta < 0:
         raise PGBenchError(f"beta must be a non-negative number; got {beta}")
+    require_exact_memory(mdp, method)
     pi = pol.probs(th)
     R = mdp.R
     if beta > 0:
@@ -227,9 +254,8 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
         C = d[:, None] * pi * (Q - V[:, None])
         if max_steps is None:
             max_steps = mdp.max_steps
-        if int(max_steps) != max_steps or max_steps < 0:
-            raise PGBenchError(f"max_steps must be a non-negative integer; got {max_steps!r}")
-        max_steps = int(max_steps)
+        max_steps = inputs.integer("max_steps", max_steps, 0, STEP_LIMIT)
+        inputs.warn_steps(max_steps, f"the truncation check of {problem.name} over {max_steps} steps")
         dt = mdp.rho0.copy()
         for _ in range(int(max_steps)):
             dt = dyn.step_forward(dt)
@@ -237,6 +263,8 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
         trunc_J = float(gamma ** max_steps * (dt @ V)) if gamma > 0 else 0.0
     grad = pol.contract(th, C).reshape(th.shape)
     if not (np.isfinite(J) and np.all(np.isfinite(grad))):
+        if np.all(np.isfinite(V)) and np.abs(V).max(initial=0.0) > 1e150:
+            raise PGBenchError(f"the exact values overflow (|V| reaches {np.abs(V).max():.3g}): rescale the rewards")
         raise PGBenchError("the exact solution is not finite (is I - gamma P_pi nearly singular?)")
     return GroundTruth(problem=problem, theta=th, pi=pi, J=J, V=V, Q=Q, d=d, grad=grad, beta=beta,
                        method=dyn.method, truncated_mass=trunc_mass, truncated_J=trunc_J)

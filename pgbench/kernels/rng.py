@@ -84,12 +84,9 @@ def cell_key(*parts) -> int:
 
 
 def seed_u64(seed) -> np.uint64:
-    try:
-        s = int(seed)
-    except (TypeError, ValueError):
-        from pgbench.errors import PGBenchError
-        raise PGBenchError(f"seed must be an integer; got {seed!r}") from None
-    return np.uint64(s % (1 << 64))
+    """A seed in [0, 2^64) as the kernels' word (others are refused: they would wrap onto another seed)."""
+    from pgbench.inputs import seed as check_seed
+    return np.uint64(check_seed(seed))
 
 
 @njit(cache=True)

@@ -8,12 +8,14 @@ unbiasedness p-value and cost. Paired comparisons between estimators (same episo
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from pgbench.errors import PGBenchError
+from pgbench import inputs
+from pgbench.errors import PGBenchError, PGBenchWarning, ResourceLimitError
 from pgbench.estimators.catalogue import parse
 from pgbench.measure import metrics
 from pgbench.problems.registry import make
@@ -54,14 +56,18 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
 
     ``exact``: also compute the exact variance and MSE by enumeration where that is cheap
     (at most :data:`EXACT_LIMIT` trajectories or batches); ``extras["exact_moments"]``."""
-    prob = make(problem) if isinstance(problem, str) else problem
+    prob = make(problem)
     if isinstance(estimators, str):
         estimators = [estimators]
+    if not isinstance(estimators, (list, tuple)):
+        raise PGBenchError(f"estimators must be an estimator id or a list of them; got {type(estimators).__name__}")
     specs = [parse(e, prob.kind) for e in estimators]
     if not specs:
         raise PGBenchError("no estimator given")
     _check_int("batch size N", batch, 1)
     _check_int("trials K", trials, 2)
+    seed = inputs.seed(seed)
+    _require_cell_resources(prob, len(specs), batch, trials)
     from pgbench.measure.backend import resolve_backend
     requested = backend
     backend = resolve_backend(backend) if prob.kind == "mdp" or backend == "cuda" else "cpu"
@@ -132,6 +138,43 @@ def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
     except PGBenchError:
         return {}
     return {lab: (float(v), float(m)) for lab, v, m in zip(em.labels, em.variance, em.mse)}
+
+
+def _require_cell_resources(prob, n_est: int, N: int, K: int) -> None:
+    """Refuse a cell whose arrays exceed the memory limit, and counts the 64-bit episode
+    indices cannot hold, before anything is allocated; warn about very long cells."""
+    if N * K >= 2 ** 62:
+        raise ResourceLimitError(f"N x K = {N} x {K} episodes overflows the 64-bit episode counters; "
+                                 "use fewer trials or a smaller batch")
+    if prob.kind == "mdp":
+        S, A, _ = prob.mdp.next_prob.shape
+        d = prob.policy.dim
+        cap = prob.mdp.episode_cap
+        threads = _threads()
+        from pgbench.measure.engine import ITEM_MEMORY_BUDGET, n_chunks_for
+        # work items of a block of trials (the engine caps them at ITEM_MEMORY_BUDGET, one trial at least)
+        per_trial = n_chunks_for(N) * 8.0 * (n_est + 1) * S * A
+        items = 2 * min(K * per_trial, max(ITEM_MEMORY_BUDGET, per_trial))
+        # K x estimators accumulators (S, A) and estimates (d), the work items, the per-thread
+        # episode buffers and discount powers (cap steps), the sampler's tables
+        need = (8.0 * K * (n_est + 1) * (S * A + d) + items + 8.0 * (cap + 1) * (5 * threads + 3)
+                + 8.0 * S * A * prob.mdp.K * 12)
+        what = f"a cell of {prob.name} (K={K}, {n_est} estimator(s), S={S}, A={A}, d={d}, episode cap {cap})"
+        inputs.require_memory(need, what, "use fewer trials K or estimators per cell")
+    else:
+        inputs.require_memory(8.0 * K * (n_est + 1) * max(1, int(getattr(prob, "dim", 1) or 1)) * 3,
+                              f"a cell of {prob.name} (K={K}, {n_est} estimator(s))", "use fewer trials K")
+    if N * K > inputs.EPISODE_WARNING:
+        warnings.warn(f"{prob.name}: N x K = {N * K:.3g} episodes in one cell (hours at 10^7 to 10^8 episodes "
+                      "a second)", PGBenchWarning, stacklevel=4)
+
+
+def _threads() -> int:
+    try:
+        import numba
+        return int(numba.config.NUMBA_NUM_THREADS)
+    except Exception:  # pragma: no cover - numba is a dependency
+        return 1
 
 
 def _check_int(name, v, lo):

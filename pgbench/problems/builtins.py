@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pgbench import inputs
 from pgbench.errors import PGBenchError
 from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.objectives import CategoricalObjective, GaussianToy
@@ -36,11 +37,18 @@ def garnet(S: int = 20, A: int = 4, b: int = 3, seed: int = 0, gamma: float = 0.
     """Random MDP: each (s, a) moves to b distinct random states with Dirichlet(1) probabilities;
     ``R ~ U(0, 1)``; uniform start; optional Gaussian reward noise of std ``noise``.
     ``horizon=0`` is unbounded."""
-    S, A, b = int(S), int(A), int(b)
+    S, A, b = (inputs.integer(f"garnet {k}", v) for k, v in (("S", S), ("A", A), ("b", b)))
     if S < 1 or A < 1 or not 1 <= b <= S:
         raise PGBenchError(f"garnet needs S >= 1, A >= 1 and 1 <= b <= S; got S={S}, A={A}, b={b}")
-    if int(seed) < 0 or noise < 0:
-        raise PGBenchError(f"garnet needs seed >= 0 and noise >= 0; got seed={seed}, noise={noise}")
+    seed = inputs.seed(seed, "garnet seed")
+    noise = inputs.real_scalar("garnet noise", noise)
+    horizon = inputs.integer("garnet horizon (0 = unbounded)", horizon, 0)
+    if noise < 0:
+        raise PGBenchError(f"garnet needs noise >= 0; got noise={noise}")
+    # successor lists and their sorting copies, then the MDP's own arrays; b >= S/4 draws (S, A, S)
+    # permutations; up to 1500 states the exact solve is dense (S x S)
+    need = 8.0 * S * A * b * 10 + (16.0 * S * A * S if b * 4 >= S else 0.0) + (24.0 * S * S if S <= 1500 else 0.0)
+    inputs.require_memory(need, f"garnet:S={S},A={A},b={b}", "use fewer states, actions or successors b")
     rng = np.random.default_rng(int(seed))
     if b * 4 < S:
         # rejection for distinct successors is cheap when b << S (no S-sized permutations)
@@ -56,7 +64,7 @@ def garnet(S: int = 20, A: int = 4, b: int = 3, seed: int = 0, gamma: float = 0.
     prob = rng.dirichlet(np.ones(b), size=(S, A))
     R = rng.random((S, A))
     name = f"garnet:S={S},A={A},b={b},seed={seed}"
-    mdp = TabularMDP.from_sparse(idx, prob, R, np.full(S, 1.0 / S), gamma, horizon=int(horizon) or None,
+    mdp = TabularMDP.from_sparse(idx, prob, R, np.full(S, 1.0 / S), gamma, horizon=horizon or None,
                                  reward_std=(noise if noise > 0 else None), name=name)
     return MDPProblem.tabular(mdp, name=name)
 
@@ -65,9 +73,10 @@ def chain(n: int = 6, gamma: float = 0.95, horizon: int = 0) -> MDPProblem:
     """RiverSwim-style chain of n states (Strehl & Littman 2008): action 0 (left) always moves
     left and pays 0.005 at state 0; action 1 (right) swims against the current (0.35 right,
     0.6 stay, 0.05 left in the middle) and pays 1 at the far end. Starts at state 0."""
-    n = int(n)
+    n = inputs.integer("chain n", n)
     if n < 2:
         raise PGBenchError(f"chain needs n >= 2; got {n}")
+    inputs.require_memory(4 * 8.0 * n * 2 * n, f"chain:n={n} (a dense (n, 2, n) P)", "use a smaller n")
     P = np.zeros((n, 2, n))
     R = np.zeros((n, 2))
     for s in range(n):
@@ -80,7 +89,8 @@ def chain(n: int = 6, gamma: float = 0.95, horizon: int = 0) -> MDPProblem:
             P[s, 1, s - 1], P[s, 1, s], P[s, 1, s + 1] = 0.05, 0.6, 0.35
     R[0, 0] = 0.005
     R[n - 1, 1] = 1.0
-    mdp = TabularMDP.from_dense(P, R, np.eye(n)[0], gamma, horizon=int(horizon) or None, name=f"chain:n={n}")
+    horizon = inputs.integer("chain horizon (0 = unbounded)", horizon, 0)
+    mdp = TabularMDP.from_dense(P, R, np.eye(n)[0], gamma, horizon=horizon or None, name=f"chain:n={n}")
     return MDPProblem.tabular(mdp, name=f"chain:n={n}")
 
 
@@ -118,9 +128,11 @@ def _grid_mdp(cells: list[str], slip_to: callable, gamma: float, name: str) -> T
 def gridworld(n: int = 4, slip: float = 0.1, gamma: float = 0.95) -> MDPProblem:
     """n x n grid from the top-left corner to a terminal goal at the bottom-right (reward 1 on
     entering it). With probability ``slip`` the move goes in one of the other three directions."""
-    n = int(n)
+    n = inputs.integer("gridworld n", n)
+    slip = inputs.real_scalar("gridworld slip", slip)
     if n < 2 or not 0.0 <= slip <= 1.0:
         raise PGBenchError(f"gridworld needs n >= 2 and slip in [0, 1]; got n={n}, slip={slip}")
+    inputs.require_memory(5 * 8.0 * n ** 4 * 4, f"gridworld:n={n} (a dense (n^2, 4, n^2) P)", "use a smaller n")
     cells = ["F" * n for _ in range(n)]
     cells[0] = "S" + cells[0][1:]
     cells[-1] = cells[-1][:-1] + "G"
@@ -152,8 +164,10 @@ def gaussian_toy(theta: float = 1.0) -> GaussianToy:
 def categorical(K: int = 4, seed: int = -1) -> CategoricalObjective:
     """``x ~ Cat(softmax(theta))``, cost ``||onehot(x) - t||^2``; t = linspace(0.1, 0.9, K),
     or U(0, 1)^K drawn from ``seed`` when seed >= 0. theta = 0."""
-    K = int(K)
+    K = inputs.integer("categorical K", K)
     if K < 2:
         raise PGBenchError(f"categorical needs K >= 2; got {K}")
+    seed = inputs.integer("categorical seed (-1: fixed targets)", seed, -1, inputs.SEED_LIMIT - 1)
+    inputs.require_memory(8.0 * K * 8, f"categorical:K={K}", "use a smaller K")
     t = np.linspace(0.1, 0.9, K) if seed < 0 else np.random.default_rng(seed).random(K)
     return CategoricalObjective(target=t, name=f"categorical:K={K}" + (f",seed={seed}" if seed >= 0 else ""))

@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 
+from pgbench import inputs
 from pgbench.errors import PGBenchError
 from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.problem import MDPProblem
@@ -19,6 +20,7 @@ def load_npz(path: str) -> MDPProblem:
     ``terminal``, ``reward_std``, ``features`` (linear softmax) and ``theta``."""
     if not os.path.exists(path):
         raise PGBenchError(f"no such problem file: {path}")
+    _check_declared_sizes(path)
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file holds one bare array
@@ -46,7 +48,8 @@ def load_npz(path: str) -> MDPProblem:
         if np.ndim(data["horizon"]) != 0:
             raise PGBenchError(f"{path}: horizon must be a scalar integer")
         h = data["horizon"].item()
-        if not isinstance(h, (int, float)) or not np.isfinite(h) or h != int(h) or h < 0:
+        if (isinstance(h, bool) or not isinstance(h, (int, float)) or not np.isfinite(h) or h != int(h)
+                or h < 0):
             raise PGBenchError(f"{path}: horizon must be a non-negative integer (0 = unbounded); got {h!r}")
         horizon = int(h) or None
     name = os.path.splitext(os.path.basename(path))[0]
@@ -56,6 +59,31 @@ def load_npz(path: str) -> MDPProblem:
     if "features" in data:
         return MDPProblem.linear(mdp, data["features"], theta=theta, name=name, path=path)
     return MDPProblem.tabular(mdp, theta=theta, name=name, path=path)
+
+
+def _check_declared_sizes(path: str) -> None:
+    """Read only the array headers: a small compressed file can declare arrays of any size,
+    and loading them would allocate it all before any check."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = 0.0
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read is None:
+                        continue
+                    shape, _, dtype = read(f)
+                n = float(np.prod(shape, dtype=float))
+                # loading holds the array; P is then copied into floats, a mask and an argsort
+                total += n * dtype.itemsize + (4 * 8 * n if info.filename == "P.npy" else 8 * n)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError):
+        return  # not a readable .npz: np.load below says so
+    inputs.require_memory(total, f"the arrays {path} declares", "a .npz problem holds dense arrays; "
+                          "build large problems in Python with TabularMDP.from_sparse")
 
 
 def save_npz(path: str, problem: MDPProblem, theta=None) -> None:

@@ -219,6 +219,10 @@ def lqg(n: int = 4, m: int = 2, T: int = 50, gamma: float = 0.99, seed: int = 0,
     n, m = int(n), int(m)
     if n < 1 or m < 1 or int(seed) < 0 or int(T) < 0:
         raise PGBenchError(f"lqg needs n >= 1, m >= 1, T >= 0, seed >= 0; got n={n}, m={m}, T={T}, seed={seed}")
+    from pgbench import inputs
+    # a dozen n x n matrices (system, cost, covariances, Lyapunov solutions) and the Fisher over d = m n + m
+    inputs.require_memory(8.0 * (12 * n * n + 4 * n * m + (m * n + m) ** 2), f"lqg:n={n},m={m}",
+                          "use a smaller n or m")
     rng = np.random.default_rng(int(seed))
     M = rng.normal(size=(n, n))
     A = 0.9 * M / max(np.abs(np.linalg.eigvals(M)).max(), 1e-12)

@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from pgbench import inputs
 from pgbench.errors import PGBenchError
 
 _PROB_ATOL = 1e-9
@@ -20,21 +21,18 @@ _DENSE_LIMIT = 50_000_000  # entries of a dense P we are willing to materialise
 NOISE_KINDS = ("none", "gaussian", "uniform")
 
 
-def _finite(name: str, x: np.ndarray) -> None:
-    if not np.all(np.isfinite(x)):
-        bad = np.argwhere(~np.isfinite(x))[0]
-        raise PGBenchError(f"{name} has a non-finite entry (NaN or inf) at index {tuple(int(i) for i in bad)}")
-
-
 def _as_float(name: str, x, shape: Optional[tuple] = None) -> np.ndarray:
-    try:
-        arr = np.array(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise PGBenchError(f"{name} must be numeric: {exc}") from None
-    if shape is not None and arr.shape != shape:
-        raise PGBenchError(f"{name} has shape {arr.shape}, expected {shape}")
-    _finite(name, arr)
-    return arr
+    """Real, finite float64 entries (complex, bool, strings refused: numpy would convert them silently)."""
+    return inputs.real_array(name, x, shape)
+
+
+def _bounded(name: str, x: np.ndarray) -> None:
+    """Rewards beyond :data:`pgbench.inputs.MAX_REWARD` overflow returns or their squares."""
+    big = np.abs(x) > inputs.MAX_REWARD
+    if np.any(big):
+        i = tuple(int(j) for j in np.argwhere(big)[0])
+        raise PGBenchError(f"{name} has an entry of magnitude {abs(x[i]):.3g} at index {i}: returns and their "
+                           f"variances would overflow; rescale it below {inputs.MAX_REWARD:.0e}")
 
 
 def _noise_scale(name: str, x, shape: tuple) -> np.ndarray:
@@ -80,6 +78,11 @@ class TabularMDP:
     @classmethod
     def from_dense(cls, P, R, rho0, gamma, horizon=None, terminal=None, reward_std=None,
                    reward_width=None, max_steps=None, name="mdp") -> "TabularMDP":
+        shape = np.shape(P)
+        if len(shape) == 3:
+            # P itself, the mask, the stable argsort (int64) and the gathered probabilities
+            inputs.require_memory(4 * 8 * float(np.prod(shape, dtype=float)), f"a dense P of shape {shape}",
+                                  "build large problems in the sparse form (TabularMDP.from_sparse)")
         P = _as_float("P", P)  # numeric and finite; error indices refer to P[s, a, s'] as given
         if P.ndim != 3 or P.shape[0] != P.shape[2]:
             raise PGBenchError(f"P must have shape (S, A, S); got {P.shape}")
@@ -117,6 +120,7 @@ class TabularMDP:
         if next_idx.min() < 0 or next_idx.max() >= S:
             raise PGBenchError(f"next_idx has a state outside 0..{S - 1}")
         R = _as_float("R", R, (S, A))
+        _bounded("R", R)
         rho0 = _as_float("rho0", rho0, (S,))
         gamma = _check_gamma(gamma)
         horizon = _check_horizon(horizon)
@@ -127,7 +131,7 @@ class TabularMDP:
             if terminal.shape != (S,):
                 raise PGBenchError(f"terminal has shape {terminal.shape}, expected {(S,)}")
             if terminal.dtype != bool:
-                if not np.all(np.isin(terminal, (0, 1))):
+                if terminal.dtype.kind not in "iuf" or not np.all(np.isin(terminal, (0, 1))):
                     raise PGBenchError("terminal must be boolean (0/1)")
                 terminal = terminal.astype(bool)
             else:
@@ -139,6 +143,7 @@ class TabularMDP:
             noise, scale = "gaussian", _noise_scale("reward_std", reward_std, (S, A))
         elif reward_width is not None:
             noise, scale = "uniform", _noise_scale("reward_width", reward_width, (S, A))
+        _bounded("reward noise scale", scale)
         if np.any(scale < 0):
             raise PGBenchError("reward noise scale must be non-negative")
         # probabilities: non-negative rows summing to one
@@ -156,9 +161,7 @@ class TabularMDP:
             s = int(np.flatnonzero(terminal & (rho0 > 0))[0])
             raise PGBenchError(f"rho0 puts mass on terminal state {s}")
         if max_steps is not None:
-            max_steps = int(max_steps)
-            if max_steps < 1:
-                raise PGBenchError(f"max_steps must be a positive integer; got {max_steps}")
+            max_steps = inputs.integer("max_steps", max_steps, 1)
         # exact normalisation within tolerance; rows already within rounding of 1 are kept as they
         # are, so that normalising is idempotent (a saved and reloaded problem is bit-identical)
         renorm = np.abs(sums - 1.0) > 2 * K * np.finfo(np.float64).eps
@@ -271,11 +274,8 @@ class TabularMDP:
 
 
 def _check_gamma(gamma) -> float:
-    try:
-        g = float(gamma)
-    except (TypeError, ValueError):
-        raise PGBenchError(f"gamma must be a number in [0, 1]; got {gamma!r}") from None
-    if not np.isfinite(g) or g < 0.0 or g > 1.0:
+    g = inputs.real_scalar("gamma", gamma)
+    if g < 0.0 or g > 1.0:
         raise PGBenchError(f"gamma must be in [0, 1]; got {gamma!r}")
     return g
 
@@ -283,10 +283,6 @@ def _check_gamma(gamma) -> float:
 def _check_horizon(horizon) -> Optional[int]:
     if horizon is None:
         return None
-    try:
-        h = int(horizon)
-    except (TypeError, ValueError):
-        raise PGBenchError(f"horizon must be a positive integer or None; got {horizon!r}") from None
-    if h != horizon or h < 1:
-        raise PGBenchError(f"horizon must be a positive integer or None; got {horizon!r}")
-    return h
+    if isinstance(horizon, (float, np.floating)) and float(horizon).is_integer():
+        horizon = int(horizon)  # 20.0 from a file or a computation is the integer 20
+    return inputs.integer("horizon (a positive integer, or None for unbounded)", horizon, 1)

@@ -5,15 +5,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pgbench import inputs
 from pgbench.errors import PGBenchError
 from pgbench.problems.policies import softmax_rows
 
 
 def _numeric_theta(theta) -> np.ndarray:
-    try:
-        return np.array(theta, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise PGBenchError("theta must be a numeric array") from None
+    return inputs.real_array("theta", theta).reshape(-1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,8 +68,8 @@ class CategoricalObjective:
     kind = "categorical"
 
     def __post_init__(self):
-        t = np.array(self.target, dtype=np.float64).reshape(-1)
-        if t.size < 2 or not np.all(np.isfinite(t)):
+        t = inputs.real_array("categorical target", self.target).reshape(-1)
+        if t.size < 2:
             raise PGBenchError("categorical target must be a finite vector with at least 2 entries")
         t.setflags(write=False)
         object.__setattr__(self, "target", t)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pgbench import inputs
 from pgbench.errors import PGBenchError
 
 
@@ -39,10 +40,7 @@ class SoftmaxPolicy:
         return int(np.prod(self.theta_shape))
 
     def check_theta(self, theta) -> np.ndarray:
-        try:
-            th = np.array(theta, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise PGBenchError("theta must be a numeric array") from None
+        th = inputs.real_array("theta", theta)
         if th.shape != self.theta_shape:
             if th.size == self.dim and th.ndim <= 1:
                 th = th.reshape(self.theta_shape)
@@ -142,10 +140,7 @@ class LinearSoftmax(SoftmaxPolicy):
     kind = "linear"
 
     def __init__(self, features):
-        try:
-            phi = np.array(features, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise PGBenchError("features must be a numeric (S, A, d) array") from None
+        phi = inputs.real_array("features", features)
         if phi.ndim != 3:
             raise PGBenchError(f"features must have shape (S, A, d); got {phi.shape}")
         if not np.all(np.isfinite(phi)):

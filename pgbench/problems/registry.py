@@ -1,6 +1,7 @@
 """Problem ids: ``name`` or ``name:key=value,key=value`` (bsuite-style), or a path to a ``.npz``."""
 from __future__ import annotations
 
+import decimal
 import inspect
 import os
 
@@ -52,14 +53,15 @@ def coerce(value: str, default, what: str):
         if isinstance(default, (int, float)) and not np.isfinite(float(value)):
             raise PGBenchError(f"{what}: {value!r} is not a finite number")
         if isinstance(default, int):
-            f = float(value)
-            if f != int(f):
+            # exact: "1e9" is 10^9, and 2^53 + 1 is not rounded to 2^53 on the way through a float
+            d = decimal.Decimal(value.strip())
+            if d != d.to_integral_value():
                 raise ValueError(value)
-            return int(f)
+            return int(d)
         if isinstance(default, float):
             return float(value)
         return value
-    except ValueError as exc:
+    except (ValueError, ArithmeticError) as exc:
         if isinstance(exc, PGBenchError):
             raise
         raise PGBenchError(f"{what}: cannot read {value!r} as {type(default).__name__}") from None

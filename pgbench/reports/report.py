@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from pgbench.errors import PGBenchError
-from pgbench.suites.store import FORMAT_VERSION, atomic_write_bytes, atomic_write_text, read_json
+from pgbench.suites.store import FORMAT_VERSION, atomic_write_bytes, atomic_write_text, check_cell, read_json
 
 ALPHA = 1e-3
 """Level of the per-estimator test of ``mean = exact gradient`` behind the verdicts."""
@@ -72,7 +72,9 @@ def load_run(run_dir) -> tuple[dict, list[dict]]:
     if os.path.isdir(cells_dir):
         for f in sorted(os.listdir(cells_dir)):
             if f.endswith(".json") and not f.startswith(".tmp-"):
-                cells.append(_check_cell(read_json(os.path.join(cells_dir, f)), os.path.join(cells_dir, f)))
+                rec = _check_cell(read_json(os.path.join(cells_dir, f)), os.path.join(cells_dir, f))
+                check_cell(meta, rec, os.path.join(cells_dir, f))  # provenance: no cell of another run
+                cells.append(rec)
     elif os.path.exists(cells_dir):
         raise PGBenchError(f"malformed run directory {path}: 'cells' is not a directory")
     return meta, cells
@@ -633,10 +635,11 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
     versions = ", ".join(f"{k} {env[k]}" for k in ("pgbench", "python", "numpy", "numba", "scipy", "pandas")
                          if env.get(k))
     meta_rows = [["started", str(meta.get("started") or "-")], ["ended", str(meta.get("ended") or "-")],
-                 ["status", B(meta.get("status")) if meta.get("status") not in ("complete",) else "complete"],
+                 # "finishing": every cell is done and this report is what the run writes last
+                 ["status", B(meta.get("status")) if meta.get("status") not in ("complete", "finishing") else "complete"],
                  ["mode", "quick (CI subset)" if quick else ("full" if quick is not None else "-")],
                  ["seed", str(meta.get("seed", "-"))], ["git commit", C(meta.get("git_commit") or "unknown")],
-                 ["sampler fingerprint", C(meta.get("sampler_fingerprint") or "not recorded")],
+                 ["sampler fingerprint", C((meta.get("provenance") or {}).get("sampler") or "not recorded")],
                  ["machine", machine or "-"], ["versions", versions or "-"],
                  ["source", str(meta.get("source") or "-")],
                  ["suites", ", ".join(meta.get("suites") or []) or "-"],

@@ -39,6 +39,7 @@ class DaskExecutor:
 
 
 def make_executor(kind: str, scheduler: str | None = None, workers: int = 2, threads_per_cell: int = 1):
+    """An executor for :func:`run_on_executor`: ``dask`` (a running scheduler) or ``dask-local``."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
@@ -52,6 +53,9 @@ def make_executor(kind: str, scheduler: str | None = None, workers: int = 2, thr
             raise PGBenchError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
         return DaskExecutor(client, None, threads_per_cell)
     if kind == "dask-local":
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise PGBenchError(f"--workers must be an integer >= 1 (a cluster with no worker never finishes); "
+                               f"got {workers!r}")
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None)
         return DaskExecutor(Client(cluster), cluster, threads_per_cell)

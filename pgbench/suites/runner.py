@@ -1,16 +1,22 @@
 """Running suites: cells in order, each written as soon as it finishes; ``resume`` skips
-finished cells. The same engine serves ``pgbench run`` and the pytest plugin."""
+finished cells. The same engine serves ``pgbench run`` and the pytest plugin.
+
+Each cell record carries its provenance (:func:`cell_provenance`); a run holds the lock of its
+directory while it writes; ``meta.json`` says ``complete`` only once the report is written."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from pgbench.errors import PGBenchError
+from pgbench import inputs
+from pgbench.errors import PGBenchError, ProvenanceError
 from pgbench.suites.registry import Suite, get_suite, select
-from pgbench.suites.store import RunDir, to_jsonable
+from pgbench.suites.store import RunDir, RunLock, check_new_run_dir, to_jsonable
 
 SCATTER_EPISODES = 1500
 LOO_ESTIMATORS = ("rloo", "w_baseline_loo", "time_baseline_loo")
@@ -30,6 +36,25 @@ def suite_theta(suite: Suite, problem):
 
 def cell_id(suite: Suite, N: int) -> str:
     return f"{suite.id}/N={N}"
+
+
+def suite_definition(suite: Suite, quick: bool) -> str:
+    """A hash of what a suite's cells measure (problem, theta, estimators, trials): a cell made
+    under another definition of the suite must not be resumed into this one."""
+    what = [suite.problem, suite.theta, list(suite.estimators), suite.n_trials(quick), bool(suite.proxy)]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+
+
+def run_provenance() -> dict:
+    """What a run's cells must share: the pgbench version and the sampler's fingerprint."""
+    import pgbench
+    from pgbench.measure.fingerprint import sampler_fingerprint
+    return {"pgbench": pgbench.__version__, "sampler": sampler_fingerprint()}
+
+
+def cell_provenance(suite: Suite, N: int, quick: bool, seed: int, K: int) -> dict:
+    return {"suite": suite.id, "cell": cell_id(suite, N), "seed": seed, "trials": K, "quick": bool(quick),
+            "definition": suite_definition(suite, quick), **run_provenance()}
 
 
 def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str = "cpu") -> dict:
@@ -53,7 +78,8 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
     rec = {"suite": suite.id, "cell": cell_id(suite, N), "N": N, "K": suite.n_trials(quick), "seed": seed,
            "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
            "rows": df.to_dict(orient="records"), "paired": list(df.attrs["paired"]),
-           "wall_seconds": time.time() - t0 - t_own, "own_cost_seconds": t_own}
+           "wall_seconds": time.time() - t0 - t_own, "own_cost_seconds": t_own,
+           "provenance": cell_provenance(suite, N, quick, seed, suite.n_trials(quick))}
     if prob.kind == "mdp":
         from pgbench.exact import exact
         gt = exact(prob, theta)
@@ -85,9 +111,14 @@ def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
     return [(s.id, N) for s in suites for N in s.cells(quick)]
 
 
-def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int = 0, resume: str | None = None,
-        progress: bool | None = None, executor=None, report: bool = True, backend: str = "cpu") -> str:
+def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed: int | None = None,
+        resume: str | None = None, progress: bool | None = None, executor=None, report: bool = True,
+        backend: str = "cpu") -> str:
     """Run suites into a run directory (a new one, or the one ``resume`` names); returns its path.
+    A new run defaults to the full cells (``quick=False``) and seed 0.
+
+    With ``resume``, ``suite_ids``, ``quick`` and ``seed`` are left out or must agree with the
+    run's (a conflict is refused, not silently overridden).
 
     ``progress``: ``None`` (default) shows a progress bar on a terminal and otherwise (CI, a
     redirect) one line per finished cell on stderr; ``True`` forces the bar, ``False`` is silent.
@@ -96,17 +127,60 @@ def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int =
     from pgbench.measure.backend import resolve_backend
     backend = resolve_backend(backend)
     if resume:
-        rd = RunDir.open(resume)
-        meta = rd.meta()
-        suite_ids, quick, seed = meta["suites"], meta["quick"], meta["seed"]
-        rd.update_meta(status="running")
+        path = resume
+        if not os.path.isdir(path):
+            raise PGBenchError(f"no run directory at {path}")
     else:
+        seed = inputs.seed(0 if seed is None else seed)
+        quick = bool(quick)
         suites = select(suite_ids)
         suite_ids = [s.id for s in suites]
         if out is None:
             out = os.path.join("results", time.strftime("run-%Y%m%d-%H%M%S") + ("-quick" if quick else ""))
-        rd = RunDir.create(out, suite_ids, quick, seed)
-        rd.update_meta(backend=backend)
+        path = out
+        check_new_run_dir(path)  # before making anything
+    lock = RunLock(path).acquire()
+    try:
+        if lock.took_over:
+            print(f"pgbench: taking over {path} from a run that is gone ({lock.took_over})", file=sys.stderr)
+        if resume:
+            rd = RunDir.open(path)
+            meta = rd.meta()
+            _check_resume(rd, meta, suite_ids, quick, seed)
+            suite_ids, quick, seed = meta["suites"], meta["quick"], meta["seed"]
+            rd.update_meta(status="running")
+        else:
+            rd = RunDir.create(path, suite_ids, quick, seed, provenance=run_provenance())
+            rd.update_meta(backend=backend)
+        return _run_cells(rd, suite_ids, quick, seed, progress, executor, report, backend)
+    finally:
+        lock.release()
+
+
+def _check_resume(rd: RunDir, meta: dict, suite_ids, quick: bool, seed: int) -> None:
+    """Options that disagree with the run being continued, and cells that do not belong to it
+    (another seed, suite, sampler or suite definition), are refused before anything runs."""
+    given = {"suites": [s.id for s in select(suite_ids)] if suite_ids else None, "quick": quick, "seed": seed}
+    for key, val in given.items():
+        if val is not None and val != meta.get(key):
+            raise ProvenanceError(f"--resume {rd.path}: the run has {key}={meta.get(key)!r}, but {key}={val!r} was "
+                                  f"given; resume takes its settings from the run (drop the option, or start a new run)")
+    if "provenance" not in meta:
+        raise ProvenanceError(f"{rd.path} was written by a pgbench without run provenance: it cannot be continued "
+                              "safely; start a new run")
+    now = run_provenance()
+    for key, label in (("sampler", "sampler fingerprint"), ("pgbench", "pgbench version")):
+        if meta["provenance"].get(key) != now[key]:
+            raise ProvenanceError(f"{rd.path} was made with {label} {meta['provenance'].get(key)!r}, this pgbench "
+                                  f"has {now[key]!r}: its cells would not mix with new ones; start a new run")
+    for rec in rd.cells():  # check_cell against meta on the way
+        suite = get_suite(rec["suite"])
+        if rec["provenance"].get("definition") != suite_definition(suite, meta["quick"]):
+            raise ProvenanceError(f"cell {rec['cell']!r} was made by another definition of suite {suite.id} "
+                                  "(problem, estimators or trials changed since); start a new run")
+
+
+def _run_cells(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend) -> str:
     cells = [c for c in plan([get_suite(s) for s in suite_ids], quick) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
     quiet = progress is False
     lines = progress is None and not sys.stderr.isatty()  # no terminal: a line per cell instead of a bar
@@ -134,12 +208,16 @@ def run(suite_ids=None, quick: bool = False, out: str | None = None, seed: int =
               file=sys.stderr)
         raise
     bar.close()
-    rd.finalize()
-    if report:
-        from pgbench.reports.report import write_report
-        if not quiet:
-            _say("writing the report (figures and tables)")
-        write_report(rd.path, progress=None if quiet else _say)
+    if not report:
+        rd.finalize()
+        return rd.path
+    # "complete" only once the report exists: until then the run is finishing
+    rd.finalize(status="finishing")
+    from pgbench.reports.report import write_report
+    if not quiet:
+        _say("writing the report (figures and tables)")
+    write_report(rd.path, progress=None if quiet else _say)
+    rd.update_meta(status="complete")
     return rd.path
 
 

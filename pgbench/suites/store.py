@@ -10,7 +10,15 @@ Layout of a run directory::
     benchmark.json       pytest-benchmark's JSON, when the run came from pytest
     report.md, report.html, figures/   written by ``pgbench report``
 
-Every file is written to a temporary name in the same directory and renamed into place.
+Every file is written to a temporary name in the same directory and renamed into place, with
+the permissions the process's umask gives a new file.
+
+Provenance: ``meta.json`` records what makes the run's numbers (seed, quick, trials, suites, the
+pgbench version and the sampler's fingerprint) and every cell record carries the same facts
+about itself (``provenance``); :func:`check_cell` refuses a cell that does not belong (another
+seed, a suite the run does not include, another sampler, a renamed file). While a run writes
+its directory it holds ``.lock`` (an advisory ``flock``, released by the kernel if the process
+dies, so a lock left by a killed run is taken over).
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from pgbench.errors import PGBenchError
+from pgbench.errors import PGBenchError, ProvenanceError, RunLockedError
 
 FORMAT_VERSION = 1
 
@@ -38,6 +46,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open would not
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -47,6 +57,20 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc says it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -106,11 +130,163 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "numba_threads": numba.config.NUMBA_NUM_THREADS}
 
 
-def _sampler_fingerprint() -> str:
-    """The sampler's fingerprint (:func:`pgbench.measure.fingerprint.sampler_fingerprint`): runs
-    whose fingerprints differ were drawn by different samplers and must not be mixed."""
-    from pgbench.measure.fingerprint import sampler_fingerprint
-    return sampler_fingerprint()
+# ------------------------------------------------------------------------------------------ provenance
+
+LEFTOVERS = ("cells", "results.csv", "report.md")
+
+
+def check_new_run_dir(path: str) -> None:
+    """Refuse a directory that already holds a run, or the remains of one without its meta.json
+    (its cells would otherwise be taken as the new run's)."""
+    if os.path.exists(os.path.join(path, "meta.json")):
+        raise PGBenchError(f"{path} already holds a run; use --resume to continue it or choose another --out")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise PGBenchError(f"--out {path} is a file, not a directory")
+    cells = os.path.join(path, "cells")
+    left = [f for f in LEFTOVERS if os.path.exists(os.path.join(path, f))
+            and not (f == "cells" and os.path.isdir(cells) and not os.listdir(cells))]
+    if left:
+        raise ProvenanceError(f"{path} holds {', '.join(left)} but no meta.json: the remains of another run, not "
+                              "one to continue; choose an empty --out")
+
+
+def check_cell(meta: dict, rec: dict, where: str) -> None:
+    """Refuse (:class:`ProvenanceError`, one line naming the cell) a cell record that the run
+    described by ``meta`` did not make. Runs written before provenance existed are checked on
+    what their records hold (seed, quick, suite, file name)."""
+    cell = rec.get("cell")
+    name = os.path.basename(where)
+    if name.endswith(".json") and isinstance(cell, str) and cell_filename(cell) != name:
+        raise ProvenanceError(f"{where} holds cell {cell!r}, not the cell its name says: a copied or renamed file")
+    suites = meta.get("suites")
+    if suites and rec.get("suite") not in suites:
+        raise ProvenanceError(f"cell {cell!r} ({where}) belongs to suite {rec.get('suite')!r}, which this run does "
+                              f"not include")
+    run_prov = meta.get("provenance")
+    prov = rec.get("provenance")
+    if run_prov is not None and not isinstance(prov, dict):
+        raise ProvenanceError(f"cell {cell!r} ({where}) carries no provenance: this run did not make it")
+    expected = {"seed": meta.get("seed"), "quick": meta.get("quick")}
+    if meta.get("trials") is not None:
+        expected["K"] = meta["trials"]
+    for key, want in expected.items():
+        have = rec.get(key)
+        if want is not None and (have is not None or run_prov is not None) and have != want:
+            label = "trials K" if key == "K" else key
+            raise ProvenanceError(f"cell {cell!r} ({where}) was made with {label}={have!r}, but this run has "
+                                  f"{label}={want!r}")
+    if run_prov is None:
+        return
+    own = {"suite": rec.get("suite"), "cell": cell, "seed": rec.get("seed"), "quick": rec.get("quick"),
+           "trials": rec.get("K")}
+    for key, have in own.items():
+        if prov.get(key) != have:
+            raise ProvenanceError(f"cell {cell!r} ({where}): its provenance says {key}={prov.get(key)!r} but the "
+                                  f"record says {have!r} (edited by hand?)")
+    for key, label in (("sampler", "sampler fingerprint"), ("pgbench", "pgbench version")):
+        if prov.get(key) != run_prov.get(key):
+            raise ProvenanceError(f"cell {cell!r} ({where}) was made with {label} {prov.get(key)!r}, but this run "
+                                  f"with {run_prov.get(key)!r}: another sampler's numbers must not mix")
+
+
+class RunLock:
+    """``DIR/.lock``: held (``flock``) while a process writes a run directory.
+
+    The file names the holder (pid, host, time) for the refusal message; the kernel drops the
+    ``flock`` when the holder dies, so a lock file left by a killed run is found unlocked and
+    taken over. Where ``fcntl`` is missing, a lock file whose pid is not alive counts as stale."""
+
+    NAME = ".lock"
+
+    def __init__(self, path: str):
+        self.dir = path
+        self.path = os.path.join(path, self.NAME)
+        self.fd = None
+        self.took_over = None  # the stale holder's description, if one was taken over
+
+    def acquire(self) -> "RunLock":
+        os.makedirs(self.dir, exist_ok=True)
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                if not self._lock(fd):
+                    raise RunLockedError(f"{self.dir} is being written by another run ({self._holder(fd)}); wait "
+                                         f"for it to finish, or choose another directory")
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:  # the holder released and removed it between our open and lock: retry
+                    os.close(fd)
+                    continue
+                previous = self._holder(fd)
+                if previous:
+                    self.took_over = previous
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
+                                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+                os.fsync(fd)
+                self.fd = fd
+                return self
+            except BaseException:
+                if self.fd is None:
+                    os.close(fd)
+                raise
+        raise RunLockedError(f"cannot lock {self.dir}: its lock file keeps changing")
+
+    def _lock(self, fd: int) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: trust a live pid
+            info = self._read(fd)
+            pid = info.get("pid") if info else None
+            return not (isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    @staticmethod
+    def _read(fd: int) -> dict | None:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            info = json.loads(os.read(fd, 4096).decode() or "null")
+            return info if isinstance(info, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def _holder(self, fd: int) -> str:
+        info = self._read(fd)
+        if not info:
+            return ""
+        return f"pid {info.get('pid')} on {info.get('host') or '?'} since {info.get('since') or '?'}"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still held: a waiting process then retries on a fresh file
+        except OSError:
+            pass
+        os.close(self.fd)  # drops the flock
+        self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:  # pragma: no cover - used where fcntl is missing
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunDir:
@@ -128,16 +304,20 @@ class RunDir:
         return os.path.join(self.path, "cells")
 
     @classmethod
-    def create(cls, path: str, suites: Iterable[str], quick: bool, seed: int, source: str = "pgbench run") -> "RunDir":
-        if os.path.exists(os.path.join(path, "meta.json")):
-            raise PGBenchError(f"{path} already holds a run; use --resume to continue it or choose another --out")
+    def create(cls, path: str, suites: Iterable[str], quick: bool, seed: int, source: str = "pgbench run",
+               provenance: dict | None = None, trials: int | None = None) -> "RunDir":
+        """A new run directory. ``provenance`` (pgbench version and sampler fingerprint) makes
+        every cell written later be checked against the run (:func:`check_cell`)."""
+        check_new_run_dir(path)
         os.makedirs(os.path.join(path, "cells"), exist_ok=True)
         rd = cls(path)
-        write_json(rd.meta_path, {"format": FORMAT_VERSION, "suites": list(suites), "quick": bool(quick),
-                                  "seed": int(seed), "git_commit": git_commit(), "environment": environment(),
-                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ended": None,
-                                  "status": "running", "source": source,
-                                  "sampler_fingerprint": _sampler_fingerprint()})
+        meta = {"format": FORMAT_VERSION, "suites": list(suites), "quick": bool(quick), "seed": int(seed),
+                "trials": trials, "git_commit": git_commit(), "environment": environment(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ended": None, "status": "running",
+                "source": source}
+        if provenance is not None:
+            meta["provenance"] = dict(provenance)
+        write_json(rd.meta_path, meta)
         return rd
 
     @classmethod
@@ -167,10 +347,24 @@ class RunDir:
         return cell_filename(cell_id) in self.done()
 
     def write_cell(self, record: dict) -> None:
-        write_json(os.path.join(self.cells_dir, cell_filename(record["cell"])), record)
+        """Write a finished cell, after checking that it belongs to this run (a worker with
+        another sampler, say, is refused before its numbers land)."""
+        path = os.path.join(self.cells_dir, cell_filename(record["cell"]))
+        check_cell(self.meta(), to_jsonable(record), path)
+        write_json(path, record)
 
     def cells(self) -> list[dict]:
-        return [read_json(os.path.join(self.cells_dir, f)) for f in sorted(self.done())]
+        """The finished cells, each checked against the run's provenance (:func:`check_cell`)."""
+        meta = self.meta()
+        out = []
+        for f in sorted(self.done()):
+            path = os.path.join(self.cells_dir, f)
+            rec = read_json(path)
+            if not isinstance(rec, dict):
+                raise PGBenchError(f"malformed cell record {path}: expected a JSON object")
+            check_cell(meta, rec, path)
+            out.append(rec)
+        return out
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(results, paired) over all finished cells."""
