@@ -504,9 +504,21 @@ def _groups(specs):
     return groups
 
 
+def dp_supports(spec) -> bool:
+    """Whether the dynamic programme (:mod:`pgbench.exact.dp`) gives this estimator's exact moments."""
+    from pgbench.exact.dp import dp_supports as ok
+    return ok(parse(spec))
+
+
 def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = DEFAULT_LIMIT, cov: bool = False,
-                  max_steps: Optional[int] = None, opt_b: Optional[float] = None) -> ExactMoments:
+                  max_steps: Optional[int] = None, opt_b: Optional[float] = None, method: str = "auto"
+                  ) -> ExactMoments:
     """Exact mean, variance and MSE of batch-N estimates of ``estimators`` on ``problem``.
+
+    ``method``: ``"dp"`` (dynamic programming over (t, s), :mod:`pgbench.exact.dp`: no
+    enumeration, any problem size), ``"enumerate"`` (trajectory enumeration, every estimator but
+    ``natural``, small problems only) or ``"auto"`` (the DP when it covers every estimator asked
+    for and no covariance is wanted, else enumeration).
 
     Parameters
     ----------
@@ -545,6 +557,12 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
         if N < 2 and sp.name in ("rloo", "w_baseline_loo", "time_baseline_loo"):
             raise PGBenchError(f"{sp.name} needs batch size N >= 2 (leave-one-out); got N={N}")
     th = prob.resolve_theta(theta)
+    if method not in ("auto", "dp", "enumerate"):
+        raise PGBenchError(f"method must be 'auto', 'dp' or 'enumerate'; got {method!r}")
+    if method == "dp" and cov:
+        raise PGBenchError("the full covariance comes from enumeration only (method='enumerate')")
+    if method == "dp" or (method == "auto" and not cov and all(dp_supports(sp) for sp in specs)):
+        return _exact_moments_dp(prob, specs, N, th, max_steps, opt_b)
     trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
     n = len(trajs)
     groups = _groups(specs)
@@ -622,6 +640,43 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
         extras["optimal_const_baseline_b"] = float(opt_b)
     return ExactMoments(prob, th, [sp.label for sp in specs], N, m1, targets, variance, mse, var1, mse1, cov_out, n,
                         trunc, cap, extras)
+
+
+def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments:
+    """:func:`exact_moments` by the dynamic programme of :mod:`pgbench.exact.dp`."""
+    from pgbench.exact import exact
+    from pgbench.exact import dp
+    from pgbench.measure.engine import oracle_tables, perturbed_critic
+
+    for sp in specs:
+        why = dp.why_not(sp)
+        if why is not None:
+            raise PGBenchError(f"no exact moments by dynamic programming for {sp.label}: {why}")
+    mdp = prob.mdp
+    cap = _cap(prob, max_steps)
+    finite = mdp.horizon is not None
+    gt = exact(prob, th)
+    V, Q = oracle_tables(gt)
+    critics = {}
+    for j, sp in enumerate(specs):
+        if sp.name in ("gae", "td0"):
+            critics[j] = V if sp.p["critic"] == "exact" else \
+                perturbed_critic(V, mdp.terminal, sp.p["scale"], sp.p["seed"], finite)
+    mean, m2, is_batch, cut, rm = dp.dp_moments(prob, specs, th, N, cap, V, Q, critics, opt_b)
+    targets = np.stack([(exact(prob, th, beta=sp.p["beta"]) if sp.name == "entropy_bonus" else gt).grad.reshape(-1)
+                        for sp in specs])
+    bias = mean - targets
+    b2 = np.einsum("ej,ej->e", bias, bias)
+    var_at = np.maximum(m2 - np.einsum("ej,ej->e", mean, mean), 0.0)
+    variance = np.where(is_batch, var_at, var_at / N)
+    mse = variance + b2
+    extras = {"method": "dp"}
+    if rm is not None:
+        extras["optimal_const_baseline_b"] = float(rm.b_star if opt_b is None else opt_b)
+    return ExactMoments(prob, th, [sp.label for sp in specs], N, mean, targets, variance, mse,
+                        np.where(is_batch, np.nan, var_at), np.where(is_batch, np.nan, m2 - 2 * (mean * targets).sum(1)
+                                                                     + (targets * targets).sum(1)),
+                        None, -1, cut, cap, extras)
 
 
 def exact_variance(problem, estimator, batch: int = 1, theta=None, **kw) -> float:
