@@ -53,6 +53,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numba import njit
+
 from pgbench.errors import PGBenchError
 
 __all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "return_moments", "trace_moments",
@@ -107,17 +109,11 @@ class _Chain:
     u: np.ndarray  # (S, A, d) scores
     R: np.ndarray  # (S, A) mean rewards
     var: np.ndarray  # (S, A) reward noise variance
-    P: np.ndarray  # (S, A, S)
-    prop: np.ndarray  # (S, S A): next-state mass pi(a|s) P(s'|s, a), s' non-terminal only (transposed)
-    p_end: np.ndarray  # (S, A): Pr(s' terminal | s, a)
+    nidx: np.ndarray  # (S, A, K) successor slots
+    nprob: np.ndarray  # (S, A, K)
     rho0: np.ndarray
     terminal: np.ndarray
     horizon: float  # the problem's horizon (inf when unbounded)
-
-    def step(self, X: np.ndarray) -> np.ndarray:
-        """``X'[s'] = sum_(s, a) pi(a|s) P(s'|s, a) X[s, a]`` over non-terminal s' (X: (S, A, ...))."""
-        tail = X.shape[2:]
-        return (self.prop @ X.reshape(self.S * self.A, -1)).reshape((self.S,) + tail)
 
 
 def _chain(problem, th, cap: int) -> _Chain:
@@ -125,13 +121,11 @@ def _chain(problem, th, cap: int) -> _Chain:
     pi = np.asarray(problem.policy.probs(th), float)
     u = np.ascontiguousarray(problem.policy.score_table(th), dtype=float)
     S, A, d = u.shape
-    P = np.asarray(mdp.P, float)
-    live = ~np.asarray(mdp.terminal, bool)
-    prop = (pi[:, :, None] * P * live[None, None, :]).reshape(S * A, S).T.copy()
-    p_end = (P * (~live)[None, None, :]).sum(axis=2)
-    return _Chain(S, A, d, cap, mdp.horizon is not None, float(mdp.gamma), pi, u, np.asarray(mdp.R, float),
-                  np.asarray(mdp.reward_variance(), float), P, prop, p_end, np.asarray(mdp.rho0, float),
-                  np.asarray(mdp.terminal, bool), np.inf if mdp.horizon is None else float(mdp.horizon))
+    c = np.ascontiguousarray
+    return _Chain(S, A, d, cap, mdp.horizon is not None, float(mdp.gamma), c(pi), u, c(mdp.R, dtype=float),
+                  c(mdp.reward_variance(), dtype=float), c(mdp.next_idx, dtype=np.int64),
+                  c(mdp.next_prob, dtype=float), c(mdp.rho0, dtype=float),
+                  c(mdp.terminal, dtype=np.bool_), np.inf if mdp.horizon is None else float(mdp.horizon))
 
 
 # ----------------------------------------------------------------------------------------------- return family
@@ -187,156 +181,248 @@ class ReturnMoments:
         return a * EX - c * EY, float(a * a * XX - 2 * a * c * XY + c * c * YY)
 
 
-def return_moments(ch: _Chain) -> ReturnMoments:
-    """One forward pass for the return family."""
-    S, A, d = ch.S, ch.A, ch.d
-    u, uu = ch.u, ch.u * ch.u
-    P = ch.rho0.copy()
-    R1, R2 = np.zeros(S), np.zeros(S)
-    z0, z1, z2 = (np.zeros((S, d)) for _ in range(3))
-    q0, q1, q2 = (np.zeros((S, d)) for _ in range(3))  # E[R^k z * z]
-    tot_s = np.zeros(3)
-    tot_v = np.zeros((3, d))
-    tot_q = np.zeros((3, d))
-    pe = ch.p_end[:, :, None]
-    for t in range(ch.cap):
-        c = ch.gamma ** t
-        r = c * ch.R[:, :, None]  # (S, A, 1)
-        r2 = c * c * (ch.R * ch.R + ch.var)[:, :, None]
-        Pa = P[:, None, None]
-        a1 = R1[:, None, None]
-        a2 = R2[:, None, None]
-        nP = np.broadcast_to(Pa, (S, A, 1))
-        nR1 = a1 + r * Pa
-        nR2 = a2 + 2 * r * a1 + r2 * Pa
-        nz0 = z0[:, None, :] + u * Pa
-        Rz = z1[:, None, :] + a1 * u  # E[R (z + u)]
-        R2z = z2[:, None, :] + a2 * u
-        nz1 = Rz + r * nz0
-        nz2 = R2z + 2 * r * Rz + r2 * nz0
-        nq0 = q0[:, None, :] + 2 * z0[:, None, :] * u + uu * Pa
-        Rq = q1[:, None, :] + 2 * z1[:, None, :] * u + uu * a1
-        R2q = q2[:, None, :] + 2 * z2[:, None, :] * u + uu * a2
-        nq1 = Rq + r * nq0
-        nq2 = R2q + 2 * r * Rq + r2 * nq0
-        scal = np.concatenate([nP, nR1, nR2], axis=2)  # (S, A, 3)
-        vecs = np.stack([nz0, nz1, nz2, nq0, nq1, nq2], axis=2)  # (S, A, 6, d)
-        last = t + 1 == ch.cap
-        w_end = ch.pi[:, :, None] * (1.0 if last else pe)  # every episode ends at the cap
-        tot_s += (w_end * scal).sum(axis=(0, 1))
-        vv = (w_end[:, :, :, None] * vecs).sum(axis=(0, 1))
-        tot_v += vv[:3]
-        tot_q += vv[3:]
+@njit(cache=True)
+def _return_pass(rho0, pi, u, nidx, nprob, terminal, R, var, gpow, cap, tot_s, tot_v, tot_q):
+    """Forward pass of the return family: ``tot_s[k] = E[R^k]``, ``tot_v[k] = E[R^k z]``,
+    ``tot_q[k] = E[R^k z * z]`` over ended episodes (k = 0, 1, 2)."""
+    S, A, d = u.shape
+    K = nidx.shape[2]
+    P = rho0.copy()
+    R1 = np.zeros(S)
+    R2 = np.zeros(S)
+    V = np.zeros((6, S, d))  # E[z], E[R z], E[R^2 z], E[z z], E[R z z], E[R^2 z z]
+    nP = np.zeros(S)
+    nR1 = np.zeros(S)
+    nR2 = np.zeros(S)
+    nV = np.zeros((6, S, d))
+    x = np.zeros(6)
+    for t in range(cap):
+        last = t + 1 == cap
+        c = gpow[t]
+        nP[:] = 0.0
+        nR1[:] = 0.0
+        nR2[:] = 0.0
+        nV[:] = 0.0
+        for s in range(S):
+            p = P[s]
+            if p == 0.0:
+                continue
+            a1 = R1[s]
+            a2 = R2[s]
+            for a in range(A):
+                pa = pi[s, a]
+                if pa == 0.0:
+                    continue
+                r = c * R[s, a]
+                r2 = c * c * (R[s, a] * R[s, a] + var[s, a])
+                p_end = 0.0
+                for k in range(K):
+                    if terminal[nidx[s, a, k]]:
+                        p_end += nprob[s, a, k]
+                w_end = pa * (1.0 if last else p_end)
+                e1 = a1 + r * p
+                e2 = a2 + 2.0 * r * a1 + r2 * p
+                tot_s[0] += w_end * p
+                tot_s[1] += w_end * e1
+                tot_s[2] += w_end * e2
+                if not last:
+                    for k in range(K):
+                        sn = nidx[s, a, k]
+                        wk = pa * nprob[s, a, k]
+                        if wk != 0.0 and not terminal[sn]:
+                            nP[sn] += wk * p
+                            nR1[sn] += wk * e1
+                            nR2[sn] += wk * e2
+                for j in range(d):
+                    uj = u[s, a, j]
+                    z0 = V[0, s, j]
+                    z1 = V[1, s, j]
+                    z2 = V[2, s, j]
+                    x[0] = z0 + uj * p
+                    rz = z1 + a1 * uj
+                    x[1] = rz + r * x[0]
+                    x[2] = z2 + a2 * uj + 2.0 * r * rz + r2 * x[0]
+                    x[3] = V[3, s, j] + 2.0 * z0 * uj + uj * uj * p
+                    rq = V[4, s, j] + 2.0 * z1 * uj + uj * uj * a1
+                    x[4] = rq + r * x[3]
+                    x[5] = V[5, s, j] + 2.0 * z2 * uj + uj * uj * a2 + 2.0 * r * rq + r2 * x[3]
+                    if w_end != 0.0:
+                        for m in range(3):
+                            tot_v[m, j] += w_end * x[m]
+                            tot_q[m, j] += w_end * x[3 + m]
+                    if not last:
+                        for k in range(K):
+                            sn = nidx[s, a, k]
+                            wk = pa * nprob[s, a, k]
+                            if wk != 0.0 and not terminal[sn]:
+                                for m in range(6):
+                                    nV[m, sn, j] += wk * x[m]
         if last:
             break
-        sc = ch.step(scal)
-        ve = ch.step(vecs)
-        P, R1, R2 = sc[:, 0], sc[:, 1], sc[:, 2]
-        z0, z1, z2, q0, q1, q2 = (ve[:, k] for k in range(6))
+        P, nP = nP, P
+        R1, nR1 = nR1, R1
+        R2, nR2 = nR2, R2
+        V, nV = nV, V
+
+
+@njit(cache=True)
+def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega, has_q, q0, q1, w_mode, cW,
+                M1, M2):
+    """Forward pass of one trace-family estimator: ``M1 = E[g]``, ``M2 = E[g * g]`` (coordinatewise).
+
+    Step t: ``Y' = alpha Y + beta[t] u``, ``q = q0[t, s, a] + q1[t, s'] + noise``, increment
+    ``D = q Y' + W`` with ``W = beta[t] cW[t, s, a] u(s, a)`` (w_mode 1) or ``beta[t] sum_b cW[t, s, b]
+    u(s, b)`` (w_mode 2), expected increments weighted by ``omega[t]``. Tables with one row are read at every t."""
+    S, A, d = u.shape
+    K = nidx.shape[2]
+    P = rho0.copy()
+    G = np.zeros((4, S, d))  # E[Y], E[h], E[Y * Y], E[h * Y]
+    nP = np.zeros(S)
+    nG = np.zeros((4, S, d))
+    wall = np.zeros(d)
+    for t in range(cap):
+        last = t + 1 == cap
+        b = beta[t]
+        om = omega[t]
+        tq = t if q0.shape[0] > 1 else 0
+        tw = t if cW.shape[0] > 1 else 0
+        nP[:] = 0.0
+        nG[:] = 0.0
+        for s in range(S):
+            p = P[s]
+            if p == 0.0:
+                continue
+            if w_mode == 2:
+                for j in range(d):
+                    acc = 0.0
+                    for a in range(A):
+                        acc += cW[tw, s, a] * u[s, a, j]
+                    wall[j] = b * acc
+            for a in range(A):
+                pa = pi[s, a]
+                if pa == 0.0:
+                    continue
+                qa = 0.0
+                qbar = 0.0
+                eq2 = 0.0
+                if has_q:
+                    m1 = 0.0
+                    m2 = 0.0
+                    for k in range(K):
+                        x = q1[tq, nidx[s, a, k]]
+                        m1 += nprob[s, a, k] * x
+                        m2 += nprob[s, a, k] * x * x
+                    qa = q0[tq, s, a]
+                    qbar = qa + m1
+                    eq2 = qa * qa + 2.0 * qa * m1 + m2 + var[s, a]
+                if not last:
+                    for k in range(K):
+                        sn = nidx[s, a, k]
+                        wk = pa * nprob[s, a, k]
+                        if wk != 0.0 and not terminal[sn]:
+                            nP[sn] += wk * p
+                cw = b * cW[tw, s, a] if w_mode == 1 else 0.0
+                for j in range(d):
+                    uj = u[s, a, j]
+                    eh = G[1, s, j]
+                    if w_mode == 1:
+                        wj = cw * uj
+                    elif w_mode == 2:
+                        wj = wall[j]
+                    else:
+                        wj = 0.0
+                    i1 = wj * p
+                    i2 = 2.0 * wj * eh + wj * wj * p
+                    y = 0.0
+                    yy = 0.0
+                    hy = 0.0
+                    if has_q:
+                        ey = G[0, s, j]
+                        y = alpha * ey + b * uj * p
+                        yy = alpha * alpha * G[2, s, j] + 2.0 * alpha * b * ey * uj + b * b * uj * uj * p
+                        hy = alpha * G[3, s, j] + b * eh * uj
+                        i1 += qbar * y
+                        i2 += 2.0 * qbar * hy + eq2 * yy + 2.0 * qbar * wj * y
+                    M1[j] += om * pa * i1
+                    M2[j] += om * pa * i2
+                    if not last:
+                        h0 = eh + wj * p
+                        hy0 = hy + wj * y
+                        for k in range(K):
+                            sn = nidx[s, a, k]
+                            wk = pa * nprob[s, a, k]
+                            if wk == 0.0 or terminal[sn]:
+                                continue
+                            if has_q:
+                                qn = qa + q1[tq, sn]
+                                nG[0, sn, j] += wk * y
+                                nG[1, sn, j] += wk * (h0 + qn * y)
+                                nG[2, sn, j] += wk * yy
+                                nG[3, sn, j] += wk * (hy0 + qn * yy)
+                            else:
+                                nG[1, sn, j] += wk * h0
+        if last:
+            break
+        P, nP = nP, P
+        G, nG = nG, G
+
+
+def return_moments(ch: _Chain) -> "ReturnMoments":
+    """Per-episode joint moments of R and z (one pass of :func:`_return_pass`)."""
+    tot_s = np.zeros(3)
+    tot_v = np.zeros((3, ch.d))
+    tot_q = np.zeros((3, ch.d))
+    gpow = ch.gamma ** np.arange(ch.cap, dtype=np.float64)
+    _return_pass(ch.rho0, ch.pi, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.R, ch.var, gpow, ch.cap, tot_s, tot_v,
+                 tot_q)
     return ReturnMoments(tot_s, tot_v, tot_q)
 
 
-# ----------------------------------------------------------------------------------------------- trace family
-
-
-def _trace_terms(ch: _Chain, spec, V, Q, critic):
-    """Per-step pieces of a trace-family estimator, as functions of t:
-    ``(alpha, beta(t), q0(t) (S, A) or None, q1(t) (S,) over next states, W(t) (S, A, d) or None, omega(t))``."""
+def _trace_tables(ch: _Chain, spec, V, Q, critic):
+    """The arguments of :func:`_trace_pass` for one estimator (see the table in the module docstring):
+    ``(alpha, beta, omega, has_q, q0, q1, w_mode, cW)``."""
     g = ch.gamma
+    S, A, cap = ch.S, ch.A, ch.cap
+    T = V.shape[0] - 1 if ch.finite else 1  # rows of the per-step tables
+    disc = g ** np.arange(cap, dtype=np.float64)
+    ones = np.ones(cap)
+    zq1 = np.zeros((1, S))
+    nw = np.zeros((1, S, A))
     name = spec.name
-    tv = (lambda t: t) if ch.finite else (lambda t: 0)
-    zero_next = np.zeros(ch.S)
-    disc = lambda t: g ** t  # noqa: E731
-    one = lambda t: 1.0  # noqa: E731
-    none = lambda t: None  # noqa: E731
-    reward = lambda t: ch.R  # noqa: E731
-    no_next = lambda t: zero_next  # noqa: E731
     if name == "reinforce_rtg":
-        return g, disc, reward, no_next, none, one
+        return g, disc, ones, True, ch.R[None], zq1, 0, nw
     if name == "rtg_no_gamma_t":
-        return g, one, reward, no_next, none, one
+        return g, ones, ones, True, ch.R[None], zq1, 0, nw
     if name == "value_baseline":
-        return g, disc, reward, no_next, lambda t: -(g ** t) * V[tv(t)][:, None, None] * ch.u, one
+        Vt = V[:T]
+        return g, disc, ones, True, ch.R[None], zq1, 1, -np.broadcast_to(Vt[:, :, None], (T, S, A))
     if name == "entropy_bonus":
         with np.errstate(divide="ignore"):
             soft = ch.R - spec.p["beta"] * np.log(ch.pi)
-        return g, disc, lambda t: soft, no_next, none, one
+        return g, disc, ones, True, soft[None], zq1, 0, nw
     if name in ("gae", "td0"):
         lam = spec.p.get("lambda", 0.0)
-        live = ~ch.terminal
-
-        def q0(t):
-            return ch.R - critic[tv(t)][:, None]
-
-        def q1(t):
-            return g * np.where(live, critic[tv(t) + 1 if ch.finite else 0], 0.0)
-
-        return g * lam, disc, q0, q1, none, one
+        q0 = ch.R[None] - critic[:T, :, None]
+        nxt = critic[1:T + 1] if ch.finite else critic[:1]
+        q1 = g * np.where(ch.terminal[None, :], 0.0, nxt)
+        return g * lam, disc, ones, True, q0, q1, 0, nw
     if name == "true_advantage":
-        return 0.0, disc, None, no_next, lambda t: (g ** t) * (Q[tv(t)] - V[tv(t)][:, None])[:, :, None] * ch.u, one
+        return 0.0, disc, ones, False, nw, zq1, 1, Q[:T] - V[:T, :, None]
     if name == "all_action":
-        def W(t):
-            w = np.einsum("sa,sa,sad->sd", ch.pi, Q[tv(t)], ch.u) * g ** t
-            return np.broadcast_to(w[:, None, :], ch.u.shape)
-        return 0.0, disc, None, no_next, W, one
+        return 0.0, disc, ones, False, nw, zq1, 2, ch.pi[None] * Q[:T]
     if name == "geometric_termination":
-        return 1.0, one, reward, no_next, none, disc
+        return 1.0, ones, disc, True, ch.R[None], zq1, 0, nw
     raise PGBenchError(f"no dynamic programme for {name}")
 
 
 def trace_moments(ch: _Chain, spec, V, Q, critic=None):
     """Mean (d,) and coordinatewise ``E[g * g]`` (d,) of one episode's estimate (trace family)."""
-    S, A, d = ch.S, ch.A, ch.d
-    alpha, beta, q0f, q1f, Wf, omega = _trace_terms(ch, spec, V, Q, critic)
-    u, uu = ch.u, ch.u * ch.u
-    P = ch.rho0.copy()
-    EY, Eh, EhY, EYY = (np.zeros((S, d)) for _ in range(4))
-    M1 = np.zeros(d)
-    M2 = np.zeros(d)
-    pi = ch.pi[:, :, None]
-    has_q = q0f is not None
-    for t in range(ch.cap):
-        b = beta(t)
-        w = omega(t)
-        Pa = P[:, None, None]
-        W = Wf(t)
-        Eh_a = np.broadcast_to(Eh[:, None, :], (S, A, d))
-        if has_q:
-            q0 = q0f(t)
-            q1 = q1f(t)
-            m1 = ch.P @ q1  # (S, A): E[next-state part]
-            m2 = ch.P @ (q1 * q1)
-            qbar = (q0 + m1)[:, :, None]
-            Eq2 = (q0 * q0 + 2 * q0 * m1 + m2 + ch.var)[:, :, None]
-            Yt = alpha * EY[:, None, :] + b * u * Pa  # E[Y'] per (s, a)
-            YY = alpha * alpha * EYY[:, None, :] + 2 * alpha * b * EY[:, None, :] * u + b * b * uu * Pa
-            hY = alpha * EhY[:, None, :] + b * Eh[:, None, :] * u
-            inc1 = qbar * Yt
-            inc2 = 2 * qbar * hY + Eq2 * YY
-            if W is not None:
-                inc1 = inc1 + W * Pa
-                inc2 = inc2 + 2 * W * Eh_a + 2 * qbar * W * Yt + W * W * Pa
-        else:
-            inc1 = W * Pa
-            inc2 = 2 * W * Eh_a + W * W * Pa
-        M1 += w * (pi * inc1).sum(axis=(0, 1))
-        M2 += w * (pi * inc2).sum(axis=(0, 1))
-        if t + 1 == ch.cap:
-            break
-        if has_q:
-            hpart = Eh_a + q0[:, :, None] * Yt
-            hYpart = hY + q0[:, :, None] * YY
-            if W is not None:
-                hpart = hpart + W * Pa
-                hYpart = hYpart + W * Yt
-            nx = ch.step(np.stack([Yt, hpart, YY, hYpart], axis=2))
-            EY, Eh, EYY, EhY = nx[:, 0], nx[:, 1], nx[:, 2], nx[:, 3]
-            q1n = q1[:, None]
-            Eh = Eh + q1n * EY
-            EhY = EhY + q1n * EYY
-        else:
-            Eh = ch.step(Eh_a + W * Pa)
-        P = ch.step(np.broadcast_to(Pa, (S, A, 1)))[:, 0]
+    alpha, beta, omega, has_q, q0, q1, w_mode, cW = _trace_tables(ch, spec, V, Q, critic)
+    M1 = np.zeros(ch.d)
+    M2 = np.zeros(ch.d)
+    _trace_pass(ch.rho0, ch.pi, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.var, ch.cap, float(alpha), beta, omega,
+                bool(has_q), np.ascontiguousarray(q0, dtype=np.float64), np.ascontiguousarray(q1, dtype=np.float64),
+                int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2)
     return M1, M2
 
 
@@ -381,6 +467,9 @@ def _cut_mass(ch: _Chain) -> float:
     if ch.cap >= ch.horizon:
         return 0.0
     P = ch.rho0.copy()
+    live = ~ch.terminal
     for _ in range(ch.cap):
-        P = ch.step(np.broadcast_to(P[:, None, None], (ch.S, ch.A, 1)))[:, 0]
+        nxt = np.zeros(ch.S)
+        np.add.at(nxt, ch.nidx, (P[:, None] * ch.pi)[:, :, None] * ch.nprob)
+        P = nxt * live
     return float(P.sum())
