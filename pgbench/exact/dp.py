@@ -57,8 +57,8 @@ from numba import njit
 
 from pgbench.errors import PGBenchError
 
-__all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "return_moments", "trace_moments",
-           "dp_moments"]
+__all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
+           "dp_moments", "dp_work"]
 
 TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
          "all_action", "geometric_termination")
@@ -95,6 +95,22 @@ def dp_supports(spec) -> bool:
 # ----------------------------------------------------------------------------------------------- setup
 
 
+def dp_work(problem, max_steps=None) -> float:
+    """Inner-loop iterations of one estimator's pass, ``cap S A d (K + 1)`` (about 5 ns each on one
+    core): compare with a budget before running the DP on a large problem."""
+    mdp = problem.mdp
+    cap = mdp.episode_cap if max_steps is None or mdp.horizon is None else min(int(max_steps), mdp.horizon)
+    if max_steps is not None and mdp.horizon is None:
+        cap = int(max_steps)
+    d = int(np.prod(problem.policy.theta_shape))
+    return float(cap) * mdp.S * mdp.A * d * (mdp.K + 1)
+
+
+DP_WORK_LIMIT = 2e8
+"""Largest :func:`dp_work` for which the sampling engine and measure() run the DP on their own
+(about a second per estimator)."""
+
+
 @dataclass
 class _Chain:
     """What every pass reads: the step law, scores and rewards of one (problem, theta, cap)."""
@@ -116,7 +132,8 @@ class _Chain:
     horizon: float  # the problem's horizon (inf when unbounded)
 
 
-def _chain(problem, th, cap: int) -> _Chain:
+def chain(problem, th, cap: int) -> _Chain:
+    """The step law, scores and rewards of ``problem`` at ``th``, run to ``cap`` steps."""
     mdp = problem.mdp
     pi = np.asarray(problem.policy.probs(th), float)
     u = np.ascontiguousarray(problem.policy.score_table(th), dtype=float)
@@ -434,7 +451,7 @@ def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=
 
     ``E||g_batch||^2`` is that of one episode for per-episode estimators and of the batch-N
     estimate for in-batch ones. ``critics``: the critic table per estimator index (gae/td0)."""
-    ch = _chain(problem, th, cap)
+    ch = chain(problem, th, cap)
     n, d = len(specs), ch.d
     mean = np.zeros((n, d))
     m2 = np.zeros(n)

@@ -585,7 +585,7 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     n_est = len(specs)
     targets = np.stack([_target(prob, th, gt, sp) for sp in specs])
     if opt_b is None and any(sp.name == "optimal_const_baseline" for sp in specs):
-        opt_b = exact_optimal_constant_baseline(prob, th, limit=limit, max_steps=max_steps)
+        opt_b = exact_optimal_constant_baseline(prob, th, limit=limit, max_steps=max_steps, method="enumerate")
     m1 = np.zeros((n_est, d))
     m2 = np.zeros(n_est)
     M2 = np.zeros((n_est, d, d)) if cov else np.zeros((n_est, 0, 0))
@@ -723,24 +723,34 @@ class OptimalBaselines:
         return self.variance_coord()
 
 
-def optimal_baselines(problem, theta=None, limit: int = DEFAULT_LIMIT, max_steps: Optional[int] = None
-                      ) -> OptimalBaselines:
-    """Exact ``b* = E[R ||z||^2] / E[||z||^2]``, per-coordinate ``b*_j`` and the variance parabola."""
+def optimal_baselines(problem, theta=None, limit: int = DEFAULT_LIMIT, max_steps: Optional[int] = None,
+                      method: str = "dp") -> OptimalBaselines:
+    """Exact ``b* = E[R ||z||^2] / E[||z||^2]``, per-coordinate ``b*_j`` and the variance parabola.
+
+    ``method="dp"`` (default: one forward pass of :mod:`pgbench.exact.dp`, any problem size) or
+    ``"enumerate"`` (trajectory enumeration, refused beyond ``limit``)."""
     from pgbench.problems.registry import make
 
     prob = make(problem) if isinstance(problem, str) else problem
     if getattr(prob, "kind", None) != "mdp":
-        raise PGBenchError("optimal baselines by enumeration are for MDP problems")
+        raise PGBenchError("exact optimal baselines are for MDP problems")
+    if method not in ("dp", "enumerate"):
+        raise PGBenchError(f"method must be 'dp' or 'enumerate'; got {method!r}")
     th = prob.resolve_theta(theta)
-    trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
-    mdp = prob.mdp
-    pi = prob.policy.probs(th)
-    g = np.ascontiguousarray(prob.policy.score_table(th))
-    gpow = mdp.gamma ** np.arange(trajs.cap + 1, dtype=np.float64)
-    out = np.zeros((4, g.shape[2]))
-    _baseline_sums(trajs.states, trajs.actions, trajs.lengths, trajs.probs(pi), np.ascontiguousarray(mdp.R, float),
-                   np.ascontiguousarray(mdp.reward_variance()), gpow, g, out)
-    grad, EZj, ERZj, ER2Zj = out
+    if method == "dp":
+        from pgbench.exact import dp
+        rm = dp.return_moments(dp.chain(prob, th, _cap(prob, max_steps)))
+        grad, EZj, ERZj, ER2Zj = rm.v[1], rm.zz[0], rm.zz[1], rm.zz[2]
+    else:
+        trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
+        mdp = prob.mdp
+        pi = prob.policy.probs(th)
+        g = np.ascontiguousarray(prob.policy.score_table(th))
+        gpow = mdp.gamma ** np.arange(trajs.cap + 1, dtype=np.float64)
+        out = np.zeros((4, g.shape[2]))
+        _baseline_sums(trajs.states, trajs.actions, trajs.lengths, trajs.probs(pi),
+                       np.ascontiguousarray(mdp.R, float), np.ascontiguousarray(mdp.reward_variance()), gpow, g, out)
+        grad, EZj, ERZj, ER2Zj = out
     EZ, ERZ, ER2Z = float(EZj.sum()), float(ERZj.sum()), float(ER2Zj.sum())
     tol = 1e-14 * max(EZ, 1e-300)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -750,7 +760,7 @@ def optimal_baselines(problem, theta=None, limit: int = DEFAULT_LIMIT, max_steps
 
 
 def exact_optimal_constant_baseline(problem, theta=None, limit: int = DEFAULT_LIMIT,
-                                    max_steps: Optional[int] = None) -> float:
-    """The exact trace-optimal constant baseline ``b* = E[R ||z||^2] / E[||z||^2]`` (PGBenchError
-    when the problem has too many trajectories to enumerate)."""
-    return optimal_baselines(problem, theta, limit=limit, max_steps=max_steps).b_star
+                                    max_steps: Optional[int] = None, method: str = "dp") -> float:
+    """The exact trace-optimal constant baseline ``b* = E[R ||z||^2] / E[||z||^2]`` (by the DP, or
+    by enumeration: PGBenchError when the problem has too many trajectories)."""
+    return optimal_baselines(problem, theta, limit=limit, max_steps=max_steps, method=method).b_star
