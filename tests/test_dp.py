@@ -184,3 +184,94 @@ def test_bad_method_and_covariance_requests_are_refused():
         M.exact_moments("three_step_bandit", ["reinforce"], method="dp", cov=True)
     with pytest.raises(PGBenchError, match="method must be"):
         M.optimal_baselines("three_step_bandit", method="auto")
+
+
+# ----------------------------------------------------------------------------- variance decomposition
+
+def _by_state_sequence(prob, name):
+    """(total, state, action, noise) of one episode by plain enumeration, grouping trajectories by
+    their state sequence (law of total variance); the estimate is linear in the rewards, so the
+    noise part is ``sum_k Var(r_k) ||x(r + e_k) - x(r)||^2``."""
+    from naive_mdp import enumerate_trajectories
+    gt = exact(prob)
+    g = prob.policy.score_table(prob.theta)
+    pi = prob.policy.probs(prob.theta)
+    gamma, term = prob.mdp.gamma, prob.mdp.terminal
+    Vn = np.vstack([gt.V, np.zeros((1, prob.mdp.S))])
+
+    def x(st, a, r):
+        L = len(a)
+        G = np.zeros(L + 1)
+        for t in range(L - 1, -1, -1):
+            G[t] = r[t] + gamma * G[t + 1]
+        if name == "all_action":
+            return sum(gamma ** t * np.einsum("b,b,bd->d", pi[st[t]], gt.Q[t, st[t]], g[st[t]]) for t in range(L))
+        if name == "gae:lambda=0.7":
+            delta = [r[t] + gamma * (0.0 if term[st[t + 1]] else Vn[t + 1, st[t + 1]]) - Vn[t, st[t]]
+                     for t in range(L)]
+            psi = [sum((gamma * 0.7) ** (k - t) * delta[k] for k in range(t, L)) for t in range(L)]
+        else:
+            psi = {"reinforce_rtg": G[:L], "value_baseline": G[:L] - Vn[np.arange(L), st[:L]],
+                   "true_advantage": gt.Q[np.arange(L), st[:L], a] - gt.V[np.arange(L), st[:L]]}[name]
+        return sum(gamma ** t * psi[t] * g[st[t], a[t]] for t in range(L))
+
+    rows, groups = [], {}
+    for p, st, a, rbar, rvar in enumerate_trajectories(prob):
+        xm = x(st, a, rbar)
+        noise = sum(rvar[k] * np.sum((x(st, a, rbar + np.eye(len(a))[k]) - xm) ** 2) for k in range(len(a)))
+        rows.append((p, xm, noise))
+        gp, gx = groups.get(tuple(st), (0.0, 0.0))
+        groups[tuple(st)] = (gp + p, gx + p * xm)
+    m = sum(p * xm for p, xm, _ in rows)
+    noise = sum(p * n for p, _, n in rows)
+    total = sum(p * xm @ xm for p, xm, _ in rows) + noise - m @ m
+    state = sum(gx @ gx / gp for gp, gx in groups.values()) - m @ m
+    return total, state, total - state - noise, noise
+
+
+@pytest.mark.parametrize("key", ["garnet_finite_gaussian", "terminal_finite_linear", "three_step_bandit"])
+def test_variance_decomposition_matches_grouping_the_enumeration_by_state_sequence(key):
+    prob = problem(key)
+    names = ["reinforce_rtg", "value_baseline", "true_advantage", "all_action", "gae:lambda=0.7"]
+    df = M.variance_decomposition(prob, names + ["reinforce"], batch=1)
+    g2 = float(np.sum(exact(prob).grad ** 2))
+    for j, name in enumerate(names):
+        total, state, action, noise = _by_state_sequence(prob, name)
+        r = df.iloc[j]
+        scale = max(total, g2)  # all_action on the bandit has no variance at all
+        assert abs(r["variance"] - total) <= 1e-10 * scale, name
+        assert abs(r["state"] - state) <= 1e-10 * scale, (name, r["state"], state)
+        assert abs(r["action"] - action) <= 1e-10 * scale, (name, r["action"], action)
+        assert abs(r["noise"] - noise) <= 1e-10 * scale, name
+        assert r["state"] >= -1e-12 and r["noise"] >= 0.0
+    assert df.iloc[-1][["state", "action", "noise"]].isna().all()  # the return family is not split
+    half = M.variance_decomposition(prob, names[:1], batch=2)
+    assert half["state"][0] == pytest.approx(df["state"][0] / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["garnet_tabular", "terminal_unbounded"])
+def test_conditional_mean_pass_has_the_estimators_mean_and_nonnegative_parts(kind):
+    """E[E[g | states]] = E[g] for every trace-family estimator (geometric termination and the
+    entropy bonus included), and no part of the split is negative."""
+    from pgbench.exact import dp
+    prob = _medium(kind)
+    names = [n for n in DP_PER_EPISODE if parse(n).name in dp.TRACE]
+    df = M.variance_decomposition(prob, names)
+    em = M.exact_moments(prob, names, method="dp")
+    gt = exact(prob)
+    V, Q = oracle_tables(gt)
+    ch = dp.chain(prob, prob.theta, em.cap)
+    for j, name in enumerate(names):
+        sp = parse(name)
+        critic = None
+        if sp.name in ("gae", "td0"):
+            critic = V if sp.p["critic"] == "exact" else perturbed_critic(V, prob.mdp.terminal, sp.p["scale"],
+                                                                          sp.p["seed"], prob.mdp.horizon is not None)
+        m1, _ = dp.state_mean_moments(ch, sp, V, Q, critic)
+        assert _close(m1, em.mean[j]), name
+        r = df.iloc[j]
+        tol = 1e-10 * r["variance"]
+        assert r["state"] >= -tol and r["action"] >= -tol, name
+        oracle = sp.name in ("true_advantage", "all_action")  # never read a reward
+        assert (r["noise"] == 0.0) if oracle else (r["noise"] > 0.0), name
+        assert r["state"] + r["action"] + r["noise"] == pytest.approx(r["variance"], rel=1e-12)

@@ -58,7 +58,7 @@ from numba import njit
 from pgbench.errors import PGBenchError
 
 __all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
-           "dp_moments", "dp_work"]
+           "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments"]
 
 TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
          "all_action", "geometric_termination")
@@ -284,8 +284,9 @@ def _return_pass(rho0, pi, u, nidx, nprob, terminal, R, var, gpow, cap, tot_s, t
 
 @njit(cache=True)
 def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega, has_q, q0, q1, w_mode, cW,
-                M1, M2):
-    """Forward pass of one trace-family estimator: ``M1 = E[g]``, ``M2 = E[g * g]`` (coordinatewise).
+                M1, M2, Mn):
+    """Forward pass of one trace-family estimator: ``M1 = E[g]``, ``M2 = E[g * g]`` (coordinatewise)
+    and ``Mn``, the part of ``M2`` due to the reward noise (``sum_k Var(r_k) Y_k * Y_k``).
 
     Step t: ``Y' = alpha Y + beta[t] u``, ``q = q0[t, s, a] + q1[t, s'] + noise``, increment
     ``D = q Y' + W`` with ``W = beta[t] cW[t, s, a] u(s, a)`` (w_mode 1) or ``beta[t] sum_b cW[t, s, b]
@@ -360,6 +361,7 @@ def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega
                         hy = alpha * G[3, s, j] + b * eh * uj
                         i1 += qbar * y
                         i2 += 2.0 * qbar * hy + eq2 * yy + 2.0 * qbar * wj * y
+                        Mn[j] += om * pa * var[s, a] * yy
                     M1[j] += om * pa * i1
                     M2[j] += om * pa * i2
                     if not last:
@@ -437,9 +439,128 @@ def trace_moments(ch: _Chain, spec, V, Q, critic=None):
     alpha, beta, omega, has_q, q0, q1, w_mode, cW = _trace_tables(ch, spec, V, Q, critic)
     M1 = np.zeros(ch.d)
     M2 = np.zeros(ch.d)
+    Mn = np.zeros(ch.d)
     _trace_pass(ch.rho0, ch.pi, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.var, ch.cap, float(alpha), beta, omega,
                 bool(has_q), np.ascontiguousarray(q0, dtype=np.float64), np.ascontiguousarray(q1, dtype=np.float64),
-                int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2)
+                int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2, Mn)
+    return M1, M2, Mn
+
+
+@njit(cache=True)
+def _state_mean_pass(rho0, u, succ, psucc, post, terminal, cap, alpha, beta, omega, has_q, q0, q1, w_mode, cW,
+                     M1, M2):
+    """Forward pass of the conditional mean ``m = E[g | s_0, s_1, ...]`` of a trace-family estimator:
+    ``M1 = E[m]``, ``M2 = E[m * m]``.
+
+    Given the state sequence the actions are independent, step k's with the posterior
+    ``post[s, i, a] = pi(a|s) P(s'|s, a) / P_pi(s'|s)`` over the i-th distinct successor
+    ``s' = succ[s, i]`` (reached with probability ``psucc[s, i]``), so m is again a sum over steps:
+    ``m = sum_k omega_k (E[q_k | s] alpha Y~_(k-1) + beta_k E[q_k u_k | s] + E[W_k | s])`` with the
+    deterministic trace ``Y~_k = alpha Y~_(k-1) + beta_k E[u_k | s]``; the pass carries the same
+    messages as :func:`_trace_pass` with the successor as the step's only randomness."""
+    S, A, d = u.shape
+    Km = succ.shape[1]
+    P = rho0.copy()
+    G = np.zeros((4, S, d))  # E[Y~], E[h], E[Y~ * Y~], E[h * Y~]
+    nP = np.zeros(S)
+    nG = np.zeros((4, S, d))
+    wall = np.zeros(d)
+    for t in range(cap):
+        last = t + 1 == cap
+        b = beta[t]
+        om = omega[t]
+        tq = t if q0.shape[0] > 1 else 0
+        tw = t if cW.shape[0] > 1 else 0
+        nP[:] = 0.0
+        nG[:] = 0.0
+        for s in range(S):
+            p = P[s]
+            if p == 0.0:
+                continue
+            if w_mode == 2:
+                for j in range(d):
+                    acc = 0.0
+                    for a in range(A):
+                        acc += cW[tw, s, a] * u[s, a, j]
+                    wall[j] = b * acc
+            for i in range(Km):
+                w = psucc[s, i]
+                if w == 0.0:
+                    continue
+                sn = succ[s, i]
+                go = not last and not terminal[sn]
+                qt = 0.0
+                q1n = 0.0
+                if has_q:
+                    for a in range(A):
+                        qt += post[s, i, a] * q0[tq, s, a]
+                    q1n = q1[tq, sn]
+                    qt += q1n
+                for j in range(d):
+                    uj = 0.0
+                    vj = 0.0
+                    wj = 0.0
+                    for a in range(A):
+                        pu = post[s, i, a] * u[s, a, j]
+                        uj += pu
+                        vj += pu * q0[tq, s, a] if has_q else 0.0
+                        wj += pu * cW[tw, s, a] if w_mode == 1 else 0.0
+                    if w_mode == 1:
+                        wj *= b
+                    elif w_mode == 2:
+                        wj = wall[j]
+                    B = wj + (b * (vj + q1n * uj) if has_q else 0.0)
+                    ey = G[0, s, j]
+                    eh = G[1, s, j]
+                    eyy = G[2, s, j]
+                    ehy = G[3, s, j]
+                    qa = qt * alpha
+                    dm = qa * ey + B * p
+                    M1[j] += w * om * dm
+                    M2[j] += w * (2.0 * om * (qa * ehy + B * eh) + om * om * (qa * qa * eyy + 2.0 * qa * B * ey
+                                                                              + B * B * p))
+                    if go:
+                        bu = b * uj
+                        nG[0, sn, j] += w * (alpha * ey + bu * p)
+                        nG[1, sn, j] += w * (eh + om * dm)
+                        nG[2, sn, j] += w * (alpha * alpha * eyy + 2.0 * alpha * bu * ey + bu * bu * p)
+                        nG[3, sn, j] += w * (alpha * ehy + bu * eh + om * (qa * (alpha * eyy + bu * ey)
+                                                                           + B * (alpha * ey + bu * p)))
+                if go:
+                    nP[sn] += w * p
+        if last:
+            break
+        P, nP = nP, P
+        G, nG = nG, G
+
+
+def _successors(ch: _Chain):
+    """Distinct successors per state: ``succ`` (S, Km), ``psucc = P_pi(s'|s)`` and the action
+    posterior ``post`` (S, Km, A) given the successor."""
+    S, A = ch.S, ch.A
+    Km = A * ch.nidx.shape[2]
+    succ = np.zeros((S, Km), np.int64)
+    psucc = np.zeros((S, Km))
+    post = np.zeros((S, Km, A))
+    for s in range(S):
+        mass = ch.pi[s, :, None] * ch.nprob[s]  # (A, K)
+        for i, sn in enumerate(np.unique(ch.nidx[s][mass > 0])):
+            pa = np.where(ch.nidx[s] == sn, mass, 0.0).sum(axis=1)
+            succ[s, i] = sn
+            psucc[s, i] = pa.sum()
+            post[s, i] = pa / psucc[s, i]
+    return succ, psucc, post
+
+
+def state_mean_moments(ch: _Chain, spec, V, Q, critic=None, successors=None):
+    """``E[m]`` and ``E[m * m]`` (d,) of the conditional mean ``m = E[g | state sequence]`` (trace family)."""
+    alpha, beta, omega, has_q, q0, q1, w_mode, cW = _trace_tables(ch, spec, V, Q, critic)
+    succ, psucc, post = _successors(ch) if successors is None else successors
+    M1 = np.zeros(ch.d)
+    M2 = np.zeros(ch.d)
+    _state_mean_pass(ch.rho0, ch.u, succ, psucc, post, ch.terminal, ch.cap, float(alpha), beta, omega, bool(has_q),
+                     np.ascontiguousarray(q0, dtype=np.float64), np.ascontiguousarray(q1, dtype=np.float64),
+                     int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2)
     return M1, M2
 
 
@@ -461,7 +582,7 @@ def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=
         rm = return_moments(ch)
     for j, sp in enumerate(specs):
         if sp.name in TRACE:
-            M1, M2 = trace_moments(ch, sp, V, Q, critics.get(j))
+            M1, M2, _ = trace_moments(ch, sp, V, Q, critics.get(j))
             mean[j], m2[j] = M1, float(M2.sum())
         elif sp.name in RETURN:
             b = {"reinforce": 0.0, "const_baseline": sp.p.get("b", 0.0),
@@ -477,6 +598,25 @@ def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=
             raise PGBenchError(f"no dynamic programme for {sp.label}: {why_not(sp)}")
     cut = _cut_mass(ch)
     return mean, m2, batch, cut, rm
+
+
+def dp_decomposition(problem, specs, th, cap: int, V, Q, critics: dict) -> np.ndarray:
+    """Per-episode variance parts ``(n, 3)``: start state and transitions ``Var(E[g | states])``,
+    action sampling ``E[Var(g | states, rewards' noise averaged)]`` and reward noise, for the trace
+    family (NaN rows for the others). They add up to the trace variance of one episode."""
+    ch = chain(problem, th, cap)
+    succ = _successors(ch)
+    out = np.full((len(specs), 3), np.nan)
+    for j, sp in enumerate(specs):
+        if sp.name not in TRACE:
+            continue
+        M1, M2, Mn = trace_moments(ch, sp, V, Q, critics.get(j))
+        m1, m2 = state_mean_moments(ch, sp, V, Q, critics.get(j), succ)
+        mm = float(M1 @ M1)
+        state = float(m2.sum()) - mm
+        noise = float(Mn.sum())
+        out[j] = state, float(M2.sum()) - mm - state - noise, noise
+    return out
 
 
 def _cut_mass(ch: _Chain) -> float:

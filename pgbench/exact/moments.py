@@ -49,7 +49,8 @@ from pgbench.kernels import mdp as K_
 
 __all__ = ["DEFAULT_LIMIT", "Trajectories", "ExactMoments", "OptimalBaselines", "count_trajectories",
            "count_batches", "enumerate_trajectories", "exact_moments", "exact_variance", "optimal_baselines",
-           "exact_optimal_constant_baseline", "supports", "enumeration_size"]
+           "exact_optimal_constant_baseline", "supports", "enumeration_size", "dp_supports",
+           "variance_decomposition"]
 
 DEFAULT_LIMIT = 200_000
 """Most trajectories (or batches, for in-batch estimators) an enumeration may list."""
@@ -642,26 +643,29 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
                         trunc, cap, extras)
 
 
+def _critics(prob, specs, V) -> dict:
+    """The critic table of every gae/td0 estimator (by its index): exact V or the engine's perturbed V."""
+    from pgbench.measure.engine import perturbed_critic
+    mdp = prob.mdp
+    return {j: V if sp.p["critic"] == "exact" else
+            perturbed_critic(V, mdp.terminal, sp.p["scale"], sp.p["seed"], mdp.horizon is not None)
+            for j, sp in enumerate(specs) if sp.name in ("gae", "td0")}
+
+
 def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments:
     """:func:`exact_moments` by the dynamic programme of :mod:`pgbench.exact.dp`."""
     from pgbench.exact import exact
     from pgbench.exact import dp
-    from pgbench.measure.engine import oracle_tables, perturbed_critic
+    from pgbench.measure.engine import oracle_tables
 
     for sp in specs:
         why = dp.why_not(sp)
         if why is not None:
             raise PGBenchError(f"no exact moments by dynamic programming for {sp.label}: {why}")
-    mdp = prob.mdp
     cap = _cap(prob, max_steps)
-    finite = mdp.horizon is not None
     gt = exact(prob, th)
     V, Q = oracle_tables(gt)
-    critics = {}
-    for j, sp in enumerate(specs):
-        if sp.name in ("gae", "td0"):
-            critics[j] = V if sp.p["critic"] == "exact" else \
-                perturbed_critic(V, mdp.terminal, sp.p["scale"], sp.p["seed"], finite)
+    critics = _critics(prob, specs, V)
     mean, m2, is_batch, cut, rm = dp.dp_moments(prob, specs, th, N, cap, V, Q, critics, opt_b)
     targets = np.stack([(exact(prob, th, beta=sp.p["beta"]) if sp.name == "entropy_bonus" else gt).grad.reshape(-1)
                         for sp in specs])
@@ -677,6 +681,30 @@ def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments
                         np.where(is_batch, np.nan, var_at), np.where(is_batch, np.nan, m2 - 2 * (mean * targets).sum(1)
                                                                      + (targets * targets).sum(1)),
                         None, -1, cut, cap, extras)
+
+
+def variance_decomposition(problem, estimators, batch: int = 1, theta=None, max_steps: Optional[int] = None):
+    """Exact split of each estimator's trace variance (SPEC section 8, the law of total variance
+    conditioned on the state sequence): a DataFrame with ``variance`` and its parts ``state``
+    (start state and transitions: ``Var(E[g | s_0, s_1, ...])``), ``action`` (action sampling)
+    and ``noise`` (reward noise), each for a batch of N (one episode's divided by N).
+
+    By the moment DP (:mod:`pgbench.exact.dp`) for the per-step ("trace") estimators:
+    reinforce_rtg, rtg_no_gamma_t, value_baseline, true_advantage, all_action, gae/td0 with a
+    fixed critic, entropy_bonus, geometric_termination; other estimators get NaN parts."""
+    import pandas as pd
+
+    from pgbench.exact import dp, exact
+    from pgbench.measure.engine import oracle_tables
+    from pgbench.problems.registry import make
+
+    prob = make(problem) if isinstance(problem, str) else problem
+    specs = [parse(e) for e in ([estimators] if isinstance(estimators, (str, EstimatorSpec)) else estimators)]
+    em = exact_moments(prob, specs, batch=batch, theta=theta, max_steps=max_steps, method="dp")
+    V, Q = oracle_tables(exact(prob, em.theta))
+    parts = dp.dp_decomposition(prob, specs, em.theta, em.cap, V, Q, _critics(prob, specs, V)) / em.N
+    return pd.DataFrame({"estimator": em.labels, "N": em.N, "variance": em.variance, "state": parts[:, 0],
+                         "action": parts[:, 1], "noise": parts[:, 2]})
 
 
 def exact_variance(problem, estimator, batch: int = 1, theta=None, **kw) -> float:
