@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from naive_mdp import behaviour
+
 
 @dataclass
 class Chain:
@@ -35,7 +37,8 @@ class Chain:
         return (self.prop @ X.reshape(self.S * self.A, -1)).reshape((self.S,) + tail)
 
 
-def chain(problem, theta=None, cap=None) -> Chain:
+def chain(problem, theta=None, cap=None, mu=None) -> Chain:
+    """The chain of ``problem`` at theta; ``mu``: step with this behaviour policy instead of pi."""
     mdp = problem.mdp
     th = problem.resolve_theta(theta)
     pi = problem.policy.probs(th)
@@ -43,7 +46,8 @@ def chain(problem, theta=None, cap=None) -> Chain:
     S, A, d = u.shape
     P = mdp.P
     live = ~mdp.terminal
-    prop = (pi[:, :, None] * P * live[None, None, :]).reshape(S * A, S).T.copy()
+    step_pi = pi if mu is None else mu
+    prop = (step_pi[:, :, None] * P * live[None, None, :]).reshape(S * A, S).T.copy()
     p_end = (P * (~live)[None, None, :]).sum(axis=2)
     return Chain(S, A, d, mdp.episode_cap if cap is None else cap, mdp.horizon is not None, float(mdp.gamma), pi, u,
                  mdp.R, mdp.reward_variance(), P, prop, p_end, mdp.rho0, mdp.terminal)
@@ -51,6 +55,8 @@ def chain(problem, theta=None, cap=None) -> Chain:
 
 def episode_moments(ch: Chain, spec, V, Q, critic=None):
     """Mean (d,) and ``E||g||^2`` of one episode of a per-episode estimator (parsed spec)."""
+    if spec.name == "importance_sampling":
+        return importance_sampling_moments(ch, spec)
     if spec.name in ("reinforce", "const_baseline", "optimal_const_baseline"):
         m, v, zz = return_moments(ch)
         Z = zz.sum(axis=1)
@@ -212,4 +218,42 @@ def trace_moments(ch: Chain, spec, V, Q, critic=None):
         P = ch.step(np.broadcast_to(Pa, (S, A, 1)))[:, 0]
     return M1, M2
 
+
+
+
+def importance_sampling_moments(ch: Chain, spec):
+    """Ordinary per-decision IS, ``g = sum_k gamma^k w_k r_k z_k`` with ``w_k = prod_(j<=k) pi/mu``,
+    episodes from mu: the chain must step with mu (``chain(..., mu=...)``). Messages per state:
+    E[1], E[w], E[w^2] and the vectors E[Y], E[h], E[Y Y], E[h Y], E[w Y], E[w h] for
+    ``Y_k = gamma^k w_k z_k`` and the partial estimate h."""
+    S, A, d = ch.S, ch.A, ch.d
+    A_ = ch.A
+    mu = behaviour(ch.pi, spec.p)
+    rho = ch.pi / mu
+    u, uu = ch.u, ch.u * ch.u
+    P = ch.rho0.copy()
+    Ew, Ew2 = ch.rho0.copy(), ch.rho0.copy()
+    EY, Eh, EYY, EhY, EwY, Ewh = (np.zeros((S, d)) for _ in range(6))
+    M1, M2 = np.zeros(d), np.zeros(d)
+    r = ch.R[:, :, None]
+    er2 = (ch.R * ch.R + ch.var)[:, :, None]
+    rh = rho[:, :, None]
+    for t in range(ch.cap):
+        c = ch.gamma ** t
+        w1 = Ew[:, None, None]
+        w2 = Ew2[:, None, None]
+        y = rh * (ch.gamma * EY[:, None, :] + c * u * w1)
+        yy = rh ** 2 * (ch.gamma ** 2 * EYY[:, None, :] + 2 * ch.gamma * c * u * EwY[:, None, :] + c * c * uu * w2)
+        hy = rh * (ch.gamma * EhY[:, None, :] + c * u * Ewh[:, None, :])
+        wy = rh ** 2 * (ch.gamma * EwY[:, None, :] + c * u * w2)
+        M1 += (mu[:, :, None] * r * y).sum(axis=(0, 1))
+        M2 += (mu[:, :, None] * (2 * r * hy + er2 * yy)).sum(axis=(0, 1))
+        if t + 1 == ch.cap:
+            break
+        Pa = np.broadcast_to(P[:, None, None], (S, A_, 1))
+        sc = ch.step(np.concatenate([Pa, rh * w1 + 0 * Pa, rh ** 2 * w2 + 0 * Pa], axis=2))
+        P, Ew, Ew2 = sc[:, 0], sc[:, 1], sc[:, 2]
+        nx = ch.step(np.stack([y, Eh[:, None, :] + r * y, yy, hy + r * yy, wy, rh * Ewh[:, None, :] + r * wy], axis=2))
+        EY, Eh, EYY, EhY, EwY, Ewh = (nx[:, k] for k in range(6))
+    return M1, M2.sum()
 

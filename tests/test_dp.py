@@ -17,13 +17,15 @@ from pgbench.measure.engine import oracle_tables, perturbed_critic
 from pgbench.measure.measure import measure
 
 import naive_dp
+from naive_mdp import behaviour
 from conftest import linear_version, random_terminal_mdp, random_theta, z_crit
 from test_moments import ALL_PROBLEMS, TINY, _noisy, problem
 
 DP_PER_EPISODE = ["reinforce", "reinforce_rtg", "rtg_no_gamma_t", "const_baseline:b=0.7", "optimal_const_baseline",
                   "value_baseline", "true_advantage", "all_action", "gae:lambda=0.7", "td0",
                   "gae:lambda=1.0,critic=perturbed,scale=0.5", "td0:critic=perturbed,scale=0.3,seed=2",
-                  "geometric_termination", "entropy_bonus:beta=0.1"]
+                  "geometric_termination", "entropy_bonus:beta=0.1", "importance_sampling",
+                  "importance_sampling:mu=mix,eps=0.3"]
 DP_IN_BATCH = ["rloo", "batch_mean_baseline"]
 UNBIASED = [n for n in DP_PER_EPISODE if n != "rtg_no_gamma_t" and "perturbed" not in n]
 
@@ -126,6 +128,13 @@ def test_numba_passes_match_the_numpy_reference_and_the_exact_gradient(kind):
     finite = prob.mdp.horizon is not None
     for j, name in enumerate(DP_PER_EPISODE):
         sp = parse(name)
+        if sp.name == "importance_sampling":  # the reference steps with the behaviour policy
+            ch_is = naive_dp.chain(prob, mu=behaviour(prob.policy.probs(prob.theta), sp.p))
+            mean, m2 = naive_dp.episode_moments(ch_is, sp, V, Q)
+            assert _close(em.mean[j], mean) and _close(em.mse1[j] + 2 * em.mean[j] @ em.target[j]
+                                                       - em.target[j] @ em.target[j], m2), name
+            assert _close(em.mean[j], gt.grad.reshape(-1), rtol=1e-9 if finite else 1e-8), name
+            continue
         critic = None
         if sp.name in ("gae", "td0"):
             critic = V if sp.p["critic"] == "exact" else perturbed_critic(V, prob.mdp.terminal, sp.p["scale"],
@@ -141,12 +150,16 @@ def test_numba_passes_match_the_numpy_reference_and_the_exact_gradient(kind):
 
 
 def test_monte_carlo_agrees_with_the_dp_on_a_garnet_of_50_states_and_50_steps():
-    """Every DP estimator: the measured variance within z standard errors of the DP's exact
-    variance (z >= 5, Bonferroni over the estimators), and the measured mean unbiased ones'
-    within 5 standard errors of the exact gradient (checked through the MSE column)."""
-    names = DP_PER_EPISODE + DP_IN_BATCH
-    df = measure("garnet:S=50,A=4,b=3,seed=0,gamma=0.98,horizon=50,noise=0.5", names, batch=4, trials=3000,
-                 seed=31)
+    """Every DP estimator: the measured variance and MSE within z standard errors of the DP's
+    exact ones (z >= 5, Bonferroni over the estimators and the two columns).
+
+    Left out: importance sampling from the uniform behaviour policy. Over 50 steps its weights
+    are so heavy-tailed that 3000 trials do not estimate its variance (measured: 24 standard
+    errors below the exact value, which enumeration and the NumPy reference confirm above)."""
+    names = [n for n in DP_PER_EPISODE if n != "importance_sampling"] + DP_IN_BATCH
+    prob = make("garnet:S=50,A=4,b=3,seed=0,gamma=0.98,horizon=50,noise=0.5")
+    theta = np.random.default_rng(5).normal(scale=0.5, size=prob.policy.theta_shape)
+    df = measure(prob, names, batch=4, trials=3000, seed=31, theta=theta)
     z = z_crit(2 * len(names))
     assert df["exact_variance"].notna().all()
     for _, r in df.iterrows():
@@ -168,7 +181,7 @@ def test_measure_gets_exact_columns_from_the_dp_on_problems_too_big_to_enumerate
 # ----------------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("est, words", [("w_baseline", "ratio of batch sums"),
-                                        ("importance_sampling", "per-decision ratios"),
+                                        ("importance_sampling:weighted=1", "batch sums"),
                                         ("gae:critic=fitted", "fitted critic"),
                                         ("time_baseline_loo", "pairs of times")])
 def test_estimators_outside_the_dp_are_refused_clearly(est, words):

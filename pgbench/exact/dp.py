@@ -58,7 +58,7 @@ from numba import njit
 from pgbench.errors import PGBenchError
 
 __all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
-           "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments"]
+           "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments", "is_moments"]
 
 TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
          "all_action", "geometric_termination")
@@ -66,8 +66,6 @@ RETURN = ("reinforce", "const_baseline", "optimal_const_baseline")
 RETURN_BATCH = ("rloo", "batch_mean_baseline")
 
 DP_UNSUPPORTED = {
-    "importance_sampling": "its per-decision ratios multiply along the episode (the messages would also have to "
-                           "carry the running ratio and its square; not done yet)",
     "w_baseline": "the weighted in-batch baseline is a ratio of batch sums (no finite set of per-episode moments)",
     "w_baseline_loo": "the leave-one-out weighted baseline is a ratio of batch sums",
     "score_norm_baseline": "the baseline is a ratio of batch sums",
@@ -447,6 +445,95 @@ def trace_moments(ch: _Chain, spec, V, Q, critic=None):
 
 
 @njit(cache=True)
+def _is_pass(rho0, mu, ratio, u, nidx, nprob, terminal, R, var, gpow, gamma, cap, M1, M2):
+    """Forward pass of ordinary per-decision importance sampling: episodes drawn from ``mu``,
+    ``g = sum_k r_k Y_k`` with ``Y_k = gamma^k w_k z_k`` and the running ratio ``w_k = prod_(j <= k)
+    ratio(s_j, a_j)``. As ``Y_k = rho_k (gamma Y_(k-1) + gamma^k w_(k-1) u_k)``, the messages also
+    carry ``E[w]``, ``E[w^2]``, ``E[w Y]`` and ``E[w h]``."""
+    S, A, d = u.shape
+    K = nidx.shape[2]
+    P = rho0.copy()
+    Ew = rho0.copy()
+    Ew2 = rho0.copy()
+    G = np.zeros((6, S, d))  # E[Y], E[h], E[Y * Y], E[h * Y], E[w Y], E[w h]
+    nP = np.zeros(S)
+    nEw = np.zeros(S)
+    nEw2 = np.zeros(S)
+    nG = np.zeros((6, S, d))
+    for t in range(cap):
+        last = t + 1 == cap
+        c = gpow[t]
+        nP[:] = 0.0
+        nEw[:] = 0.0
+        nEw2[:] = 0.0
+        nG[:] = 0.0
+        for s in range(S):
+            p = P[s]
+            if p == 0.0:
+                continue
+            ew = Ew[s]
+            ew2 = Ew2[s]
+            for a in range(A):
+                pa = mu[s, a]
+                if pa == 0.0:
+                    continue
+                rh = ratio[s, a]
+                rb = R[s, a]
+                er2 = rb * rb + var[s, a]
+                if not last:
+                    for k in range(K):
+                        sn = nidx[s, a, k]
+                        wk = pa * nprob[s, a, k]
+                        if wk != 0.0 and not terminal[sn]:
+                            nP[sn] += wk * p
+                            nEw[sn] += wk * rh * ew
+                            nEw2[sn] += wk * rh * rh * ew2
+                for j in range(d):
+                    uj = u[s, a, j]
+                    cu = c * uj
+                    y = rh * (gamma * G[0, s, j] + cu * ew)
+                    yy = rh * rh * (gamma * gamma * G[2, s, j] + 2.0 * gamma * cu * G[4, s, j] + cu * cu * ew2)
+                    hy = rh * (gamma * G[3, s, j] + cu * G[5, s, j])
+                    wy = rh * rh * (gamma * G[4, s, j] + cu * ew2)
+                    M1[j] += pa * rb * y
+                    M2[j] += pa * (2.0 * rb * hy + er2 * yy)
+                    if not last:
+                        h0 = G[1, s, j] + rb * y
+                        hy0 = hy + rb * yy
+                        wh0 = rh * G[5, s, j] + rb * wy
+                        for k in range(K):
+                            sn = nidx[s, a, k]
+                            wk = pa * nprob[s, a, k]
+                            if wk == 0.0 or terminal[sn]:
+                                continue
+                            nG[0, sn, j] += wk * y
+                            nG[1, sn, j] += wk * h0
+                            nG[2, sn, j] += wk * yy
+                            nG[3, sn, j] += wk * hy0
+                            nG[4, sn, j] += wk * wy
+                            nG[5, sn, j] += wk * wh0
+        if last:
+            break
+        P, nP = nP, P
+        Ew, nEw = nEw, Ew
+        Ew2, nEw2 = nEw2, Ew2
+        G, nG = nG, G
+
+
+def is_moments(ch: _Chain, mu: np.ndarray):
+    """Mean (d,) and coordinatewise ``E[g * g]`` of one episode of ordinary importance sampling
+    from the behaviour policy ``mu`` (S, A)."""
+    mu = np.ascontiguousarray(mu, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(mu > 0, ch.pi / np.where(mu > 0, mu, 1.0), 0.0)
+    M1 = np.zeros(ch.d)
+    M2 = np.zeros(ch.d)
+    _is_pass(ch.rho0, mu, ratio, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.R, ch.var,
+             ch.gamma ** np.arange(ch.cap, dtype=np.float64), ch.gamma, ch.cap, M1, M2)
+    return M1, M2
+
+
+@njit(cache=True)
 def _state_mean_pass(rho0, u, succ, psucc, post, terminal, cap, alpha, beta, omega, has_q, q0, q1, w_mode, cW,
                      M1, M2):
     """Forward pass of the conditional mean ``m = E[g | s_0, s_1, ...]`` of a trace-family estimator:
@@ -567,11 +654,12 @@ def state_mean_moments(ch: _Chain, spec, V, Q, critic=None, successors=None):
 # ----------------------------------------------------------------------------------------------- API
 
 
-def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=None):
+def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=None, behaviours=None):
     """Exact ``(mean (n, d), E||g_batch||^2 (n,), in_batch (n,), cut mass, ReturnMoments or None)``.
 
     ``E||g_batch||^2`` is that of one episode for per-episode estimators and of the batch-N
-    estimate for in-batch ones. ``critics``: the critic table per estimator index (gae/td0)."""
+    estimate for in-batch ones. ``critics``: the critic table per estimator index (gae/td0);
+    ``behaviours``: the behaviour policy per estimator index (importance_sampling)."""
     ch = chain(problem, th, cap)
     n, d = len(specs), ch.d
     mean = np.zeros((n, d))
@@ -583,6 +671,9 @@ def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=
     for j, sp in enumerate(specs):
         if sp.name in TRACE:
             M1, M2, _ = trace_moments(ch, sp, V, Q, critics.get(j))
+            mean[j], m2[j] = M1, float(M2.sum())
+        elif sp.name == "importance_sampling":
+            M1, M2 = is_moments(ch, behaviours[j])
             mean[j], m2[j] = M1, float(M2.sum())
         elif sp.name in RETURN:
             b = {"reinforce": 0.0, "const_baseline": sp.p.get("b", 0.0),

@@ -652,6 +652,13 @@ def _critics(prob, specs, V) -> dict:
             for j, sp in enumerate(specs) if sp.name in ("gae", "td0")}
 
 
+def _behaviours(prob, specs, th) -> dict:
+    """The behaviour policy mu of every importance_sampling estimator (by its index)."""
+    from pgbench.measure.engine import behaviour_policy
+    pi = prob.policy.probs(th)
+    return {j: behaviour_policy(pi, sp) for j, sp in enumerate(specs) if sp.name == "importance_sampling"}
+
+
 def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments:
     """:func:`exact_moments` by the dynamic programme of :mod:`pgbench.exact.dp`."""
     from pgbench.exact import exact
@@ -666,7 +673,8 @@ def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments
     gt = exact(prob, th)
     V, Q = oracle_tables(gt)
     critics = _critics(prob, specs, V)
-    mean, m2, is_batch, cut, rm = dp.dp_moments(prob, specs, th, N, cap, V, Q, critics, opt_b)
+    mean, m2, is_batch, cut, rm = dp.dp_moments(prob, specs, th, N, cap, V, Q, critics, opt_b,
+                                                _behaviours(prob, specs, th))
     targets = np.stack([(exact(prob, th, beta=sp.p["beta"]) if sp.name == "entropy_bonus" else gt).grad.reshape(-1)
                         for sp in specs])
     bias = mean - targets
