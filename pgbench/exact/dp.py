@@ -280,6 +280,16 @@ def _return_pass(rho0, pi, u, nidx, nprob, terminal, R, var, gpow, cap, tot_s, t
         V, nV = nV, V
 
 
+@njit(inline="always", cache=True)
+def _all_action_w(c, us, b, out):
+    """``out = b sum_a c[a] u(s, a)``: the all-action term of state s (one vector for every action)."""
+    for j in range(out.shape[0]):
+        acc = 0.0
+        for a in range(c.shape[0]):
+            acc += c[a] * us[a, j]
+        out[j] = b * acc
+
+
 @njit(cache=True)
 def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega, has_q, q0, q1, w_mode, cW,
                 M1, M2, Mn):
@@ -309,11 +319,7 @@ def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega
             if p == 0.0:
                 continue
             if w_mode == 2:
-                for j in range(d):
-                    acc = 0.0
-                    for a in range(A):
-                        acc += cW[tw, s, a] * u[s, a, j]
-                    wall[j] = b * acc
+                _all_action_w(cW[tw, s], u[s], b, wall)
             for a in range(A):
                 pa = pi[s, a]
                 if pa == 0.0:
@@ -565,11 +571,7 @@ def _state_mean_pass(rho0, u, succ, psucc, post, terminal, cap, alpha, beta, ome
             if p == 0.0:
                 continue
             if w_mode == 2:
-                for j in range(d):
-                    acc = 0.0
-                    for a in range(A):
-                        acc += cW[tw, s, a] * u[s, a, j]
-                    wall[j] = b * acc
+                _all_action_w(cW[tw, s], u[s], b, wall)
             for i in range(Km):
                 w = psucc[s, i]
                 if w == 0.0:
