@@ -288,3 +288,25 @@ def test_conditional_mean_pass_has_the_estimators_mean_and_nonnegative_parts(kin
         oracle = sp.name in ("true_advantage", "all_action")  # never read a reward
         assert (r["noise"] == 0.0) if oracle else (r["noise"] > 0.0), name
         assert r["state"] + r["action"] + r["noise"] == pytest.approx(r["variance"], rel=1e-12)
+
+
+@pytest.mark.parametrize("key", ["garnet_finite_gaussian", "terminal_finite_linear"])
+def test_time_dependent_coordinate_baseline_matches_enumeration(key):
+    """``b_(t, j) = E[gamma^t r_t z_(t, j)^2] / E[z_(t, j)^2]`` by the DP against plain enumeration."""
+    from naive_mdp import enumerate_trajectories
+    prob = problem(key)
+    ob = M.optimal_baselines(prob)
+    g = prob.policy.score_table(prob.theta)
+    T, d = prob.mdp.horizon, g.shape[2]
+    num, den = np.zeros((T, d)), np.zeros((T, d))
+    for p, st, a, rbar, _ in enumerate_trajectories(prob):
+        z = np.zeros(d)
+        for t in range(len(a)):
+            z = z + g[st[t], a[t]]
+            num[t] += p * prob.mdp.gamma ** t * rbar[t] * z * z
+            den[t] += p * z * z
+    assert ob.b_time.shape == (T, d)
+    live = den > 1e-14
+    assert _close(ob.b_time[live], num[live] / den[live])
+    assert np.isnan(ob.b_time[~live]).all()
+    assert M.optimal_baselines(prob, method="enumerate").b_time is None

@@ -151,11 +151,14 @@ class ReturnMoments:
     """Per-episode joint moments of the discounted return R and the score z (reward noise included).
 
     ``m[k] = E[R^k]``, ``v[k] = E[R^k z]`` (d,), ``zz[k] = E[R^k z * z]`` (d,, coordinatewise),
-    for k = 0, 1, 2."""
+    for k = 0, 1, 2; per step t, ``step_zz[t] = E[z_t * z_t]`` and ``step_rzz[t] = E[gamma^t r_t z_t * z_t]``
+    (partial scores ``z_t = sum_(k <= t) u_k``)."""
 
     m: np.ndarray
     v: np.ndarray
     zz: np.ndarray
+    step_zz: np.ndarray
+    step_rzz: np.ndarray
 
     @property
     def Z(self) -> np.ndarray:
@@ -197,9 +200,11 @@ class ReturnMoments:
 
 
 @njit(cache=True)
-def _return_pass(rho0, pi, u, nidx, nprob, terminal, R, var, gpow, cap, tot_s, tot_v, tot_q):
+def _return_pass(rho0, pi, u, nidx, nprob, terminal, R, var, gpow, cap, tot_s, tot_v, tot_q, step_zz, step_rzz):
     """Forward pass of the return family: ``tot_s[k] = E[R^k]``, ``tot_v[k] = E[R^k z]``,
-    ``tot_q[k] = E[R^k z * z]`` over ended episodes (k = 0, 1, 2)."""
+    ``tot_q[k] = E[R^k z * z]`` over ended episodes (k = 0, 1, 2); per step t also
+    ``step_zz[t] = E[z_t * z_t]`` and ``step_rzz[t] = E[gamma^t r_t z_t * z_t]`` with the partial
+    score ``z_t = sum_(k <= t) u_k`` (zero once the episode has ended)."""
     S, A, d = u.shape
     K = nidx.shape[2]
     P = rho0.copy()
@@ -258,6 +263,8 @@ def _return_pass(rho0, pi, u, nidx, nprob, terminal, R, var, gpow, cap, tot_s, t
                     x[1] = rz + r * x[0]
                     x[2] = z2 + a2 * uj + 2.0 * r * rz + r2 * x[0]
                     x[3] = V[3, s, j] + 2.0 * z0 * uj + uj * uj * p
+                    step_zz[t, j] += pa * x[3]
+                    step_rzz[t, j] += pa * r * x[3]
                     rq = V[4, s, j] + 2.0 * z1 * uj + uj * uj * a1
                     x[4] = rq + r * x[3]
                     x[5] = V[5, s, j] + 2.0 * z2 * uj + uj * uj * a2 + 2.0 * r * rq + r2 * x[3]
@@ -395,10 +402,12 @@ def return_moments(ch: _Chain) -> "ReturnMoments":
     tot_s = np.zeros(3)
     tot_v = np.zeros((3, ch.d))
     tot_q = np.zeros((3, ch.d))
+    step_zz = np.zeros((ch.cap, ch.d))
+    step_rzz = np.zeros((ch.cap, ch.d))
     gpow = ch.gamma ** np.arange(ch.cap, dtype=np.float64)
     _return_pass(ch.rho0, ch.pi, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.R, ch.var, gpow, ch.cap, tot_s, tot_v,
-                 tot_q)
-    return ReturnMoments(tot_s, tot_v, tot_q)
+                 tot_q, step_zz, step_rzz)
+    return ReturnMoments(tot_s, tot_v, tot_q, step_zz, step_rzz)
 
 
 def _trace_tables(ch: _Chain, spec, V, Q, critic):

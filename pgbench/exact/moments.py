@@ -727,6 +727,11 @@ class OptimalBaselines:
     ``Var(b) = EZ b^2 - 2 ERZ b + ER2Z - ||grad||^2`` with ``EZ = E||z||^2``, ``ERZ = E[R ||z||^2]``,
     ``ER2Z = E[R^2 ||z||^2]`` (reward noise included in ``R^2``) and ``grad = E[R z]``. Per
     coordinate the same with ``z_j^2``: ``b_coord = E[R z_j^2] / E[z_j^2]``.
+
+    ``b_time`` (cap, d), from the DP only (None by enumeration): the per-coordinate, time-dependent
+    G(PO)MDP baseline ``b_(t, j) = E[gamma^t r_t z_(t, j)^2] / E[z_(t, j)^2]`` of the per-reward form
+    ``g_j = sum_t z_(t, j) (gamma^t r_t - b_(t, j))`` (partial scores ``z_t = sum_(k <= t) u_k``;
+    Peters and Schaal 2008), nan where ``z_(t, j)`` is surely 0.
     """
 
     b_star: float
@@ -738,6 +743,7 @@ class OptimalBaselines:
     ERZj: np.ndarray
     ER2Zj: np.ndarray
     grad: np.ndarray  # E[R z], flattened
+    b_time: Optional[np.ndarray] = None
 
     def variance(self, b) -> np.ndarray:
         """Exact trace variance of one episode's ``(R - b) z`` (vectorised over b)."""
@@ -777,6 +783,8 @@ def optimal_baselines(problem, theta=None, limit: int = DEFAULT_LIMIT, max_steps
         from pgbench.exact import dp
         rm = dp.return_moments(dp.chain(prob, th, _cap(prob, max_steps)))
         grad, EZj, ERZj, ER2Zj = rm.v[1], rm.zz[0], rm.zz[1], rm.zz[2]
+        live = rm.step_zz > 1e-14 * max(float(rm.step_zz.max()), 1e-300)
+        b_time = np.where(live, rm.step_rzz / np.where(live, rm.step_zz, 1.0), np.nan)
     else:
         trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
         mdp = prob.mdp
@@ -787,12 +795,13 @@ def optimal_baselines(problem, theta=None, limit: int = DEFAULT_LIMIT, max_steps
         _baseline_sums(trajs.states, trajs.actions, trajs.lengths, trajs.probs(pi),
                        np.ascontiguousarray(mdp.R, float), np.ascontiguousarray(mdp.reward_variance()), gpow, g, out)
         grad, EZj, ERZj, ER2Zj = out
+        b_time = None
     EZ, ERZ, ER2Z = float(EZj.sum()), float(ERZj.sum()), float(ER2Zj.sum())
     tol = 1e-14 * max(EZ, 1e-300)
     with np.errstate(invalid="ignore", divide="ignore"):
         bj = np.where(EZj > tol, ERZj / np.where(EZj > tol, EZj, 1.0), np.nan)
     b = ERZ / EZ if EZ > 0 else 0.0
-    return OptimalBaselines(float(b), bj.reshape(th.shape), EZ, ERZ, ER2Z, EZj, ERZj, ER2Zj, grad)
+    return OptimalBaselines(float(b), bj.reshape(th.shape), EZ, ERZ, ER2Z, EZj, ERZj, ER2Zj, grad, b_time)
 
 
 def exact_optimal_constant_baseline(problem, theta=None, limit: int = DEFAULT_LIMIT,
