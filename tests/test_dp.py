@@ -310,3 +310,11 @@ def test_time_dependent_coordinate_baseline_matches_enumeration(key):
     assert _close(ob.b_time[live], num[live] / den[live])
     assert np.isnan(ob.b_time[~live]).all()
     assert M.optimal_baselines(prob, method="enumerate").b_time is None
+
+
+def test_problems_too_big_for_the_dp_tables_are_refused_or_left_to_enumeration():
+    big = "garnet:S=2000,A=4,b=3,seed=0,gamma=0.9"  # tabular: S A d = 6.4e7 entries
+    with pytest.raises(PGBenchError, match="score tables of 64000000 entries"):
+        M.exact_moments(big, ["reinforce_rtg"], method="dp")
+    with pytest.raises(PGBenchError, match="trajectories"):  # auto falls back to enumeration, which refuses
+        M.exact_moments(big, ["reinforce_rtg"])

@@ -58,7 +58,8 @@ from numba import njit
 from pgbench.errors import PGBenchError
 
 __all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
-           "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments", "is_moments"]
+           "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments", "is_moments",
+           "dp_table_size", "DP_TABLE_LIMIT"]
 
 TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
          "all_action", "geometric_termination")
@@ -102,6 +103,16 @@ def dp_work(problem, max_steps=None) -> float:
         cap = int(max_steps)
     d = int(np.prod(problem.policy.theta_shape))
     return float(cap) * mdp.S * mdp.A * d * (mdp.K + 1)
+
+
+DP_TABLE_LIMIT = 2 * 10 ** 7
+"""Most entries ``S A d`` of the score table (and of each message) the DP builds (160 MB)."""
+
+
+def dp_table_size(problem) -> int:
+    """Entries ``S A d`` of the score table the DP reads (a tabular policy has ``d = S A``)."""
+    mdp = problem.mdp
+    return int(mdp.S * mdp.A * int(np.prod(problem.policy.theta_shape)))
 
 
 DP_WORK_LIMIT = 2e8
@@ -429,8 +440,8 @@ def _trace_tables(ch: _Chain, spec, V, Q, critic):
         Vt = V[:T]
         return g, disc, ones, True, ch.R[None], zq1, 1, -np.broadcast_to(Vt[:, :, None], (T, S, A))
     if name == "entropy_bonus":
-        with np.errstate(divide="ignore"):
-            soft = ch.R - spec.p["beta"] * np.log(ch.pi)
+        with np.errstate(divide="ignore"):  # an action of probability 0 is never taken: no -inf * 0
+            soft = np.where(ch.pi > 0, ch.R - spec.p["beta"] * np.log(np.where(ch.pi > 0, ch.pi, 1.0)), 0.0)
         return g, disc, ones, True, soft[None], zq1, 0, nw
     if name in ("gae", "td0"):
         lam = spec.p.get("lambda", 0.0)
