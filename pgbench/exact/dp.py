@@ -59,7 +59,7 @@ from pgbench.errors import PGBenchError
 
 __all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
            "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments", "is_moments",
-           "dp_table_size", "DP_TABLE_LIMIT"]
+           "dp_table_size", "DP_TABLE_LIMIT", "check_table_size"]
 
 TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
          "all_action", "geometric_termination")
@@ -113,6 +113,14 @@ def dp_table_size(problem) -> int:
     """Entries ``S A d`` of the score table the DP reads (a tabular policy has ``d = S A``)."""
     mdp = problem.mdp
     return int(mdp.S * mdp.A * int(np.prod(problem.policy.theta_shape)))
+
+
+def check_table_size(problem) -> None:
+    """PGBenchError when the DP's tables would exceed :data:`DP_TABLE_LIMIT` entries."""
+    n = dp_table_size(problem)
+    if n > DP_TABLE_LIMIT:
+        raise PGBenchError(f"{problem.name}: the moment DP would build score tables of {n} entries (S A d), more "
+                           f"than {DP_TABLE_LIMIT}; a linear policy with fewer features, or fewer states")
 
 
 DP_WORK_LIMIT = 2e8

@@ -562,11 +562,10 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
         raise PGBenchError(f"method must be 'auto', 'dp' or 'enumerate'; got {method!r}")
     if method == "dp" and cov:
         raise PGBenchError("the full covariance comes from enumeration only (method='enumerate')")
-    from pgbench.exact.dp import DP_TABLE_LIMIT, dp_table_size
+    from pgbench.exact.dp import DP_TABLE_LIMIT, check_table_size, dp_table_size
     small = dp_table_size(prob) <= DP_TABLE_LIMIT
-    if method == "dp" and not small:
-        raise PGBenchError(f"{prob.name}: the moment DP would build score tables of {dp_table_size(prob)} entries "
-                           f"(S A d), more than {DP_TABLE_LIMIT}; a linear policy with fewer features, or fewer states")
+    if method == "dp":
+        check_table_size(prob)
     if method == "dp" or (method == "auto" and small and not cov and all(dp_supports(sp) for sp in specs)):
         return _exact_moments_dp(prob, specs, N, th, max_steps, opt_b)
     trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
@@ -786,9 +785,7 @@ def optimal_baselines(problem, theta=None, limit: int = DEFAULT_LIMIT, max_steps
     th = prob.resolve_theta(theta)
     if method == "dp":
         from pgbench.exact import dp
-        if dp.dp_table_size(prob) > dp.DP_TABLE_LIMIT:
-            raise PGBenchError(f"{prob.name}: the moment DP would build score tables of {dp.dp_table_size(prob)} "
-                               f"entries (S A d), more than {dp.DP_TABLE_LIMIT}")
+        dp.check_table_size(prob)
         rm = dp.return_moments(dp.chain(prob, th, _cap(prob, max_steps)))
         grad, EZj, ERZj, ER2Zj = rm.v[1], rm.zz[0], rm.zz[1], rm.zz[2]
         live = rm.step_zz > 1e-14 * max(float(rm.step_zz.max()), 1e-300)
