@@ -2,8 +2,8 @@
 
 No trajectory is listed: a forward pass over the chain carries, for every state s at step t,
 probability-weighted moments of the quantities the estimate is built from, restricted to the
-episodes that are still running and sit in s at step t. Its cost is ``O(T S A (S + A) d)``
-per estimator, where enumeration grows like ``(A K)^T``.
+episodes that are still running and sit in s at step t. Its cost is ``O(T S A K d)`` per
+estimator (K successor slots per action, d parameters), where enumeration grows like ``(A K)^T``.
 
 Every estimate is ``g = sum_t psi_t u_t`` with ``u_t = grad log pi(a_t|s_t)``. Two families:
 
@@ -43,6 +43,15 @@ The pass carries ``E[R^m]``, ``E[R^m z]`` and ``E[R^m z * z]`` for m = 0, 1, 2 a
 when an episode ends (a terminal state, the horizon or the sampling cap). They give every
 constant baseline's moments, the exact ``b* = E[R ||z||^2] / E[||z||^2]`` and per-coordinate
 ``b*_j``, and the in-batch estimators at any N as U-statistics over independent episodes.
+
+*Ordinary importance sampling* (episodes from a behaviour policy mu) is the trace form with the
+running ratio ``w_k``: ``Y_k = gamma^k w_k z_k = rho_k (gamma Y_(k-1) + gamma^k w_(k-1) u_k)``, so its
+pass also carries ``E[w]``, ``E[w^2]``, ``E[w Y]`` and ``E[w h]``.
+
+*Variance split* (SPEC 8): given the state sequence, actions are independent with posterior
+``pi(a|s) P(s'|s, a) / P_pi(s'|s)``, so ``E[g | states]`` is again a sum over steps whose second
+moment a pass over (t, s, s') gives; ``Var(E[g | states])`` is the start-state and transition
+part, the reward-noise part comes out of the main pass, and action sampling is the rest.
 
 Unbounded problems run to the sampling cap (the law of the sampled, capped episodes) and report
 the probability mass the cap cuts off.
