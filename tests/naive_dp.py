@@ -227,7 +227,6 @@ def importance_sampling_moments(ch: Chain, spec):
     E[1], E[w], E[w^2] and the vectors E[Y], E[h], E[Y Y], E[h Y], E[w Y], E[w h] for
     ``Y_k = gamma^k w_k z_k`` and the partial estimate h."""
     S, A, d = ch.S, ch.A, ch.d
-    A_ = ch.A
     mu = behaviour(ch.pi, spec.p)
     rho = ch.pi / mu
     u, uu = ch.u, ch.u * ch.u
@@ -250,7 +249,7 @@ def importance_sampling_moments(ch: Chain, spec):
         M2 += (mu[:, :, None] * (2 * r * hy + er2 * yy)).sum(axis=(0, 1))
         if t + 1 == ch.cap:
             break
-        Pa = np.broadcast_to(P[:, None, None], (S, A_, 1))
+        Pa = np.broadcast_to(P[:, None, None], (S, A, 1))
         sc = ch.step(np.concatenate([Pa, rh * w1 + 0 * Pa, rh ** 2 * w2 + 0 * Pa], axis=2))
         P, Ew, Ew2 = sc[:, 0], sc[:, 1], sc[:, 2]
         nx = ch.step(np.stack([y, Eh[:, None, :] + r * y, yy, hy + r * yy, wy, rh * Ewh[:, None, :] + r * wy], axis=2))

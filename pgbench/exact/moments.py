@@ -439,6 +439,7 @@ class ExactMoments:
     ``variance1`` and ``mse1`` are the single-episode values for per-episode estimators (nan for
     in-batch ones, whose N-batch is enumerated directly). ``truncated_mass``: probability that the
     cap cut an episode (unbounded problems; 0 when every episode ends before it).
+    ``n_trajectories`` is -1 when the moment DP computed them (``extras["method"] == "dp"``).
     """
 
     problem: object
