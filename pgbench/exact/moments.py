@@ -1,4 +1,7 @@
-"""Exact second moments of gradient estimators by enumerating trajectories (SPEC section 4).
+"""Exact second moments of gradient estimators by enumerating trajectories (SPEC section 4), or
+by the moment DP of :mod:`pgbench.exact.dp` (:func:`exact_moments` with ``method="auto"`` takes
+the DP whenever it covers every estimator asked for; :func:`variance_decomposition` splits the
+variance; :func:`optimal_baselines` uses the DP by default).
 
 On a problem small enough that every trajectory can be listed, an estimator's exact mean,
 variance and MSE follow from the list: each trajectory ``tau`` has its probability ``p(tau)``
