@@ -156,6 +156,7 @@ class _Chain:
     rho0: np.ndarray
     terminal: np.ndarray
     horizon: float  # the problem's horizon (inf when unbounded)
+    tabular: bool  # u(s, a) lives in coordinates s A .. s A + A - 1 only (tabular softmax)
 
 
 def chain(problem, th, cap: int) -> _Chain:
@@ -168,7 +169,18 @@ def chain(problem, th, cap: int) -> _Chain:
     return _Chain(S, A, d, cap, mdp.horizon is not None, float(mdp.gamma), c(pi), u, c(mdp.R, dtype=float),
                   c(mdp.reward_variance(), dtype=float), c(mdp.next_idx, dtype=np.int64),
                   c(mdp.next_prob, dtype=float), c(mdp.rho0, dtype=float),
-                  c(mdp.terminal, dtype=np.bool_), np.inf if mdp.horizon is None else float(mdp.horizon))
+                  c(mdp.terminal, dtype=np.bool_), np.inf if mdp.horizon is None else float(mdp.horizon),
+                  _row_blocks(u))
+
+
+def _row_blocks(u: np.ndarray) -> bool:
+    """Whether every score ``u(s, a)`` is zero outside coordinates ``s A .. s A + A - 1``."""
+    S, A, d = u.shape
+    if d != S * A:
+        return False
+    inside = np.zeros((S, d), bool)
+    inside[np.repeat(np.arange(S), A), np.arange(d)] = True
+    return not np.any(u[~np.broadcast_to(inside[:, None, :], u.shape)])
 
 
 # ----------------------------------------------------------------------------------------------- return family
@@ -327,13 +339,17 @@ def _all_action_w(c, us, b, out):
 
 @njit(cache=True)
 def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega, has_q, q0, q1, w_mode, cW,
-                M1, M2, Mn):
+                M1, M2, Mn, tab):
     """Forward pass of one trace-family estimator: ``M1 = E[g]``, ``M2 = E[g * g]`` (coordinatewise)
     and ``Mn``, the part of ``M2`` due to the reward noise (``sum_k Var(r_k) Y_k * Y_k``).
 
     Step t: ``Y' = alpha Y + beta[t] u``, ``q = q0[t, s, a] + q1[t, s'] + noise``, increment
     ``D = q Y' + W`` with ``W = beta[t] cW[t, s, a] u(s, a)`` (w_mode 1) or ``beta[t] sum_b cW[t, s, b]
-    u(s, b)`` (w_mode 2), expected increments weighted by ``omega[t]``. Tables with one row are read at every t."""
+    u(s, b)`` (w_mode 2), expected increments weighted by ``omega[t]``. Tables with one row are read at every t.
+
+    ``tab``: tabular layout, ``u(s, a)`` is zero outside coordinates ``s A .. s A + A - 1``. Off
+    those, ``Y'``, ``Y' * Y'`` and ``h * Y'`` do not depend on the action, so they are computed
+    once per state and sent to each distinct successor with the action-summed weights."""
     S, A, d = u.shape
     K = nidx.shape[2]
     P = rho0.copy()
@@ -341,6 +357,10 @@ def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega
     nP = np.zeros(S)
     nG = np.zeros((4, S, d))
     wall = np.zeros(d)
+    slot_of = np.full(S, -1, np.int64)
+    m_sn = np.zeros(A * K, np.int64)
+    m_c0 = np.zeros(A * K)
+    m_cq = np.zeros(A * K)
     for t in range(cap):
         last = t + 1 == cap
         b = beta[t]
@@ -355,6 +375,12 @@ def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega
                 continue
             if w_mode == 2:
                 _all_action_w(cW[tw, s], u[s], b, wall)
+            jlo = s * A if tab else 0
+            jhi = jlo + A if tab else d
+            nm = 0
+            sq = 0.0
+            se = 0.0
+            sv = 0.0
             for a in range(A):
                 pa = pi[s, a]
                 if pa == 0.0:
@@ -372,14 +398,28 @@ def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega
                     qa = q0[tq, s, a]
                     qbar = qa + m1
                     eq2 = qa * qa + 2.0 * qa * m1 + m2 + var[s, a]
+                    sq += pa * qbar
+                    se += pa * eq2
+                    sv += pa * var[s, a]
                 if not last:
                     for k in range(K):
                         sn = nidx[s, a, k]
                         wk = pa * nprob[s, a, k]
                         if wk != 0.0 and not terminal[sn]:
                             nP[sn] += wk * p
+                            if tab:
+                                i = slot_of[sn]
+                                if i < 0:
+                                    i = nm
+                                    slot_of[sn] = i
+                                    m_sn[i] = sn
+                                    m_c0[i] = 0.0
+                                    m_cq[i] = 0.0
+                                    nm += 1
+                                m_c0[i] += wk
+                                m_cq[i] += wk * (qa + q1[tq, sn]) if has_q else 0.0
                 cw = b * cW[tw, s, a] if w_mode == 1 else 0.0
-                for j in range(d):
+                for j in range(jlo, jhi):
                     uj = u[s, a, j]
                     eh = G[1, s, j]
                     if w_mode == 1:
@@ -419,6 +459,31 @@ def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega
                                 nG[3, sn, j] += wk * (hy0 + qn * yy)
                             else:
                                 nG[1, sn, j] += wk * h0
+            if not tab:
+                continue
+            for jj in range(d - A):  # the coordinates of the other states' rows
+                j = jj if jj < jlo else jj + A
+                eh = G[1, s, j]
+                if has_q:
+                    y = alpha * G[0, s, j]
+                    yy = alpha * alpha * G[2, s, j]
+                    hy = alpha * G[3, s, j]
+                    M1[j] += om * sq * y
+                    M2[j] += om * (2.0 * sq * hy + se * yy)
+                    Mn[j] += om * sv * yy
+                    for i in range(nm):
+                        sn = m_sn[i]
+                        c0 = m_c0[i]
+                        cq = m_cq[i]
+                        nG[0, sn, j] += c0 * y
+                        nG[1, sn, j] += c0 * eh + cq * y
+                        nG[2, sn, j] += c0 * yy
+                        nG[3, sn, j] += c0 * hy + cq * yy
+                else:
+                    for i in range(nm):
+                        nG[1, m_sn[i], j] += m_c0[i] * eh
+            for i in range(nm):
+                slot_of[m_sn[i]] = -1
         if last:
             break
         P, nP = nP, P
@@ -483,7 +548,7 @@ def trace_moments(ch: _Chain, spec, V, Q, critic=None):
     Mn = np.zeros(ch.d)
     _trace_pass(ch.rho0, ch.pi, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.var, ch.cap, float(alpha), beta, omega,
                 bool(has_q), np.ascontiguousarray(q0, dtype=np.float64), np.ascontiguousarray(q1, dtype=np.float64),
-                int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2, Mn)
+                int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2, Mn, ch.tabular)
     return M1, M2, Mn
 
 
