@@ -28,6 +28,12 @@ from pgbench.suites.registry import SUITES
 # estimates). A failure means a real bias, not bad luck. The terminal summary flags p_robust < 1e-3.
 P_MIN = 1e-6
 
+# Where a cell carries the exact variance and MSE (the moment DP of pgbench.exact.dp, or
+# enumeration), the measured ones must lie within Z_EXACT standard errors of them: ~300 such
+# comparisons per full run, so 6 standard errors is a Bonferroni bound at a family-wise 1e-6 under
+# normality (a failure means the sampler, the estimator code or the exact moments are wrong).
+Z_EXACT = 6.0
+
 FINITE = ("bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se", "exact_grad_norm", "p_value")
 
 
@@ -57,4 +63,9 @@ def test_cell(pgbench_cell, suite_cell):
         if r["unbiased"] and _finite(r.get("p_robust")) and r["p_robust"] <= P_MIN:
             problems.append(f"{r['estimator']} claims to be unbiased but p = {r['p_robust']:.3g} <= {P_MIN:g} "
                             f"({r['p_test']}; |bias| = {r['bias_norm']:.3g} ± {r['bias_norm_se']:.2g})")
+        for col in ("variance", "mse"):
+            ex, v, se = r.get(f"exact_{col}"), r.get(col), r.get(f"{col}_se")
+            if _finite(ex) and _finite(v) and _finite(se) and abs(v - ex) > Z_EXACT * se:
+                problems.append(f"{r['estimator']}: measured {col} {v:.6g} is {abs(v - ex) / se:.1f} standard errors "
+                                f"from the exact {ex:.6g}")
     assert not problems, f"{rec['cell']} (K={rec['K']}, seed={rec['seed']}):\n  " + "\n  ".join(problems)

@@ -318,11 +318,13 @@ def test_measure_leaves_exact_columns_nan_on_big_problems_and_on_request():
 
 def test_too_many_trajectories_are_refused_clearly():
     with pytest.raises(PGBenchError, match="more than 1000 trajectories"):
-        M.exact_moments("garnet:S=4,A=2,b=2,seed=4,horizon=5", "reinforce", limit=1000)
+        M.exact_moments("garnet:S=4,A=2,b=2,seed=4,horizon=5", "reinforce", limit=1000, method="enumerate")
     with pytest.raises(PGBenchError, match="trajectories"):
-        M.exact_moments("frozen_lake", "reinforce")
+        M.exact_moments("frozen_lake", "reinforce", method="enumerate")
     with pytest.raises(PGBenchError, match="batches of N=4"):
-        M.exact_moments("garnet:S=4,A=2,b=2,seed=4,horizon=3", "rloo", batch=4)
+        M.exact_moments("garnet:S=4,A=2,b=2,seed=4,horizon=3", "rloo", batch=4, method="enumerate")
+    # the default (method="auto") takes the moment DP for these, whatever the count
+    assert M.exact_moments("frozen_lake", "reinforce").extras["method"] == "dp"
 
 
 @pytest.mark.parametrize("est, N, words", [

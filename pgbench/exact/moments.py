@@ -1,4 +1,7 @@
-"""Exact second moments of gradient estimators by enumerating trajectories (SPEC section 4).
+"""Exact second moments of gradient estimators by enumerating trajectories (SPEC section 4), or
+by the moment DP of :mod:`pgbench.exact.dp` (:func:`exact_moments` with ``method="auto"`` takes
+the DP whenever it covers every estimator asked for; :func:`variance_decomposition` splits the
+variance; :func:`optimal_baselines` uses the DP by default).
 
 On a problem small enough that every trajectory can be listed, an estimator's exact mean,
 variance and MSE follow from the list: each trajectory ``tau`` has its probability ``p(tau)``
@@ -49,7 +52,8 @@ from pgbench.kernels import mdp as K_
 
 __all__ = ["DEFAULT_LIMIT", "Trajectories", "ExactMoments", "OptimalBaselines", "count_trajectories",
            "count_batches", "enumerate_trajectories", "exact_moments", "exact_variance", "optimal_baselines",
-           "exact_optimal_constant_baseline", "supports", "enumeration_size"]
+           "exact_optimal_constant_baseline", "supports", "enumeration_size", "dp_supports",
+           "variance_decomposition"]
 
 DEFAULT_LIMIT = 200_000
 """Most trajectories (or batches, for in-batch estimators) an enumeration may list."""
@@ -438,6 +442,7 @@ class ExactMoments:
     ``variance1`` and ``mse1`` are the single-episode values for per-episode estimators (nan for
     in-batch ones, whose N-batch is enumerated directly). ``truncated_mass``: probability that the
     cap cut an episode (unbounded problems; 0 when every episode ends before it).
+    ``n_trajectories`` is -1 when the moment DP computed them (``extras["method"] == "dp"``).
     """
 
     problem: object
@@ -504,9 +509,21 @@ def _groups(specs):
     return groups
 
 
+def dp_supports(spec) -> bool:
+    """Whether the dynamic programme (:mod:`pgbench.exact.dp`) gives this estimator's exact moments."""
+    from pgbench.exact.dp import dp_supports as ok
+    return ok(parse(spec))
+
+
 def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = DEFAULT_LIMIT, cov: bool = False,
-                  max_steps: Optional[int] = None, opt_b: Optional[float] = None) -> ExactMoments:
+                  max_steps: Optional[int] = None, opt_b: Optional[float] = None, method: str = "auto"
+                  ) -> ExactMoments:
     """Exact mean, variance and MSE of batch-N estimates of ``estimators`` on ``problem``.
+
+    ``method``: ``"dp"`` (dynamic programming over (t, s), :mod:`pgbench.exact.dp`: no
+    enumeration, any problem size), ``"enumerate"`` (trajectory enumeration, every estimator but
+    ``natural``, small problems only) or ``"auto"`` (the DP when it covers every estimator asked
+    for and no covariance is wanted, else enumeration).
 
     Parameters
     ----------
@@ -545,6 +562,16 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
         if N < 2 and sp.name in ("rloo", "w_baseline_loo", "time_baseline_loo"):
             raise PGBenchError(f"{sp.name} needs batch size N >= 2 (leave-one-out); got N={N}")
     th = prob.resolve_theta(theta)
+    if method not in ("auto", "dp", "enumerate"):
+        raise PGBenchError(f"method must be 'auto', 'dp' or 'enumerate'; got {method!r}")
+    if method == "dp" and cov:
+        raise PGBenchError("the full covariance comes from enumeration only (method='enumerate')")
+    from pgbench.exact.dp import DP_TABLE_LIMIT, check_table_size, dp_table_size
+    small = dp_table_size(prob) <= DP_TABLE_LIMIT
+    if method == "dp":
+        check_table_size(prob)
+    if method == "dp" or (method == "auto" and small and not cov and all(dp_supports(sp) for sp in specs)):
+        return _exact_moments_dp(prob, specs, N, th, max_steps, opt_b)
     trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
     n = len(trajs)
     groups = _groups(specs)
@@ -567,7 +594,7 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     n_est = len(specs)
     targets = np.stack([_target(prob, th, gt, sp) for sp in specs])
     if opt_b is None and any(sp.name == "optimal_const_baseline" for sp in specs):
-        opt_b = exact_optimal_constant_baseline(prob, th, limit=limit, max_steps=max_steps)
+        opt_b = exact_optimal_constant_baseline(prob, th, limit=limit, max_steps=max_steps, method="enumerate")
     m1 = np.zeros((n_est, d))
     m2 = np.zeros(n_est)
     M2 = np.zeros((n_est, d, d)) if cov else np.zeros((n_est, 0, 0))
@@ -624,6 +651,78 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
                         trunc, cap, extras)
 
 
+def _critics(prob, specs, V) -> dict:
+    """The critic table of every gae/td0 estimator (by its index): exact V or the engine's perturbed V."""
+    from pgbench.measure.engine import perturbed_critic
+    mdp = prob.mdp
+    return {j: V if sp.p["critic"] == "exact" else
+            perturbed_critic(V, mdp.terminal, sp.p["scale"], sp.p["seed"], mdp.horizon is not None)
+            for j, sp in enumerate(specs) if sp.name in ("gae", "td0")}
+
+
+def _behaviours(prob, specs, th) -> dict:
+    """The behaviour policy mu of every importance_sampling estimator (by its index)."""
+    from pgbench.measure.engine import behaviour_policy
+    pi = prob.policy.probs(th)
+    return {j: behaviour_policy(pi, sp) for j, sp in enumerate(specs) if sp.name == "importance_sampling"}
+
+
+def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments:
+    """:func:`exact_moments` by the dynamic programme of :mod:`pgbench.exact.dp`."""
+    from pgbench.exact import exact
+    from pgbench.exact import dp
+    from pgbench.measure.engine import oracle_tables
+
+    for sp in specs:
+        why = dp.why_not(sp)
+        if why is not None:
+            raise PGBenchError(f"no exact moments by dynamic programming for {sp.label}: {why}")
+    cap = _cap(prob, max_steps)
+    gt = exact(prob, th)
+    V, Q = oracle_tables(gt)
+    critics = _critics(prob, specs, V)
+    mean, m2, is_batch, cut, rm = dp.dp_moments(prob, specs, th, N, cap, V, Q, critics, opt_b,
+                                                _behaviours(prob, specs, th))
+    targets = np.stack([(exact(prob, th, beta=sp.p["beta"]) if sp.name == "entropy_bonus" else gt).grad.reshape(-1)
+                        for sp in specs])
+    bias = mean - targets
+    b2 = np.einsum("ej,ej->e", bias, bias)
+    var_at = np.maximum(m2 - np.einsum("ej,ej->e", mean, mean), 0.0)
+    variance = np.where(is_batch, var_at, var_at / N)
+    mse = variance + b2
+    extras = {"method": "dp"}
+    if rm is not None:
+        extras["optimal_const_baseline_b"] = float(rm.b_star if opt_b is None else opt_b)
+    return ExactMoments(prob, th, [sp.label for sp in specs], N, mean, targets, variance, mse,
+                        np.where(is_batch, np.nan, var_at), np.where(is_batch, np.nan, m2 - 2 * (mean * targets).sum(1)
+                                                                     + (targets * targets).sum(1)),
+                        None, -1, cut, cap, extras)
+
+
+def variance_decomposition(problem, estimators, batch: int = 1, theta=None, max_steps: Optional[int] = None):
+    """Exact split of each estimator's trace variance (SPEC section 8, the law of total variance
+    conditioned on the state sequence): a DataFrame with ``variance`` and its parts ``state``
+    (start state and transitions: ``Var(E[g | s_0, s_1, ...])``), ``action`` (action sampling)
+    and ``noise`` (reward noise), each for a batch of N (one episode's divided by N).
+
+    By the moment DP (:mod:`pgbench.exact.dp`) for the per-step ("trace") estimators:
+    reinforce_rtg, rtg_no_gamma_t, value_baseline, true_advantage, all_action, gae/td0 with a
+    fixed critic, entropy_bonus, geometric_termination; other estimators get NaN parts."""
+    import pandas as pd
+
+    from pgbench.exact import dp, exact
+    from pgbench.measure.engine import oracle_tables
+    from pgbench.problems.registry import make
+
+    prob = make(problem) if isinstance(problem, str) else problem
+    specs = [parse(e) for e in ([estimators] if isinstance(estimators, (str, EstimatorSpec)) else estimators)]
+    em = exact_moments(prob, specs, batch=batch, theta=theta, max_steps=max_steps, method="dp")
+    V, Q = oracle_tables(exact(prob, em.theta))
+    parts = dp.dp_decomposition(prob, specs, em.theta, em.cap, V, Q, _critics(prob, specs, V)) / em.N
+    return pd.DataFrame({"estimator": em.labels, "N": em.N, "variance": em.variance, "state": parts[:, 0],
+                         "action": parts[:, 1], "noise": parts[:, 2]})
+
+
 def exact_variance(problem, estimator, batch: int = 1, theta=None, **kw) -> float:
     """The exact trace variance of one batch-N estimate of ``estimator``."""
     return float(exact_moments(problem, [estimator], batch=batch, theta=theta, **kw).variance[0])
@@ -636,6 +735,11 @@ class OptimalBaselines:
     ``Var(b) = EZ b^2 - 2 ERZ b + ER2Z - ||grad||^2`` with ``EZ = E||z||^2``, ``ERZ = E[R ||z||^2]``,
     ``ER2Z = E[R^2 ||z||^2]`` (reward noise included in ``R^2``) and ``grad = E[R z]``. Per
     coordinate the same with ``z_j^2``: ``b_coord = E[R z_j^2] / E[z_j^2]``.
+
+    ``b_time`` (cap, d), from the DP only (None by enumeration): the per-coordinate, time-dependent
+    G(PO)MDP baseline ``b_(t, j) = E[gamma^t r_t z_(t, j)^2] / E[z_(t, j)^2]`` of the per-reward form
+    ``g_j = sum_t z_(t, j) (gamma^t r_t - b_(t, j))`` (partial scores ``z_t = sum_(k <= t) u_k``;
+    Peters and Schaal 2008), nan where ``z_(t, j)`` is surely 0.
     """
 
     b_star: float
@@ -647,6 +751,7 @@ class OptimalBaselines:
     ERZj: np.ndarray
     ER2Zj: np.ndarray
     grad: np.ndarray  # E[R z], flattened
+    b_time: Optional[np.ndarray] = None
 
     def variance(self, b) -> np.ndarray:
         """Exact trace variance of one episode's ``(R - b) z`` (vectorised over b)."""
@@ -668,34 +773,48 @@ class OptimalBaselines:
         return self.variance_coord()
 
 
-def optimal_baselines(problem, theta=None, limit: int = DEFAULT_LIMIT, max_steps: Optional[int] = None
-                      ) -> OptimalBaselines:
-    """Exact ``b* = E[R ||z||^2] / E[||z||^2]``, per-coordinate ``b*_j`` and the variance parabola."""
+def optimal_baselines(problem, theta=None, limit: int = DEFAULT_LIMIT, max_steps: Optional[int] = None,
+                      method: str = "dp") -> OptimalBaselines:
+    """Exact ``b* = E[R ||z||^2] / E[||z||^2]``, per-coordinate ``b*_j`` and the variance parabola.
+
+    ``method="dp"`` (default: one forward pass of :mod:`pgbench.exact.dp`, any problem size) or
+    ``"enumerate"`` (trajectory enumeration, refused beyond ``limit``)."""
     from pgbench.problems.registry import make
 
     prob = make(problem) if isinstance(problem, str) else problem
     if getattr(prob, "kind", None) != "mdp":
-        raise PGBenchError("optimal baselines by enumeration are for MDP problems")
+        raise PGBenchError("exact optimal baselines are for MDP problems")
+    if method not in ("dp", "enumerate"):
+        raise PGBenchError(f"method must be 'dp' or 'enumerate'; got {method!r}")
     th = prob.resolve_theta(theta)
-    trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
-    mdp = prob.mdp
-    pi = prob.policy.probs(th)
-    g = np.ascontiguousarray(prob.policy.score_table(th))
-    gpow = mdp.gamma ** np.arange(trajs.cap + 1, dtype=np.float64)
-    out = np.zeros((4, g.shape[2]))
-    _baseline_sums(trajs.states, trajs.actions, trajs.lengths, trajs.probs(pi), np.ascontiguousarray(mdp.R, float),
-                   np.ascontiguousarray(mdp.reward_variance()), gpow, g, out)
-    grad, EZj, ERZj, ER2Zj = out
+    if method == "dp":
+        from pgbench.exact import dp
+        dp.check_table_size(prob)
+        rm = dp.return_moments(dp.chain(prob, th, _cap(prob, max_steps)))
+        grad, EZj, ERZj, ER2Zj = rm.v[1], rm.zz[0], rm.zz[1], rm.zz[2]
+        live = rm.step_zz > 1e-14 * max(float(rm.step_zz.max()), 1e-300)
+        b_time = np.where(live, rm.step_rzz / np.where(live, rm.step_zz, 1.0), np.nan)
+    else:
+        trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
+        mdp = prob.mdp
+        pi = prob.policy.probs(th)
+        g = np.ascontiguousarray(prob.policy.score_table(th))
+        gpow = mdp.gamma ** np.arange(trajs.cap + 1, dtype=np.float64)
+        out = np.zeros((4, g.shape[2]))
+        _baseline_sums(trajs.states, trajs.actions, trajs.lengths, trajs.probs(pi),
+                       np.ascontiguousarray(mdp.R, float), np.ascontiguousarray(mdp.reward_variance()), gpow, g, out)
+        grad, EZj, ERZj, ER2Zj = out
+        b_time = None
     EZ, ERZ, ER2Z = float(EZj.sum()), float(ERZj.sum()), float(ER2Zj.sum())
     tol = 1e-14 * max(EZ, 1e-300)
     with np.errstate(invalid="ignore", divide="ignore"):
         bj = np.where(EZj > tol, ERZj / np.where(EZj > tol, EZj, 1.0), np.nan)
     b = ERZ / EZ if EZ > 0 else 0.0
-    return OptimalBaselines(float(b), bj.reshape(th.shape), EZ, ERZ, ER2Z, EZj, ERZj, ER2Zj, grad)
+    return OptimalBaselines(float(b), bj.reshape(th.shape), EZ, ERZ, ER2Z, EZj, ERZj, ER2Zj, grad, b_time)
 
 
 def exact_optimal_constant_baseline(problem, theta=None, limit: int = DEFAULT_LIMIT,
-                                    max_steps: Optional[int] = None) -> float:
-    """The exact trace-optimal constant baseline ``b* = E[R ||z||^2] / E[||z||^2]`` (PGBenchError
-    when the problem has too many trajectories to enumerate)."""
-    return optimal_baselines(problem, theta, limit=limit, max_steps=max_steps).b_star
+                                    max_steps: Optional[int] = None, method: str = "dp") -> float:
+    """The exact trace-optimal constant baseline ``b* = E[R ||z||^2] / E[||z||^2]`` (by the DP, or
+    by enumeration: PGBenchError when the problem has too many trajectories)."""
+    return optimal_baselines(problem, theta, limit=limit, max_steps=max_steps, method=method).b_star

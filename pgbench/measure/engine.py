@@ -425,10 +425,15 @@ EXACT_BASELINE_LIMIT = 20_000
 
 
 def optimal_constant_baseline_value(problem: MDPProblem, th: np.ndarray, seed: int) -> tuple[float, str]:
-    """b* exactly (trajectory enumeration) where the problem is small enough, else from a pilot."""
+    """b* exactly (the moment DP of pgbench.exact.dp, or trajectory enumeration) where the problem
+    is small enough, else from a pilot."""
+    from pgbench.exact.dp import DP_WORK_LIMIT, dp_work
     from pgbench.exact.moments import count_trajectories, exact_optimal_constant_baseline
+    if dp_work(problem) <= DP_WORK_LIMIT:
+        return float(exact_optimal_constant_baseline(problem, th)), "exact"
     if count_trajectories(problem, stop_above=EXACT_BASELINE_LIMIT) <= EXACT_BASELINE_LIMIT:
-        return float(exact_optimal_constant_baseline(problem, th, limit=EXACT_BASELINE_LIMIT)), "exact"
+        return float(exact_optimal_constant_baseline(problem, th, limit=EXACT_BASELINE_LIMIT,
+                                                     method="enumerate")), "exact"
     return optimal_constant_baseline(problem, th, seed), "pilot"
 
 

@@ -31,6 +31,9 @@ RESULT_COLUMNS = ["problem", "estimator", "class", "unbiased", "N", "K", "seed",
 EXACT_LIMIT = 20_000
 """measure() adds exact_variance / exact_mse (trajectory enumeration, :mod:`pgbench.exact.moments`)
 when at most this many trajectories (or batches, for in-batch estimators) are to be listed."""
+EXACT_DP_WORK = 5e8
+"""... and by the moment DP (:mod:`pgbench.exact.dp`) for the estimators it covers when their total
+:func:`pgbench.exact.dp.dp_work` is at most this (a few seconds)."""
 
 
 @dataclass
@@ -54,8 +57,8 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
              cell=None, backend: str = "cpu", exact: bool = True) -> Cell:
     """Sample one cell (no statistics): the building block of :func:`measure` and the suites.
 
-    ``exact``: also compute the exact variance and MSE by enumeration where that is cheap
-    (at most :data:`EXACT_LIMIT` trajectories or batches); ``extras["exact_moments"]``."""
+    ``exact``: also compute the exact variance and MSE where that is cheap (the moment DP within
+    :data:`EXACT_DP_WORK`, enumeration within :data:`EXACT_LIMIT`); ``extras["exact_moments"]``."""
     prob = make(problem)
     if isinstance(estimators, str):
         estimators = [estimators]
@@ -118,26 +121,35 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
 
 
 def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
-    """``{label: (exact variance, exact mse)}`` for the estimators whose moments are cheap to enumerate."""
+    """``{label: (exact variance, exact mse)}``: by the moment DP where it applies and fits
+    :data:`EXACT_DP_WORK`, else by enumeration where that is cheap."""
     from pgbench.errors import PGBenchError
-    from pgbench.exact import moments
+    from pgbench.exact import dp, moments
     ok = [s for s in specs if moments.supports(s) and not (N < 2 and s.name in ("rloo", "w_baseline_loo",
                                                                                      "time_baseline_loo"))]
+    out: dict = {}
+    by_dp = [s for s in ok if dp.dp_supports(s)]
+    if by_dp and len(by_dp) * dp.dp_work(prob) <= EXACT_DP_WORK:
+        em = moments.exact_moments(prob, by_dp, batch=N, theta=theta, method="dp",
+                                   opt_b=extras.get("optimal_const_baseline_b"))
+        out.update({lab: (float(v), float(m)) for lab, v, m in zip(em.labels, em.variance, em.mse)})
+        ok = [s for s in ok if s.label not in out]
     if not ok:
-        return {}
+        return out
     n = moments.count_trajectories(prob, stop_above=EXACT_LIMIT)
     if n > EXACT_LIMIT:
-        return {}
+        return out
     if N > 1 and moments.count_batches(n, N) > EXACT_LIMIT:
         ok = [s for s in ok if not s.in_batch]
     if not ok:
-        return {}
+        return out
     try:
-        em = moments.exact_moments(prob, ok, batch=N, theta=theta, limit=EXACT_LIMIT,
+        em = moments.exact_moments(prob, ok, batch=N, theta=theta, limit=EXACT_LIMIT, method="enumerate",
                                    opt_b=extras.get("optimal_const_baseline_b"))
     except PGBenchError:
-        return {}
-    return {lab: (float(v), float(m)) for lab, v, m in zip(em.labels, em.variance, em.mse)}
+        return out
+    out.update({lab: (float(v), float(m)) for lab, v, m in zip(em.labels, em.variance, em.mse)})
+    return out
 
 
 def _require_cell_resources(prob, n_est: int, N: int, K: int) -> None:
@@ -258,8 +270,8 @@ def measure(problem, estimators, batch: int, trials: int, seed: int = 0, theta=N
             backend: str = "cpu", exact: bool = True) -> pd.DataFrame:
     """Measure estimators on one cell; a tidy DataFrame, one row per estimator.
 
-    ``exact_variance`` / ``exact_mse`` are the exact values by trajectory enumeration where it is
-    cheap (:data:`EXACT_LIMIT`), NaN otherwise (or with ``exact=False``).
+    ``exact_variance`` / ``exact_mse`` are the exact values (moment DP or trajectory enumeration)
+    where they are cheap (:data:`EXACT_DP_WORK`, :data:`EXACT_LIMIT`), NaN otherwise (or with ``exact=False``).
 
     >>> df = measure("three_step_bandit", ["reinforce", "reinforce_rtg"], batch=16, trials=200)  # doctest: +SKIP
     """

@@ -1,0 +1,827 @@
+"""Exact first and second moments of gradient estimators by dynamic programming over (t, s).
+
+No trajectory is listed: a forward pass over the chain carries, for every state s at step t,
+probability-weighted moments of the quantities the estimate is built from, restricted to the
+episodes that are still running and sit in s at step t. Its cost is ``O(T S A K d)`` per
+estimator (K successor slots per action, d parameters), where enumeration grows like ``(A K)^T``.
+
+Every estimate is ``g = sum_t psi_t u_t`` with ``u_t = grad log pi(a_t|s_t)``. Two families:
+
+*Trace family* (reinforce_rtg, rtg_no_gamma_t, value_baseline, true_advantage, all_action,
+gae/td0 with a fixed critic, entropy_bonus, geometric_termination). Exchanging the sums,
+
+    g = sum_k (q_k Y_k + W_k),      Y_k = alpha Y_(k-1) + beta_k u_k
+
+where ``q_k`` is a scalar of step k (the reward, a TD error, a reward with an entropy term),
+``Y_k`` an eligibility trace (decay ``alpha``, weight ``beta_k``) and ``W_k`` a vector that
+depends on ``(t, s_k, a_k)`` only (oracle baselines and advantages). With the partial estimate
+``h_k = sum_(j <= k) (q_j Y_j + W_j)``, ``||g||^2 = sum_k (2 <h_(k-1), D_k> + ||D_k||^2)``
+(``D_k`` the step's increment), so the pass carries per state ``E[1]``, ``E[Y]``, ``E[h]``,
+``E[h * Y]`` and ``E[Y * Y]`` (coordinatewise products: the diagonal of the second moment comes
+for free) and adds each step's expected increment. The step's law is ``pi(a|s) P(s'|s, a)``;
+the next-state part of ``q`` (``gamma V(s')`` of a TD error) is averaged over ``s'`` exactly, and
+the reward noise enters through ``E[q^2] = E[q]^2 + Var(noise)``.
+
+=====================  ====================  ===========  =====================================
+estimator              q_k                   alpha        beta_k, W_k
+=====================  ====================  ===========  =====================================
+reinforce_rtg          r_k                   gamma        gamma^k, 0
+rtg_no_gamma_t         r_k                   gamma        1, 0
+value_baseline         r_k                   gamma        gamma^k, -gamma^k V_k(s_k) u_k
+entropy_bonus(beta)    r_k - beta log pi_k   gamma        gamma^k, 0
+gae(lambda, V~)        r_k + gamma V~(s')    gamma lam    gamma^k, 0
+                       - V~(s_k)
+true_advantage         (none)                -            gamma^k A_k(s_k, a_k) u_k
+all_action             (none)                -            gamma^k sum_b pi(b|s) Q_k(s, b) u(s, b)
+geometric_termination  r_k                   1            1, 0; each step's increments weighted
+                                                          by Pr(H >= k) = gamma^k
+=====================  ====================  ===========  =====================================
+
+*Return family* (reinforce, const_baseline, optimal_const_baseline, and the in-batch rloo and
+batch_mean_baseline): ``g = (R - b) z`` with the discounted return R and the trajectory score z.
+The pass carries ``E[R^m]``, ``E[R^m z]`` and ``E[R^m z * z]`` for m = 0, 1, 2 and collects them
+when an episode ends (a terminal state, the horizon or the sampling cap). They give every
+constant baseline's moments, the exact ``b* = E[R ||z||^2] / E[||z||^2]`` and per-coordinate
+``b*_j``, and the in-batch estimators at any N as U-statistics over independent episodes.
+
+*Ordinary importance sampling* (episodes from a behaviour policy mu) is the trace form with the
+running ratio ``w_k``: ``Y_k = gamma^k w_k z_k = rho_k (gamma Y_(k-1) + gamma^k w_(k-1) u_k)``, so its
+pass also carries ``E[w]``, ``E[w^2]``, ``E[w Y]`` and ``E[w h]``.
+
+*Variance split* (SPEC 8): given the state sequence, actions are independent with posterior
+``pi(a|s) P(s'|s, a) / P_pi(s'|s)``, so ``E[g | states]`` is again a sum over steps whose second
+moment a pass over (t, s, s') gives; ``Var(E[g | states])`` is the start-state and transition
+part, the reward-noise part comes out of the main pass, and action sampling is the rest.
+
+Unbounded problems run to the sampling cap (the law of the sampled, capped episodes) and report
+the probability mass the cap cuts off.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from numba import njit
+
+from pgbench.errors import PGBenchError
+
+__all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
+           "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments", "is_moments",
+           "dp_table_size", "DP_TABLE_LIMIT", "check_table_size"]
+
+TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
+         "all_action", "geometric_termination")
+RETURN = ("reinforce", "const_baseline", "optimal_const_baseline")
+RETURN_BATCH = ("rloo", "batch_mean_baseline")
+
+DP_UNSUPPORTED = {
+    "w_baseline": "the weighted in-batch baseline is a ratio of batch sums (no finite set of per-episode moments)",
+    "w_baseline_loo": "the leave-one-out weighted baseline is a ratio of batch sums",
+    "score_norm_baseline": "the baseline is a ratio of batch sums",
+    "time_baseline_loo": "needs the joint moments of G_t and z over pairs of times (not done yet)",
+    "natural": "a pseudo-inverse of the batch Fisher per batch",
+}
+
+
+def why_not(spec) -> str | None:
+    """Why the DP cannot do this estimator (None when it can)."""
+    if spec.info.target != "mdp" or spec.info.code < 0:
+        return "not a built-in MDP estimator"
+    if spec.name in ("gae", "td0") and spec.p["critic"] == "fitted":
+        return "the fitted critic is estimated from the same batch"
+    if spec.name == "importance_sampling" and spec.p["weighted"]:
+        return "weighted importance sampling normalises by batch sums"
+    return DP_UNSUPPORTED.get(spec.name)
+
+
+def dp_supports(spec) -> bool:
+    """Whether :func:`dp_moments` handles this (parsed) estimator."""
+    return why_not(spec) is None
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+def dp_work(problem, max_steps=None) -> float:
+    """Inner-loop iterations of one estimator's pass, ``cap S A d (K + 1)`` (about 5 ns each on one
+    core): compare with a budget before running the DP on a large problem."""
+    mdp = problem.mdp
+    cap = mdp.episode_cap if max_steps is None or mdp.horizon is None else min(int(max_steps), mdp.horizon)
+    if max_steps is not None and mdp.horizon is None:
+        cap = int(max_steps)
+    d = int(np.prod(problem.policy.theta_shape))
+    return float(cap) * mdp.S * mdp.A * d * (mdp.K + 1)
+
+
+DP_TABLE_LIMIT = 2 * 10 ** 7
+"""Most entries ``S A d`` of the score table (and of each message) the DP builds (160 MB)."""
+
+
+def dp_table_size(problem) -> int:
+    """Entries ``S A d`` of the score table the DP reads (a tabular policy has ``d = S A``)."""
+    mdp = problem.mdp
+    return int(mdp.S * mdp.A * int(np.prod(problem.policy.theta_shape)))
+
+
+def check_table_size(problem) -> None:
+    """PGBenchError when the DP's tables would exceed :data:`DP_TABLE_LIMIT` entries."""
+    n = dp_table_size(problem)
+    if n > DP_TABLE_LIMIT:
+        raise PGBenchError(f"{problem.name}: the moment DP would build score tables of {n} entries (S A d), more "
+                           f"than {DP_TABLE_LIMIT}; a linear policy with fewer features, or fewer states")
+
+
+DP_WORK_LIMIT = 2e8
+"""Largest :func:`dp_work` for which the sampling engine and measure() run the DP on their own
+(about a second per estimator)."""
+
+
+@dataclass
+class _Chain:
+    """What every pass reads: the step law, scores and rewards of one (problem, theta, cap)."""
+
+    S: int
+    A: int
+    d: int
+    cap: int
+    finite: bool
+    gamma: float
+    pi: np.ndarray  # (S, A)
+    u: np.ndarray  # (S, A, d) scores
+    R: np.ndarray  # (S, A) mean rewards
+    var: np.ndarray  # (S, A) reward noise variance
+    nidx: np.ndarray  # (S, A, K) successor slots
+    nprob: np.ndarray  # (S, A, K)
+    rho0: np.ndarray
+    terminal: np.ndarray
+    horizon: float  # the problem's horizon (inf when unbounded)
+    tabular: bool  # u(s, a) lives in coordinates s A .. s A + A - 1 only (tabular softmax)
+
+
+def chain(problem, th, cap: int) -> _Chain:
+    """The step law, scores and rewards of ``problem`` at ``th``, run to ``cap`` steps."""
+    mdp = problem.mdp
+    pi = np.asarray(problem.policy.probs(th), float)
+    u = np.ascontiguousarray(problem.policy.score_table(th), dtype=float)
+    S, A, d = u.shape
+    c = np.ascontiguousarray
+    return _Chain(S, A, d, cap, mdp.horizon is not None, float(mdp.gamma), c(pi), u, c(mdp.R, dtype=float),
+                  c(mdp.reward_variance(), dtype=float), c(mdp.next_idx, dtype=np.int64),
+                  c(mdp.next_prob, dtype=float), c(mdp.rho0, dtype=float),
+                  c(mdp.terminal, dtype=np.bool_), np.inf if mdp.horizon is None else float(mdp.horizon),
+                  _row_blocks(u))
+
+
+def _row_blocks(u: np.ndarray) -> bool:
+    """Whether every score ``u(s, a)`` is zero outside coordinates ``s A .. s A + A - 1``."""
+    S, A, d = u.shape
+    if d != S * A:
+        return False
+    inside = np.zeros((S, d), bool)
+    inside[np.repeat(np.arange(S), A), np.arange(d)] = True
+    return not np.any(u[~np.broadcast_to(inside[:, None, :], u.shape)])
+
+
+# ----------------------------------------------------------------------------------------------- return family
+
+
+@dataclass
+class ReturnMoments:
+    """Per-episode joint moments of the discounted return R and the score z (reward noise included).
+
+    ``m[k] = E[R^k]``, ``v[k] = E[R^k z]`` (d,), ``zz[k] = E[R^k z * z]`` (d,, coordinatewise),
+    for k = 0, 1, 2; per step t, ``step_zz[t] = E[z_t * z_t]`` and ``step_rzz[t] = E[gamma^t r_t z_t * z_t]``
+    (partial scores ``z_t = sum_(k <= t) u_k``)."""
+
+    m: np.ndarray
+    v: np.ndarray
+    zz: np.ndarray
+    step_zz: np.ndarray
+    step_rzz: np.ndarray
+
+    @property
+    def Z(self) -> np.ndarray:
+        """``E[R^k ||z||^2]``, k = 0, 1, 2."""
+        return self.zz.sum(axis=1)
+
+    @property
+    def b_star(self) -> float:
+        Z = self.Z
+        return float(Z[1] / Z[0]) if Z[0] > 0 else 0.0
+
+    def const_baseline(self, b: float):
+        """Mean (d,) and ``E||g||^2`` of one episode's ``(R - b) z``."""
+        Z = self.Z
+        return self.v[1] - b * self.v[0], float(Z[2] - 2 * b * Z[1] + b * b * Z[0])
+
+    def in_batch(self, name: str, N: int):
+        """Mean (d,) and ``E||g||^2`` of the batch-N estimate of rloo or batch_mean_baseline.
+
+        Both are ``a sum_i R_i z_i - c sum_(i != j) R_j z_i``; the expectations of the products of
+        these double sums split over which episodes coincide (independent episodes factorise)."""
+        if name == "rloo":
+            a, c = 1.0 / N, 1.0 / (N * (N - 1))
+        else:
+            a, c = 1.0 / N - 1.0 / N ** 2, 1.0 / N ** 2
+        m1, m2 = self.m[1], self.m[2]
+        v0, v1, v2 = self.v
+        Z0, Z1, Z2 = self.Z
+        n2 = N * (N - 1)
+        n3 = n2 * (N - 2)
+        n4 = n3 * (N - 3)
+        EX = N * v1
+        EY = n2 * m1 * v0
+        XX = N * Z2 + n2 * (v1 @ v1)
+        XY = n2 * (Z1 * m1 + v2 @ v0) + n3 * m1 * (v1 @ v0)
+        YY = n2 * (m2 * Z0 + v1 @ v1) + n3 * (m1 * m1 * Z0 + m2 * (v0 @ v0) + 2 * m1 * (v1 @ v0)) \
+            + n4 * m1 * m1 * (v0 @ v0)
+        return a * EX - c * EY, float(a * a * XX - 2 * a * c * XY + c * c * YY)
+
+
+@njit(cache=True)
+def _return_pass(rho0, pi, u, nidx, nprob, terminal, R, var, gpow, cap, tot_s, tot_v, tot_q, step_zz, step_rzz):
+    """Forward pass of the return family: ``tot_s[k] = E[R^k]``, ``tot_v[k] = E[R^k z]``,
+    ``tot_q[k] = E[R^k z * z]`` over ended episodes (k = 0, 1, 2); per step t also
+    ``step_zz[t] = E[z_t * z_t]`` and ``step_rzz[t] = E[gamma^t r_t z_t * z_t]`` with the partial
+    score ``z_t = sum_(k <= t) u_k`` (zero once the episode has ended)."""
+    S, A, d = u.shape
+    K = nidx.shape[2]
+    P = rho0.copy()
+    R1 = np.zeros(S)
+    R2 = np.zeros(S)
+    V = np.zeros((6, S, d))  # E[z], E[R z], E[R^2 z], E[z z], E[R z z], E[R^2 z z]
+    nP = np.zeros(S)
+    nR1 = np.zeros(S)
+    nR2 = np.zeros(S)
+    nV = np.zeros((6, S, d))
+    x = np.zeros(6)
+    for t in range(cap):
+        last = t + 1 == cap
+        c = gpow[t]
+        nP[:] = 0.0
+        nR1[:] = 0.0
+        nR2[:] = 0.0
+        nV[:] = 0.0
+        for s in range(S):
+            p = P[s]
+            if p == 0.0:
+                continue
+            a1 = R1[s]
+            a2 = R2[s]
+            for a in range(A):
+                pa = pi[s, a]
+                if pa == 0.0:
+                    continue
+                r = c * R[s, a]
+                r2 = c * c * (R[s, a] * R[s, a] + var[s, a])
+                p_end = 0.0
+                for k in range(K):
+                    if terminal[nidx[s, a, k]]:
+                        p_end += nprob[s, a, k]
+                w_end = pa * (1.0 if last else p_end)
+                e1 = a1 + r * p
+                e2 = a2 + 2.0 * r * a1 + r2 * p
+                tot_s[0] += w_end * p
+                tot_s[1] += w_end * e1
+                tot_s[2] += w_end * e2
+                if not last:
+                    for k in range(K):
+                        sn = nidx[s, a, k]
+                        wk = pa * nprob[s, a, k]
+                        if wk != 0.0 and not terminal[sn]:
+                            nP[sn] += wk * p
+                            nR1[sn] += wk * e1
+                            nR2[sn] += wk * e2
+                for j in range(d):
+                    uj = u[s, a, j]
+                    z0 = V[0, s, j]
+                    z1 = V[1, s, j]
+                    z2 = V[2, s, j]
+                    x[0] = z0 + uj * p
+                    rz = z1 + a1 * uj
+                    x[1] = rz + r * x[0]
+                    x[2] = z2 + a2 * uj + 2.0 * r * rz + r2 * x[0]
+                    x[3] = V[3, s, j] + 2.0 * z0 * uj + uj * uj * p
+                    step_zz[t, j] += pa * x[3]
+                    step_rzz[t, j] += pa * r * x[3]
+                    rq = V[4, s, j] + 2.0 * z1 * uj + uj * uj * a1
+                    x[4] = rq + r * x[3]
+                    x[5] = V[5, s, j] + 2.0 * z2 * uj + uj * uj * a2 + 2.0 * r * rq + r2 * x[3]
+                    if w_end != 0.0:
+                        for m in range(3):
+                            tot_v[m, j] += w_end * x[m]
+                            tot_q[m, j] += w_end * x[3 + m]
+                    if not last:
+                        for k in range(K):
+                            sn = nidx[s, a, k]
+                            wk = pa * nprob[s, a, k]
+                            if wk != 0.0 and not terminal[sn]:
+                                for m in range(6):
+                                    nV[m, sn, j] += wk * x[m]
+        if last:
+            break
+        P, nP = nP, P
+        R1, nR1 = nR1, R1
+        R2, nR2 = nR2, R2
+        V, nV = nV, V
+
+
+@njit(inline="always", cache=True)
+def _all_action_w(c, us, b, out):
+    """``out = b sum_a c[a] u(s, a)``: the all-action term of state s (one vector for every action)."""
+    for j in range(out.shape[0]):
+        acc = 0.0
+        for a in range(c.shape[0]):
+            acc += c[a] * us[a, j]
+        out[j] = b * acc
+
+
+@njit(cache=True)
+def _trace_pass(rho0, pi, u, nidx, nprob, terminal, var, cap, alpha, beta, omega, has_q, q0, q1, w_mode, cW,
+                M1, M2, Mn, tab):
+    """Forward pass of one trace-family estimator: ``M1 = E[g]``, ``M2 = E[g * g]`` (coordinatewise)
+    and ``Mn``, the part of ``M2`` due to the reward noise (``sum_k Var(r_k) Y_k * Y_k``).
+
+    Step t: ``Y' = alpha Y + beta[t] u``, ``q = q0[t, s, a] + q1[t, s'] + noise``, increment
+    ``D = q Y' + W`` with ``W = beta[t] cW[t, s, a] u(s, a)`` (w_mode 1) or ``beta[t] sum_b cW[t, s, b]
+    u(s, b)`` (w_mode 2), expected increments weighted by ``omega[t]``. Tables with one row are read at every t.
+
+    ``tab``: tabular layout, ``u(s, a)`` is zero outside coordinates ``s A .. s A + A - 1``. Off
+    those, ``Y'``, ``Y' * Y'`` and ``h * Y'`` do not depend on the action, so they are computed
+    once per state and sent to each distinct successor with the action-summed weights."""
+    S, A, d = u.shape
+    K = nidx.shape[2]
+    P = rho0.copy()
+    G = np.zeros((4, S, d))  # E[Y], E[h], E[Y * Y], E[h * Y]
+    nP = np.zeros(S)
+    nG = np.zeros((4, S, d))
+    wall = np.zeros(d)
+    slot_of = np.full(S, -1, np.int64)
+    m_sn = np.zeros(A * K, np.int64)
+    m_c0 = np.zeros(A * K)
+    m_cq = np.zeros(A * K)
+    for t in range(cap):
+        last = t + 1 == cap
+        b = beta[t]
+        om = omega[t]
+        tq = t if q0.shape[0] > 1 else 0
+        tw = t if cW.shape[0] > 1 else 0
+        nP[:] = 0.0
+        nG[:] = 0.0
+        for s in range(S):
+            p = P[s]
+            if p == 0.0:
+                continue
+            if w_mode == 2:
+                _all_action_w(cW[tw, s], u[s], b, wall)
+            jlo = s * A if tab else 0
+            jhi = jlo + A if tab else d
+            nm = 0
+            sq = 0.0
+            se = 0.0
+            sv = 0.0
+            for a in range(A):
+                pa = pi[s, a]
+                if pa == 0.0:
+                    continue
+                qa = 0.0
+                qbar = 0.0
+                eq2 = 0.0
+                if has_q:
+                    m1 = 0.0
+                    m2 = 0.0
+                    for k in range(K):
+                        x = q1[tq, nidx[s, a, k]]
+                        m1 += nprob[s, a, k] * x
+                        m2 += nprob[s, a, k] * x * x
+                    qa = q0[tq, s, a]
+                    qbar = qa + m1
+                    eq2 = qa * qa + 2.0 * qa * m1 + m2 + var[s, a]
+                    sq += pa * qbar
+                    se += pa * eq2
+                    sv += pa * var[s, a]
+                if not last:
+                    for k in range(K):
+                        sn = nidx[s, a, k]
+                        wk = pa * nprob[s, a, k]
+                        if wk != 0.0 and not terminal[sn]:
+                            nP[sn] += wk * p
+                            if tab:
+                                i = slot_of[sn]
+                                if i < 0:
+                                    i = nm
+                                    slot_of[sn] = i
+                                    m_sn[i] = sn
+                                    m_c0[i] = 0.0
+                                    m_cq[i] = 0.0
+                                    nm += 1
+                                m_c0[i] += wk
+                                m_cq[i] += wk * (qa + q1[tq, sn]) if has_q else 0.0
+                cw = b * cW[tw, s, a] if w_mode == 1 else 0.0
+                for j in range(jlo, jhi):
+                    uj = u[s, a, j]
+                    eh = G[1, s, j]
+                    if w_mode == 1:
+                        wj = cw * uj
+                    elif w_mode == 2:
+                        wj = wall[j]
+                    else:
+                        wj = 0.0
+                    i1 = wj * p
+                    i2 = 2.0 * wj * eh + wj * wj * p
+                    y = 0.0
+                    yy = 0.0
+                    hy = 0.0
+                    if has_q:
+                        ey = G[0, s, j]
+                        y = alpha * ey + b * uj * p
+                        yy = alpha * alpha * G[2, s, j] + 2.0 * alpha * b * ey * uj + b * b * uj * uj * p
+                        hy = alpha * G[3, s, j] + b * eh * uj
+                        i1 += qbar * y
+                        i2 += 2.0 * qbar * hy + eq2 * yy + 2.0 * qbar * wj * y
+                        Mn[j] += om * pa * var[s, a] * yy
+                    M1[j] += om * pa * i1
+                    M2[j] += om * pa * i2
+                    if not last:
+                        h0 = eh + wj * p
+                        hy0 = hy + wj * y
+                        for k in range(K):
+                            sn = nidx[s, a, k]
+                            wk = pa * nprob[s, a, k]
+                            if wk == 0.0 or terminal[sn]:
+                                continue
+                            if has_q:
+                                qn = qa + q1[tq, sn]
+                                nG[0, sn, j] += wk * y
+                                nG[1, sn, j] += wk * (h0 + qn * y)
+                                nG[2, sn, j] += wk * yy
+                                nG[3, sn, j] += wk * (hy0 + qn * yy)
+                            else:
+                                nG[1, sn, j] += wk * h0
+            if not tab:
+                continue
+            for jj in range(d - A):  # the coordinates of the other states' rows
+                j = jj if jj < jlo else jj + A
+                eh = G[1, s, j]
+                if has_q:
+                    y = alpha * G[0, s, j]
+                    yy = alpha * alpha * G[2, s, j]
+                    hy = alpha * G[3, s, j]
+                    M1[j] += om * sq * y
+                    M2[j] += om * (2.0 * sq * hy + se * yy)
+                    Mn[j] += om * sv * yy
+                    for i in range(nm):
+                        sn = m_sn[i]
+                        c0 = m_c0[i]
+                        cq = m_cq[i]
+                        nG[0, sn, j] += c0 * y
+                        nG[1, sn, j] += c0 * eh + cq * y
+                        nG[2, sn, j] += c0 * yy
+                        nG[3, sn, j] += c0 * hy + cq * yy
+                else:
+                    for i in range(nm):
+                        nG[1, m_sn[i], j] += m_c0[i] * eh
+            for i in range(nm):
+                slot_of[m_sn[i]] = -1
+        if last:
+            break
+        P, nP = nP, P
+        G, nG = nG, G
+
+
+def return_moments(ch: _Chain) -> "ReturnMoments":
+    """Per-episode joint moments of R and z (one pass of :func:`_return_pass`)."""
+    tot_s = np.zeros(3)
+    tot_v = np.zeros((3, ch.d))
+    tot_q = np.zeros((3, ch.d))
+    step_zz = np.zeros((ch.cap, ch.d))
+    step_rzz = np.zeros((ch.cap, ch.d))
+    gpow = ch.gamma ** np.arange(ch.cap, dtype=np.float64)
+    _return_pass(ch.rho0, ch.pi, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.R, ch.var, gpow, ch.cap, tot_s, tot_v,
+                 tot_q, step_zz, step_rzz)
+    return ReturnMoments(tot_s, tot_v, tot_q, step_zz, step_rzz)
+
+
+def _trace_tables(ch: _Chain, spec, V, Q, critic):
+    """The arguments of :func:`_trace_pass` for one estimator (see the table in the module docstring):
+    ``(alpha, beta, omega, has_q, q0, q1, w_mode, cW)``."""
+    g = ch.gamma
+    S, A, cap = ch.S, ch.A, ch.cap
+    T = V.shape[0] - 1 if ch.finite else 1  # rows of the per-step tables
+    disc = g ** np.arange(cap, dtype=np.float64)
+    ones = np.ones(cap)
+    zq1 = np.zeros((1, S))
+    nw = np.zeros((1, S, A))
+    name = spec.name
+    if name == "reinforce_rtg":
+        return g, disc, ones, True, ch.R[None], zq1, 0, nw
+    if name == "rtg_no_gamma_t":
+        return g, ones, ones, True, ch.R[None], zq1, 0, nw
+    if name == "value_baseline":
+        Vt = V[:T]
+        return g, disc, ones, True, ch.R[None], zq1, 1, -np.broadcast_to(Vt[:, :, None], (T, S, A))
+    if name == "entropy_bonus":
+        with np.errstate(divide="ignore"):  # an action of probability 0 is never taken: no -inf * 0
+            soft = np.where(ch.pi > 0, ch.R - spec.p["beta"] * np.log(np.where(ch.pi > 0, ch.pi, 1.0)), 0.0)
+        return g, disc, ones, True, soft[None], zq1, 0, nw
+    if name in ("gae", "td0"):
+        lam = spec.p.get("lambda", 0.0)
+        q0 = ch.R[None] - critic[:T, :, None]
+        nxt = critic[1:T + 1] if ch.finite else critic[:1]
+        q1 = g * np.where(ch.terminal[None, :], 0.0, nxt)
+        return g * lam, disc, ones, True, q0, q1, 0, nw
+    if name == "true_advantage":
+        return 0.0, disc, ones, False, nw, zq1, 1, Q[:T] - V[:T, :, None]
+    if name == "all_action":
+        return 0.0, disc, ones, False, nw, zq1, 2, ch.pi[None] * Q[:T]
+    if name == "geometric_termination":
+        return 1.0, ones, disc, True, ch.R[None], zq1, 0, nw
+    raise PGBenchError(f"no dynamic programme for {name}")
+
+
+def trace_moments(ch: _Chain, spec, V, Q, critic=None):
+    """Mean (d,) and coordinatewise ``E[g * g]`` (d,) of one episode's estimate (trace family)."""
+    alpha, beta, omega, has_q, q0, q1, w_mode, cW = _trace_tables(ch, spec, V, Q, critic)
+    M1 = np.zeros(ch.d)
+    M2 = np.zeros(ch.d)
+    Mn = np.zeros(ch.d)
+    _trace_pass(ch.rho0, ch.pi, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.var, ch.cap, float(alpha), beta, omega,
+                bool(has_q), np.ascontiguousarray(q0, dtype=np.float64), np.ascontiguousarray(q1, dtype=np.float64),
+                int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2, Mn, ch.tabular)
+    return M1, M2, Mn
+
+
+@njit(cache=True)
+def _is_pass(rho0, mu, ratio, u, nidx, nprob, terminal, R, var, gpow, gamma, cap, M1, M2):
+    """Forward pass of ordinary per-decision importance sampling: episodes drawn from ``mu``,
+    ``g = sum_k r_k Y_k`` with ``Y_k = gamma^k w_k z_k`` and the running ratio ``w_k = prod_(j <= k)
+    ratio(s_j, a_j)``. As ``Y_k = rho_k (gamma Y_(k-1) + gamma^k w_(k-1) u_k)``, the messages also
+    carry ``E[w]``, ``E[w^2]``, ``E[w Y]`` and ``E[w h]``."""
+    S, A, d = u.shape
+    K = nidx.shape[2]
+    P = rho0.copy()
+    Ew = rho0.copy()
+    Ew2 = rho0.copy()
+    G = np.zeros((6, S, d))  # E[Y], E[h], E[Y * Y], E[h * Y], E[w Y], E[w h]
+    nP = np.zeros(S)
+    nEw = np.zeros(S)
+    nEw2 = np.zeros(S)
+    nG = np.zeros((6, S, d))
+    for t in range(cap):
+        last = t + 1 == cap
+        c = gpow[t]
+        nP[:] = 0.0
+        nEw[:] = 0.0
+        nEw2[:] = 0.0
+        nG[:] = 0.0
+        for s in range(S):
+            p = P[s]
+            if p == 0.0:
+                continue
+            ew = Ew[s]
+            ew2 = Ew2[s]
+            for a in range(A):
+                pa = mu[s, a]
+                if pa == 0.0:
+                    continue
+                rh = ratio[s, a]
+                rb = R[s, a]
+                er2 = rb * rb + var[s, a]
+                if not last:
+                    for k in range(K):
+                        sn = nidx[s, a, k]
+                        wk = pa * nprob[s, a, k]
+                        if wk != 0.0 and not terminal[sn]:
+                            nP[sn] += wk * p
+                            nEw[sn] += wk * rh * ew
+                            nEw2[sn] += wk * rh * rh * ew2
+                for j in range(d):
+                    uj = u[s, a, j]
+                    cu = c * uj
+                    y = rh * (gamma * G[0, s, j] + cu * ew)
+                    yy = rh * rh * (gamma * gamma * G[2, s, j] + 2.0 * gamma * cu * G[4, s, j] + cu * cu * ew2)
+                    hy = rh * (gamma * G[3, s, j] + cu * G[5, s, j])
+                    wy = rh * rh * (gamma * G[4, s, j] + cu * ew2)
+                    M1[j] += pa * rb * y
+                    M2[j] += pa * (2.0 * rb * hy + er2 * yy)
+                    if not last:
+                        h0 = G[1, s, j] + rb * y
+                        hy0 = hy + rb * yy
+                        wh0 = rh * G[5, s, j] + rb * wy
+                        for k in range(K):
+                            sn = nidx[s, a, k]
+                            wk = pa * nprob[s, a, k]
+                            if wk == 0.0 or terminal[sn]:
+                                continue
+                            nG[0, sn, j] += wk * y
+                            nG[1, sn, j] += wk * h0
+                            nG[2, sn, j] += wk * yy
+                            nG[3, sn, j] += wk * hy0
+                            nG[4, sn, j] += wk * wy
+                            nG[5, sn, j] += wk * wh0
+        if last:
+            break
+        P, nP = nP, P
+        Ew, nEw = nEw, Ew
+        Ew2, nEw2 = nEw2, Ew2
+        G, nG = nG, G
+
+
+def is_moments(ch: _Chain, mu: np.ndarray):
+    """Mean (d,) and coordinatewise ``E[g * g]`` of one episode of ordinary importance sampling
+    from the behaviour policy ``mu`` (S, A)."""
+    mu = np.ascontiguousarray(mu, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(mu > 0, ch.pi / np.where(mu > 0, mu, 1.0), 0.0)
+    M1 = np.zeros(ch.d)
+    M2 = np.zeros(ch.d)
+    _is_pass(ch.rho0, mu, ratio, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.R, ch.var,
+             ch.gamma ** np.arange(ch.cap, dtype=np.float64), ch.gamma, ch.cap, M1, M2)
+    return M1, M2
+
+
+@njit(cache=True)
+def _state_mean_pass(rho0, u, succ, psucc, post, terminal, cap, alpha, beta, omega, has_q, q0, q1, w_mode, cW,
+                     M1, M2):
+    """Forward pass of the conditional mean ``m = E[g | s_0, s_1, ...]`` of a trace-family estimator:
+    ``M1 = E[m]``, ``M2 = E[m * m]``.
+
+    Given the state sequence the actions are independent, step k's with the posterior
+    ``post[s, i, a] = pi(a|s) P(s'|s, a) / P_pi(s'|s)`` over the i-th distinct successor
+    ``s' = succ[s, i]`` (reached with probability ``psucc[s, i]``), so m is again a sum over steps:
+    ``m = sum_k omega_k (E[q_k | s] alpha Y~_(k-1) + beta_k E[q_k u_k | s] + E[W_k | s])`` with the
+    deterministic trace ``Y~_k = alpha Y~_(k-1) + beta_k E[u_k | s]``; the pass carries the same
+    messages as :func:`_trace_pass` with the successor as the step's only randomness."""
+    S, A, d = u.shape
+    Km = succ.shape[1]
+    P = rho0.copy()
+    G = np.zeros((4, S, d))  # E[Y~], E[h], E[Y~ * Y~], E[h * Y~]
+    nP = np.zeros(S)
+    nG = np.zeros((4, S, d))
+    wall = np.zeros(d)
+    for t in range(cap):
+        last = t + 1 == cap
+        b = beta[t]
+        om = omega[t]
+        tq = t if q0.shape[0] > 1 else 0
+        tw = t if cW.shape[0] > 1 else 0
+        nP[:] = 0.0
+        nG[:] = 0.0
+        for s in range(S):
+            p = P[s]
+            if p == 0.0:
+                continue
+            if w_mode == 2:
+                _all_action_w(cW[tw, s], u[s], b, wall)
+            for i in range(Km):
+                w = psucc[s, i]
+                if w == 0.0:
+                    continue
+                sn = succ[s, i]
+                go = not last and not terminal[sn]
+                qt = 0.0
+                q1n = 0.0
+                if has_q:
+                    for a in range(A):
+                        qt += post[s, i, a] * q0[tq, s, a]
+                    q1n = q1[tq, sn]
+                    qt += q1n
+                for j in range(d):
+                    uj = 0.0
+                    vj = 0.0
+                    wj = 0.0
+                    for a in range(A):
+                        pu = post[s, i, a] * u[s, a, j]
+                        uj += pu
+                        vj += pu * q0[tq, s, a] if has_q else 0.0
+                        wj += pu * cW[tw, s, a] if w_mode == 1 else 0.0
+                    if w_mode == 1:
+                        wj *= b
+                    elif w_mode == 2:
+                        wj = wall[j]
+                    B = wj + (b * (vj + q1n * uj) if has_q else 0.0)
+                    ey = G[0, s, j]
+                    eh = G[1, s, j]
+                    eyy = G[2, s, j]
+                    ehy = G[3, s, j]
+                    qa = qt * alpha
+                    dm = qa * ey + B * p
+                    M1[j] += w * om * dm
+                    M2[j] += w * (2.0 * om * (qa * ehy + B * eh) + om * om * (qa * qa * eyy + 2.0 * qa * B * ey
+                                                                              + B * B * p))
+                    if go:
+                        bu = b * uj
+                        nG[0, sn, j] += w * (alpha * ey + bu * p)
+                        nG[1, sn, j] += w * (eh + om * dm)
+                        nG[2, sn, j] += w * (alpha * alpha * eyy + 2.0 * alpha * bu * ey + bu * bu * p)
+                        nG[3, sn, j] += w * (alpha * ehy + bu * eh + om * (qa * (alpha * eyy + bu * ey)
+                                                                           + B * (alpha * ey + bu * p)))
+                if go:
+                    nP[sn] += w * p
+        if last:
+            break
+        P, nP = nP, P
+        G, nG = nG, G
+
+
+def _successors(ch: _Chain):
+    """Distinct successors per state: ``succ`` (S, Km), ``psucc = P_pi(s'|s)`` and the action
+    posterior ``post`` (S, Km, A) given the successor."""
+    S, A = ch.S, ch.A
+    Km = A * ch.nidx.shape[2]
+    succ = np.zeros((S, Km), np.int64)
+    psucc = np.zeros((S, Km))
+    post = np.zeros((S, Km, A))
+    for s in range(S):
+        mass = ch.pi[s, :, None] * ch.nprob[s]  # (A, K)
+        for i, sn in enumerate(np.unique(ch.nidx[s][mass > 0])):
+            pa = np.where(ch.nidx[s] == sn, mass, 0.0).sum(axis=1)
+            succ[s, i] = sn
+            psucc[s, i] = pa.sum()
+            post[s, i] = pa / psucc[s, i]
+    return succ, psucc, post
+
+
+def state_mean_moments(ch: _Chain, spec, V, Q, critic=None, successors=None):
+    """``E[m]`` and ``E[m * m]`` (d,) of the conditional mean ``m = E[g | state sequence]`` (trace family)."""
+    alpha, beta, omega, has_q, q0, q1, w_mode, cW = _trace_tables(ch, spec, V, Q, critic)
+    succ, psucc, post = _successors(ch) if successors is None else successors
+    M1 = np.zeros(ch.d)
+    M2 = np.zeros(ch.d)
+    _state_mean_pass(ch.rho0, ch.u, succ, psucc, post, ch.terminal, ch.cap, float(alpha), beta, omega, bool(has_q),
+                     np.ascontiguousarray(q0, dtype=np.float64), np.ascontiguousarray(q1, dtype=np.float64),
+                     int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2)
+    return M1, M2
+
+
+# ----------------------------------------------------------------------------------------------- API
+
+
+def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=None, behaviours=None):
+    """Exact ``(mean (n, d), E||g_batch||^2 (n,), in_batch (n,), cut mass, ReturnMoments or None)``.
+
+    ``E||g_batch||^2`` is that of one episode for per-episode estimators and of the batch-N
+    estimate for in-batch ones. ``critics``: the critic table per estimator index (gae/td0);
+    ``behaviours``: the behaviour policy per estimator index (importance_sampling)."""
+    ch = chain(problem, th, cap)
+    n, d = len(specs), ch.d
+    mean = np.zeros((n, d))
+    m2 = np.zeros(n)
+    batch = np.zeros(n, bool)
+    rm = None
+    if any(sp.name in RETURN + RETURN_BATCH for sp in specs):
+        rm = return_moments(ch)
+    for j, sp in enumerate(specs):
+        if sp.name in TRACE:
+            M1, M2, _ = trace_moments(ch, sp, V, Q, critics.get(j))
+            mean[j], m2[j] = M1, float(M2.sum())
+        elif sp.name == "importance_sampling":
+            M1, M2 = is_moments(ch, behaviours[j])
+            mean[j], m2[j] = M1, float(M2.sum())
+        elif sp.name in RETURN:
+            b = {"reinforce": 0.0, "const_baseline": sp.p.get("b", 0.0),
+                 "optimal_const_baseline": rm.b_star if opt_b is None else opt_b}[sp.name]
+            mean[j], m2[j] = rm.const_baseline(float(b))
+        elif sp.name in RETURN_BATCH:
+            batch[j] = True
+            if N == 1:  # rloo needs N >= 2 (refused earlier); batch_mean at N = 1 is exactly zero
+                mean[j], m2[j] = 0.0, 0.0
+            else:
+                mean[j], m2[j] = rm.in_batch(sp.name, N)
+        else:
+            raise PGBenchError(f"no dynamic programme for {sp.label}: {why_not(sp)}")
+    cut = _cut_mass(ch)
+    return mean, m2, batch, cut, rm
+
+
+def dp_decomposition(problem, specs, th, cap: int, V, Q, critics: dict) -> np.ndarray:
+    """Per-episode variance parts ``(n, 3)``: start state and transitions ``Var(E[g | states])``,
+    action sampling ``E[Var(g | states, rewards' noise averaged)]`` and reward noise, for the trace
+    family (NaN rows for the others). They add up to the trace variance of one episode."""
+    ch = chain(problem, th, cap)
+    succ = _successors(ch)
+    out = np.full((len(specs), 3), np.nan)
+    for j, sp in enumerate(specs):
+        if sp.name not in TRACE:
+            continue
+        M1, M2, Mn = trace_moments(ch, sp, V, Q, critics.get(j))
+        m1, m2 = state_mean_moments(ch, sp, V, Q, critics.get(j), succ)
+        mm = float(M1 @ M1)
+        state = float(m2.sum()) - mm
+        noise = float(Mn.sum())
+        out[j] = state, float(M2.sum()) - mm - state - noise, noise
+    return out
+
+
+def _cut_mass(ch: _Chain) -> float:
+    """Pr(an episode is still running when the cap stops it); 0 when the cap is the horizon."""
+    if ch.cap >= ch.horizon:
+        return 0.0
+    P = ch.rho0.copy()
+    live = ~ch.terminal
+    for _ in range(ch.cap):
+        nxt = np.zeros(ch.S)
+        np.add.at(nxt, ch.nidx, (P[:, None] * ch.pi)[:, :, None] * ch.nprob)
+        P = nxt * live
+    return float(P.sum())
