@@ -159,11 +159,15 @@ def parse(spec, kind: str = "mdp") -> EstimatorSpec:
         from pgbench.estimators import user
         if name in user.USER_ESTIMATORS:
             return user.USER_ESTIMATORS[name].spec(_split_params(rest, spec))
+        from pgbench.estimators.batch import BATCH_ESTIMATORS
+        if name in BATCH_ESTIMATORS:
+            return BATCH_ESTIMATORS[name].spec(_split_params(rest, spec))
         objective_names = _objective_names()
         if name in objective_names:
             return _objective_spec(name, _split_params(rest, spec), spec)
-        known = sorted(set(MDP_ESTIMATORS) | set(objective_names) | set(user.USER_ESTIMATORS))
-        raise PGBenchError(f"unknown estimator {name!r}; known: {', '.join(known)}")
+        known = sorted(set(MDP_ESTIMATORS) | set(objective_names) | set(user.USER_ESTIMATORS) | set(BATCH_ESTIMATORS))
+        raise PGBenchError(f"unknown estimator {name!r}; known: {', '.join(known)} (your own estimators: register "
+                           f"them in a file and pass it with --import FILE.py)")
     info = MDP_ESTIMATORS[name]
     raw = _split_params(rest, spec)
     params = {}
@@ -246,4 +250,7 @@ def describe() -> list[tuple[str, str, str, str]]:
     from pgbench.estimators.user import USER_ESTIMATORS
     for name, u in USER_ESTIMATORS.items():
         rows.append((name, "", "yes" if u.unbiased else "no", "[user] " + u.doc))
+    from pgbench.estimators.batch import BATCH_ESTIMATORS
+    for name, u in BATCH_ESTIMATORS.items():
+        rows.append((name, "", "yes" if u.unbiased else "no", f"[user batch, returns {u.returns}] " + u.doc))
     return rows

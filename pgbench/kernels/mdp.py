@@ -553,3 +553,38 @@ def user_kernel(fn):
 
     _USER_KERNELS[fn] = kernel
     return kernel
+
+
+# how an episode ended, as user code sees it (per-episode functions' ``end`` argument)
+END_TERMINAL, END_HORIZON, END_CAP = 0, 1, 2
+
+
+@njit(parallel=True, cache=True)
+def _episodes(seed, cell, trial0, n_trials, N, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
+              noise_kind, noise_scale, terminal, cap, states, actions, rewards, lengths, ended):
+    """The episodes of trials ``trial0 ..`` as padded arrays, for estimators written in Python.
+
+    Episode i of trial k draws the same stream ``(seed, cell, k, i)`` through the same
+    :func:`_rollout` as the built-in passes, so user estimators see the built-ins' episodes
+    (common random numbers). ``states`` (n_trials, N, cap + 1) is padded with -1 after the state
+    reached last, ``actions`` with -1 and ``rewards`` with 0 after the last step; ``ended[k, i]``
+    is 1 when the episode entered a terminal state, else 0 (cut by the horizon or the cap). Each
+    episode writes its own rows, so the arrays do not depend on the thread count.
+    """
+    for item in prange(n_trials * N):
+        k = item // N
+        i = item % N
+        bs = states[k, i]
+        ba = actions[k, i]
+        br = rewards[k, i]
+        s0, s1 = stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
+        L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
+                                     noise_kind, noise_scale, cap, bs, ba, br)
+        for t in range(L + 1, cap + 1):
+            bs[t] = -1
+        for t in range(L, cap):
+            ba[t] = -1
+            br[t] = 0.0
+        lengths[k, i] = L
+        ended[k, i] = 1 if (L > 0 and terminal[bs[L]]) else 0
+    return lengths

@@ -14,6 +14,7 @@ import numpy as np
 from pgbench.errors import PGBenchError
 from pgbench.estimators import catalogue as cat
 from pgbench.estimators.catalogue import EstimatorSpec, parse
+from pgbench.estimators.batch import BATCH_CODE
 from pgbench.estimators.user import USER_CODE, USER_ESTIMATORS
 from pgbench.exact import GroundTruth, exact
 from pgbench.kernels import mdp as K_
@@ -293,6 +294,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     for j, q in enumerate(kspecs):
         if q.info.code == USER_CODE:
             key = ("user", q.name)
+        elif q.info.code == BATCH_CODE:
+            key = ("batch", q.name)
         elif q.name == "importance_sampling":
             key = ("is", q.p["mu"], q.p["eps"])
         else:
@@ -307,6 +310,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     proxy_stats = np.zeros((K, K_.N_PROXY)) if proxy else None
     episodes = 0
     seconds = 0.0
+    direct: dict = {}  # kernel index -> (K, d) estimates given directly (batch estimators returning grad)
     for key, members in groups.items():
         if key[0] == "user":
             if backend != "cpu":
@@ -315,6 +319,19 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
             C_all[:, members[0]] = _run_user(kspecs[members[0]], tabs, V, Q, seed64, cell64, N, K, n_chunks)
             seconds += time.perf_counter() - t0
             episodes += N * K
+            continue
+        if key[0] == "batch":
+            if backend != "cpu":
+                raise PGBenchError("Python batch estimators run on the CPU backend only")
+            from pgbench.measure.batch import run_batch
+            t0 = time.perf_counter()
+            kind, out = run_batch(kspecs[members[0]], problem, th, tabs, V, Q, seed64, cell64, N, K, mdp.horizon)
+            seconds += time.perf_counter() - t0
+            episodes += N * K
+            if kind == "psi":
+                C_all[:, members[0]] = out
+            else:
+                direct[members[0]] = out
             continue
         gtabs = tabs if key[0] != "is" else make_tables(problem, th, behaviour_policy(tabs.pi, kspecs[members[0]]))
         gspecs = [kspecs[j] for j in members]
@@ -382,6 +399,9 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                 g = pol.fisher_solve(th, F, g).reshape(-1)
             est[k, r] = g
         targets[r] = _target(problem, th, gt, sp)
+    for r, (kind, j, _) in enumerate(plan):
+        if j in direct:
+            est[:, r] = direct[j]
     if proxy:
         extras["proxy"] = proxy_stats
     return SampleResult(specs, est, targets, seconds, episodes, N, K, extras)

@@ -1,0 +1,167 @@
+"""Python batch estimators: same episodes as the built-ins, deterministic, clear errors."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from pgbench import PGBenchError, make
+from pgbench.estimators import register_batch_estimator, unregister_batch_estimator
+from pgbench.measure.engine import sample_mdp
+
+GARNET = "garnet:S=6,A=3,b=3,seed=1,gamma=0.8"  # unbounded: episodes cut by the cap
+
+
+def np_rtg(batch):
+    """reward_to_go written from the SPEC formula with NumPy: psi_t = gamma^t G_t."""
+    G = np.zeros_like(batch.rewards)
+    acc = np.zeros(batch.rewards.shape[0])
+    for t in range(batch.rewards.shape[1] - 1, -1, -1):
+        acc = batch.rewards[:, t] + batch.gamma * acc
+        G[:, t] = acc
+    return batch.gamma ** np.arange(G.shape[1]) * G
+
+
+@pytest.fixture
+def registered():
+    names = []
+
+    def reg(name, fn, **kw):
+        register_batch_estimator(name, unbiased=kw.pop("unbiased", True), replace=True, **kw)(fn)
+        names.append(name)
+        return name
+
+    yield reg
+    for n in names:
+        unregister_batch_estimator(n)
+
+
+@pytest.mark.parametrize("problem", [GARNET, "three_step_bandit", "gridworld"])
+def test_numpy_reward_to_go_reproduces_the_builtin_trial_by_trial(registered, problem):
+    registered("t_np_rtg", np_rtg)
+    prob = make(problem)
+    old = numba.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            res = sample_mdp(prob, ["reinforce_rtg", "t_np_rtg"], N=7, K=30, seed=3)
+            outs.append(res.estimates)
+    finally:
+        numba.set_num_threads(old)
+    for est in outs:
+        ref, mine = est[:, 0], est[:, 1]
+        scale = np.abs(ref).max()
+        assert scale > 0
+        np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-12 * scale)
+    # the Python estimator is bit-identical across thread counts
+    assert np.array_equal(outs[0][:, 1], outs[1][:, 1])
+
+
+def test_batch_fields_describe_the_episodes(registered):
+    seen = []
+
+    def look(batch):
+        seen.append(batch)
+        return np.zeros(batch.actions.shape)
+
+    registered("t_look", look)
+    prob = make("three_step_bandit")
+    sample_mdp(prob, ["t_look"], N=5, K=2, seed=0)
+    assert len(seen) == 2
+    b = seen[0]
+    assert b.states.shape == (5, 4) and b.actions.shape == (5, 3) and b.rewards.shape == (5, 3)
+    assert b.states.dtype == np.int64 and b.actions.dtype == np.int64
+    assert (b.lengths == 3).all() and b.truncated.all() and not b.terminated.any()
+    assert b.V.shape == (4, prob.mdp.S) and b.Q.shape == (3, prob.mdp.S, prob.mdp.A)
+    np.testing.assert_allclose(b.pi, prob.policy.probs(prob.theta))
+
+
+def test_terminated_and_padding_on_a_terminal_problem(registered):
+    seen = []
+
+    def look(batch):
+        seen.append(batch)
+        return np.zeros(batch.actions.shape)
+
+    registered("t_look2", look)
+    prob = make("frozen_lake")
+    sample_mdp(prob, ["t_look2"], N=50, K=1, seed=0)
+    b = seen[0]
+    term = prob.mdp.terminal
+    for i in range(b.N):
+        L = b.lengths[i]
+        assert (b.actions[i, :L] >= 0).all() and (b.actions[i, L:] == -1).all()
+        assert (b.states[i, :L + 1] >= 0).all() and (b.states[i, L + 1:] == -1).all()
+        assert (b.rewards[i, L:] == 0).all()
+        assert b.terminated[i] == term[b.states[i, L]] and b.truncated[i] == (not b.terminated[i])
+        assert not term[b.states[i, :L]].any()
+    assert b.terminated.any()
+
+
+def test_grad_return_matches_contraction(registered):
+    """returns='grad': the user contracts psi with the policy's score table themselves."""
+    def rtg_grad(batch):
+        psi = np_rtg(batch)
+        g = batch.policy.score_table(batch.theta)  # (S, A, d)
+        ok = batch.mask
+        s, a = batch.states[:, :-1][ok], batch.actions[ok]
+        return (psi[ok][:, None] * g[s, a]).sum(axis=0) / batch.N
+
+    registered("t_rtg_grad", rtg_grad, returns="grad")
+    prob = make("garnet:S=5,A=2,b=2,seed=2,gamma=0.7")
+    res = sample_mdp(prob, ["reinforce_rtg", "t_rtg_grad"], N=4, K=10, seed=1)
+    np.testing.assert_allclose(res.estimates[:, 1], res.estimates[:, 0], rtol=0,
+                               atol=1e-12 * np.abs(res.estimates[:, 0]).max())
+
+
+class _FakeTensor:
+    """Duck-typed like a torch tensor: pgbench must call detach().cpu().numpy()."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def numpy(self):
+        return self.a
+
+
+def test_tensor_like_outputs_are_accepted(registered):
+    registered("t_fake_tensor", lambda b: _FakeTensor(np_rtg(b)))
+    res = sample_mdp(make("three_step_bandit"), ["reinforce_rtg", "t_fake_tensor"], N=3, K=4, seed=0)
+    np.testing.assert_allclose(res.estimates[:, 1], res.estimates[:, 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda b: np.zeros((b.N, 2)), r"batch estimator 't_bad' on problem 'three_step_bandit' returned psi of shape"),
+    (lambda b: np.full(b.actions.shape, np.nan), r"'t_bad' on problem 'three_step_bandit' returned a non-finite psi"),
+    (lambda b: "oops", r"'t_bad' on problem 'three_step_bandit' returned str, not an array"),
+    (lambda b: [[0.0] * 3] * b.N, r"returned list, not an array"),
+])
+def test_bad_outputs_give_one_line_errors(registered, fn, match):
+    registered("t_bad", fn)
+    with pytest.raises(PGBenchError, match=match) as ei:
+        sample_mdp(make("three_step_bandit"), ["t_bad"], N=3, K=2, seed=0)
+    assert "\n" not in str(ei.value)
+
+
+def test_exception_surfaces_as_itself_naming_the_estimator(registered):
+    def boom(batch):
+        raise ZeroDivisionError("user bug")
+
+    registered("t_boom", boom)
+    with pytest.raises(ZeroDivisionError, match="user bug") as ei:
+        sample_mdp(make("three_step_bandit"), ["t_boom"], N=3, K=2, seed=0)
+    assert any("t_boom" in n and "three_step_bandit" in n for n in ei.value.__notes__)
+
+
+def test_registration_errors():
+    with pytest.raises(PGBenchError, match="built-in"):
+        register_batch_estimator("reinforce", unbiased=True)
+    with pytest.raises(PGBenchError, match="returns must be"):
+        register_batch_estimator("t_x", unbiased=True, returns="weights")
