@@ -14,6 +14,7 @@ on the batch, clipping) are expressible.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -66,10 +67,16 @@ class Batch:
         return self.gamma ** np.arange(self.actions.shape[1], dtype=np.float64)
 
     def reward_to_go(self) -> np.ndarray:
-        """``G_t = sum_{k >= t} gamma^(k-t) r_k`` (N, T), 0 after the last step."""
-        G = np.zeros_like(self.rewards)
+        """``G_t = sum_{k >= t} gamma^(k-t) r_k`` (N, T), 0 after the last step.
+
+        One product with the (T, T) discount matrix ``M[k, t] = gamma^(k-t)`` for k >= t when T is
+        small (a BLAS call beats T NumPy steps), the backward recursion otherwise."""
+        T = self.rewards.shape[1]
+        if T <= 256:
+            return self.rewards @ _discount_matrix(self.gamma, T)
+        G = np.empty_like(self.rewards)
         acc = np.zeros(self.N)
-        for t in range(self.rewards.shape[1] - 1, -1, -1):
+        for t in range(T - 1, -1, -1):
             acc = self.rewards[:, t] + self.gamma * acc
             G[:, t] = acc
         return G
@@ -84,6 +91,15 @@ class Batch:
         v = np.where(self.states >= 0, self.V[rows_v[None, :], s], 0.0)
         q = np.where(self.actions >= 0, self.Q[rows_q[None, :], s[:, :T], a], 0.0)
         return v, q
+
+
+@lru_cache(maxsize=16)
+def _discount_matrix(gamma: float, T: int) -> np.ndarray:
+    """``M[k, t] = gamma^(k-t)`` for k >= t, else 0 (read-only, shared between batches)."""
+    lag = np.arange(T)[:, None] - np.arange(T)[None, :]
+    M = np.where(lag >= 0, gamma ** np.maximum(lag, 0).astype(np.float64), 0.0)
+    M.setflags(write=False)
+    return M
 
 
 @dataclass(frozen=True)

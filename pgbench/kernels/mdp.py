@@ -561,19 +561,22 @@ END_TERMINAL, END_HORIZON, END_CAP = 0, 1, 2
 
 @njit(parallel=True, cache=True)
 def _episodes(seed, cell, trial0, n_trials, N, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
-              noise_kind, noise_scale, terminal, cap, states, actions, rewards, lengths, ended):
+              noise_kind, noise_scale, terminal, cap, n_actions, states, actions, rewards, lengths, ended, slot):
     """The episodes of trials ``trial0 ..`` as padded arrays, for estimators written in Python.
 
     Episode i of trial k draws the same stream ``(seed, cell, k, i)`` through the same
     :func:`_rollout` as the built-in passes, so user estimators see the built-ins' episodes
     (common random numbers). ``states`` (n_trials, N, cap + 1) is padded with -1 after the state
     reached last, ``actions`` with -1 and ``rewards`` with 0 after the last step; ``ended[k, i]``
-    is 1 when the episode entered a terminal state, else 0 (cut by the horizon or the cap). Each
-    episode writes its own rows, so the arrays do not depend on the thread count.
+    is 1 when the episode entered a terminal state, else 0 (cut by the horizon or the cap).
+    ``slot[k, i, t] = s_t n_actions + a_t`` on the steps taken and ``S n_actions`` after them (a
+    spare bin), ready for ``np.bincount``. Each episode writes its own rows, so the arrays do not
+    depend on the thread count.
     """
+    spare = terminal.shape[0] * n_actions
     for item in prange(n_trials * N):
         k = item // N
-        i = item % N
+        i = item - k * N
         bs = states[k, i]
         ba = actions[k, i]
         br = rewards[k, i]
@@ -582,9 +585,13 @@ def _episodes(seed, cell, trial0, n_trials, N, rho_thr, rho_alias, n_slots, step
                                      noise_kind, noise_scale, cap, bs, ba, br)
         for t in range(L + 1, cap + 1):
             bs[t] = -1
+        bslot = slot[k, i]
+        for t in range(L):
+            bslot[t] = bs[t] * n_actions + ba[t]
         for t in range(L, cap):
             ba[t] = -1
             br[t] = 0.0
+            bslot[t] = spare
         lengths[k, i] = L
         ended[k, i] = 1 if (L > 0 and terminal[bs[L]]) else 0
     return lengths
