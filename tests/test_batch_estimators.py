@@ -7,6 +7,7 @@ import pytest
 
 from pgbench import PGBenchError, make
 from pgbench.estimators import register_batch_estimator, unregister_batch_estimator
+from pgbench.estimators.user import END_CAP, END_HORIZON, END_TERMINAL
 from pgbench.measure.engine import sample_mdp
 
 GARNET = "garnet:S=6,A=3,b=3,seed=1,gamma=0.8"  # unbounded: episodes cut by the cap
@@ -165,3 +166,84 @@ def test_registration_errors():
         register_batch_estimator("reinforce", unbiased=True)
     with pytest.raises(PGBenchError, match="returns must be"):
         register_batch_estimator("t_x", unbiased=True, returns="weights")
+
+
+# ----------------------------------------------------------------------------- per-episode end codes
+
+@numba.njit
+def _count_ends(states, actions, rewards, L, gamma, pi, V, Q, psi, end):
+    # the first step's weight encodes the end code: summed weights count episodes per code
+    for t in range(L):
+        psi[t] = 0.0
+    psi[0] = 1000.0 ** end
+
+
+def _count_ends_py(b):
+    code = np.where(b.terminated, END_TERMINAL, END_HORIZON if b.horizon else END_CAP)
+    psi = np.zeros(b.actions.shape)
+    psi[:, 0] = 1000.0 ** code
+    return psi
+
+
+def _end_counts(problem, N=300):
+    """Episodes per end code seen by a 10-argument numba function and by a Python batch estimator."""
+    from pgbench.exact import exact
+    from pgbench.kernels.rng import seed_u64
+    from pgbench.measure import engine
+    from pgbench.measure.batch import run_batch
+    from pgbench.estimators.catalogue import parse
+    prob = make(problem)
+    t = engine.make_tables(prob, prob.theta)
+    V, Q = engine.oracle_tables(exact(prob))
+    seed, cell = seed_u64(0), np.uint64(7)
+    numba_total = engine._run_user(parse("t_ends"), t, V, Q, seed, cell, N, 1, engine.n_chunks_for(N)).sum()
+    _, C = run_batch(parse("t_ends_py"), prob, prob.theta, t, V, Q, seed, cell, N, 1, prob.mdp.horizon)
+    return [int(round(numba_total)) // 1000 ** c % 1000 for c in range(3)], \
+        [int(round(C.sum())) // 1000 ** c % 1000 for c in range(3)]
+
+
+def test_per_episode_function_learns_how_the_episode_ended():
+    from pgbench.estimators import register_estimator, unregister_estimator
+    register_estimator("t_ends", unbiased=False, replace=True)(_count_ends)
+    register_batch_estimator("t_ends_py", unbiased=False, replace=True)(_count_ends_py)
+    try:
+        bandit_numba, bandit_py = _end_counts("three_step_bandit")
+        assert bandit_numba == bandit_py == [0, 300, 0]  # every episode reaches the horizon
+        lake_numba, lake_py = _end_counts("frozen_lake:gamma=0.99")
+        assert lake_numba == lake_py and sum(lake_numba) == 300
+        assert lake_numba[END_TERMINAL] > 0 and lake_numba[END_HORIZON] == 0
+        short_numba, short_py = _end_counts("chain:n=6,gamma=0.95")  # no terminal states: the cap cuts every episode
+        assert short_numba == short_py == [0, 0, 300]
+    finally:
+        unregister_estimator("t_ends")
+        unregister_batch_estimator("t_ends_py")
+
+
+def test_nine_argument_functions_still_work():
+    from pgbench.estimators import register_estimator, unregister_estimator
+    register_estimator("t_old", unbiased=True, replace=True)(_old_style)
+    try:
+        res = sample_mdp(make(GARNET), ["reinforce_rtg", "t_old"], N=5, K=6, seed=2)
+        np.testing.assert_allclose(res.estimates[:, 1], res.estimates[:, 0], rtol=0,
+                                   atol=1e-12 * np.abs(res.estimates[:, 0]).max())
+    finally:
+        unregister_estimator("t_old")
+
+
+@numba.njit
+def _old_style(states, actions, rewards, L, gamma, pi, V, Q, psi):
+    G = 0.0
+    for t in range(L - 1, -1, -1):
+        G = rewards[t] + gamma * G
+        psi[t] = gamma ** t * G
+
+
+def test_wrong_arity_is_refused():
+    from pgbench.estimators import register_estimator
+
+    @numba.njit
+    def three(a, b, c):
+        return a
+
+    with pytest.raises(PGBenchError, match="takes 3 arguments"):
+        register_estimator("t_three", unbiased=True)(three)

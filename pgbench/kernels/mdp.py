@@ -27,6 +27,7 @@ from numba import njit, prange
 from pgbench.estimators.catalogue import (
     REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B,
     VALUE_B, TIME_B_LOO, TRUE_ADV, ALL_ACTION, GAE, GEOMETRIC, IS_PD, ENTROPY, FISHER)
+from pgbench.estimators.user import END_TERMINAL, END_HORIZON, END_CAP  # noqa: F401  (how an episode ended)
 from pgbench.kernels.rng import next_u64, stream, uniform, normal
 
 # batch statistics (pass 1), per trial
@@ -525,14 +526,25 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
 _USER_KERNELS: dict = {}
 
 
-def user_kernel(fn):
-    """The pass-2 kernel for a user's per-episode weight function ``fn`` (compiled once per fn)."""
-    if fn in _USER_KERNELS:
-        return _USER_KERNELS[fn]
+def user_kernel(fn, with_end: bool = False):
+    """The pass-2 kernel for a user's per-episode weight function ``fn`` (compiled once per fn).
+
+    ``with_end``: fn takes a tenth argument, how the episode ended (``END_TERMINAL``,
+    ``END_HORIZON`` or ``END_CAP``); 9-argument functions are called without it.
+    """
+    key = (fn, with_end)
+    if key in _USER_KERNELS:
+        return _USER_KERNELS[key]
+    if with_end:
+        call = fn
+    else:
+        @njit(inline="always")
+        def call(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi, end):
+            fn(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi)
 
     @njit(parallel=True)
     def kernel(seed, cell, trial0, n_trials, N, n_chunks, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
-               step_r, noise_kind, noise_scale, gamma, cap, pi, Vtab, Qtab, outC):
+               step_r, noise_kind, noise_scale, gamma, cap, pi, Vtab, Qtab, terminal, cut, outC):
         n_items = n_trials * n_chunks
         per = (N + n_chunks - 1) // n_chunks
         for item in prange(n_items):
@@ -546,17 +558,15 @@ def user_kernel(fn):
                 s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
                 L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                                              step_r, noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
-                fn(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi)
+                end = END_TERMINAL if (L > 0 and terminal[buf_s[L]]) else cut
+                call(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi, end)
                 for t in range(L):
                     outC[item, 0, buf_s[t], buf_a[t]] += psi[t]
         return outC
 
-    _USER_KERNELS[fn] = kernel
+    _USER_KERNELS[key] = kernel
     return kernel
 
-
-# how an episode ended, as user code sees it (per-episode functions' ``end`` argument)
-END_TERMINAL, END_HORIZON, END_CAP = 0, 1, 2
 
 
 @njit(parallel=True, cache=True)

@@ -473,15 +473,16 @@ def optimal_constant_baseline(problem: MDPProblem, th: np.ndarray, seed: int,
 
 def _run_user(spec: EstimatorSpec, t: Tables, V, Q, seed64, cell64, N: int, K: int, n_chunks: int) -> np.ndarray:
     """Score weights of a user estimator, per trial, on the cell's streams."""
-    kern = K_.user_kernel(USER_ESTIMATORS[spec.name].fn)
+    user = USER_ESTIMATORS[spec.name]
+    kern = K_.user_kernel(user.fn, user.with_end)
     out = np.zeros((K, t.pi.shape[0], t.pi.shape[1]))
-    args = (*t.sampler(), t.gamma, t.cap, t.pi, V, Q)
+    args = (*t.sampler(), t.gamma, t.cap, t.pi, V, Q, t.terminal, K_.END_HORIZON if t.finite else K_.END_CAP)
     z = np.zeros((0, 1) + t.pi.shape)
     try:
         kern(seed64, cell64, 0, 0, 1, 1, *args, z)  # compile outside the loop, with a clear error
     except Exception as exc:
         raise PGBenchError(f"user estimator {spec.name!r} failed to compile or run with the documented "
-                           f"signature (states, actions, rewards, L, gamma, pi, V, Q, psi): {exc}") from None
+                           f"signature (states, actions, rewards, L, gamma, pi, V, Q, psi[, end]): {exc}") from None
     block = max(1, min(K, ITEM_MEMORY_BUDGET // max(1, n_chunks * t.pi.size * 8)))
     for k0 in range(0, K, block):
         nb = min(block, K - k0)
