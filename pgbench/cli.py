@@ -139,9 +139,7 @@ def _cmd_measure(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from pgbench.validate import format_validation, import_plugin, validate
-    for target in args.imports or []:
-        import_plugin(target)
+    from pgbench.validate import format_validation, validate
     df = validate(args.estimator, problems=args.problems, batch=args.batch, trials=args.trials, seed=args.seed,
                   alpha=args.alpha)
     if args.json:
@@ -204,6 +202,18 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _add_import(p) -> None:
+    """``--import``, shared by the commands that take estimator names (run before the command)."""
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
+                   help="import a module or .py file first (e.g. one registering user estimators; repeatable)")
+
+
+def _import_plugins(args) -> None:
+    from pgbench.validate import import_plugin
+    for target in getattr(args, "imports", None) or []:
+        import_plugin(target)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgbench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -229,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--proxy", action="store_true", help="also report the W(tau) proxy diagnostics")
     pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     pm.add_argument("--json", action="store_true")
+    _add_import(pm)
     pm.set_defaults(fn=_cmd_measure)
     pv = sub.add_parser("validate", help="test an estimator for unbiasedness on a panel of problems (exit 1 if biased)")
     pv.add_argument("estimator", help="estimator id, or a user estimator's name (see --import)")
@@ -239,8 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--alpha", type=float, default=0.05,
                     help="family-wise false-alarm rate over the panel (Holm; default 0.05)")
-    pv.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
-                    help="import a module or .py file first (e.g. one registering user estimators; repeatable)")
+    _add_import(pv)
     pv.add_argument("--json", action="store_true")
     pv.set_defaults(fn=_cmd_validate)
     pr = sub.add_parser("run", help="run benchmark suites and write results and a report")
@@ -257,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
                     help="where MDP cells sample (objectives always run on the CPU)")
     pr.set_defaults(fn=_cmd_run)
+    _add_import(pr)
+
     prep = sub.add_parser("report", help="write report.md and report.html for a run directory")
     prep.add_argument("run_dir")
     prep.set_defaults(fn=_cmd_report)
@@ -279,6 +291,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _import_plugins(args)
         return args.fn(args)
     except PGBenchError as exc:
         print(f"pgbench: error: {exc}", file=sys.stderr)

@@ -1,6 +1,9 @@
 """Python batch estimators: same episodes as the built-ins, deterministic, clear errors."""
 from __future__ import annotations
 
+import json
+import os
+
 import numba
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from pgbench import PGBenchError, make
 from pgbench.estimators import register_batch_estimator, unregister_batch_estimator
 from pgbench.estimators.user import END_CAP, END_HORIZON, END_TERMINAL
 from pgbench.measure.engine import sample_mdp
+from conftest import run_cli  # noqa: E402
 
 GARNET = "garnet:S=6,A=3,b=3,seed=1,gamma=0.8"  # unbounded: episodes cut by the cap
 
@@ -247,3 +251,39 @@ def test_wrong_arity_is_refused():
 
     with pytest.raises(PGBenchError, match="takes 3 arguments"):
         register_estimator("t_three", unbiased=True)(three)
+
+
+# ----------------------------------------------------------------------------- --import on the CLI
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "batch_estimators.py")
+
+
+@pytest.mark.parametrize("cmd", ["measure", "validate"])
+def test_import_registers_estimators_for_measure_and_validate(capsys, cmd):
+    from pgbench.estimators.batch import BATCH_ESTIMATORS
+    try:
+        if cmd == "measure":
+            rc, out, err = run_cli(capsys, "measure", "three_step_bandit", "-N", "4", "-K", "20", "-e", "reinforce_rtg",
+                                   "-e", "np_rtg", "--json", "--import", EXAMPLE)
+            assert rc == 0, err
+            rows = json.loads(out)
+            np.testing.assert_allclose(rows[1]["mean"], rows[0]["mean"], atol=1e-12)
+        else:
+            rc, out, err = run_cli(capsys, "validate", "np_rtg", "-p", "three_step_bandit", "-K", "50", "--json",
+                                   "--import", EXAMPLE)
+            assert rc == 0, err
+            assert json.loads(out)["estimator"] == "np_rtg"
+    finally:
+        BATCH_ESTIMATORS.pop("np_rtg", None)
+        BATCH_ESTIMATORS.pop("np_ppo_normalized", None)
+
+
+def test_unknown_estimator_error_mentions_import(capsys):
+    rc, out, err = run_cli(capsys, "measure", "three_step_bandit", "-N", "4", "-e", "no_such_estimator")
+    assert rc == 2 and "--import" in err and err.count("\n") == 1
+
+
+def test_run_accepts_import():
+    from pgbench.cli import build_parser
+    args = build_parser().parse_args(["run", "--quick", "--import", EXAMPLE])
+    assert args.imports == [EXAMPLE]
