@@ -287,3 +287,23 @@ def test_run_accepts_import():
     from pgbench.cli import build_parser
     args = build_parser().parse_args(["run", "--quick", "--import", EXAMPLE])
     assert args.imports == [EXAMPLE]
+
+
+@numba.njit
+def _td0_with_end(states, actions, rewards, L, gamma, pi, V, Q, psi, end):
+    # the README's example: bootstrap from V(states[L]) only when the episode was cut
+    finite = V.shape[0] > 1
+    for t in range(L):
+        v_next = 0.0 if (t == L - 1 and end == END_TERMINAL) else V[t + 1 if finite else 0, states[t + 1]]
+        psi[t] = gamma ** t * (rewards[t] + gamma * v_next - V[t if finite else 0, states[t]])
+
+
+def test_readme_td0_with_end_matches_builtin_td0():
+    from pgbench.estimators import register_estimator, unregister_estimator
+    register_estimator("t_td0_end", unbiased=True, replace=True)(_td0_with_end)
+    try:
+        res = sample_mdp(make("frozen_lake"), ["td0", "t_td0_end"], N=20, K=5, seed=4)
+        ref = res.estimates[:, 0]
+        np.testing.assert_allclose(res.estimates[:, 1], ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    finally:
+        unregister_estimator("t_td0_end")
