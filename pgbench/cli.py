@@ -57,10 +57,27 @@ def _cmd_list(args) -> int:
     raise PGBenchError(f"pgbench list takes 'problems', 'estimators' or 'suites'; got {what!r}")
 
 
+def _policy_arg(prob, target):
+    """``--policy FILE.py:NAME``: NAME is a policy, or a function of the problem returning one."""
+    from pgbench.validate import import_plugin
+    path, sep, name = (target or "").rpartition(":")
+    if not sep or not path or not name:
+        raise PGBenchError(f"--policy takes FILE.py:NAME (a LogitsPolicy or a function of the problem); got {target!r}")
+    module = import_plugin(path)
+    if not hasattr(module, name):
+        raise PGBenchError(f"{path} defines no {name!r}")
+    pol = getattr(module, name)
+    if callable(pol) and not hasattr(pol, "probs"):
+        pol = pol(prob)
+    return prob.with_policy(pol)
+
+
 def _cmd_exact(args) -> int:
     from pgbench.problems import make
     from pgbench.exact import exact
     prob = make(args.problem)
+    if getattr(args, "policy", None):
+        prob = _policy_arg(prob, args.policy)
     theta = _theta_arg(prob, args.theta)
     if prob.kind != "mdp":
         th = prob.check_theta(theta)
@@ -108,6 +125,8 @@ def _cmd_measure(args) -> int:
     from pgbench.problems import make
     from pgbench.measure.measure import measure
     prob = make(args.problem)
+    if args.policy:
+        prob = _policy_arg(prob, args.policy)
     theta = _theta_arg(prob, args.theta) if args.theta else None
     df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
                  proxy=args.proxy, backend=args.backend)
@@ -227,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--method", default="auto", choices=["auto", "dense", "sparse"])
     pe.add_argument("--natural", action="store_true", help="also print the min-norm natural gradient")
     pe.add_argument("--json", action="store_true")
+    pe.add_argument("--policy", default=None, metavar="FILE.py:NAME",
+                    help="evaluate another policy on the problem's MDP (a LogitsPolicy, or a function of the problem)")
     pe.set_defaults(fn=_cmd_exact)
     pm = sub.add_parser("measure", help="measure estimators' bias, variance and MSE on one cell")
     pm.add_argument("problem", help="a problem id or a .npz path")
@@ -240,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"])
     pm.add_argument("--json", action="store_true")
     _add_import(pm)
+    pm.add_argument("--policy", default=None, metavar="FILE.py:NAME",
+                    help="sample from another policy on the problem's MDP (a LogitsPolicy, or a function of the problem)")
     pm.set_defaults(fn=_cmd_measure)
     pv = sub.add_parser("validate", help="test an estimator for unbiasedness on a panel of problems (exit 1 if biased)")
     pv.add_argument("estimator", help="estimator id, or a user estimator's name (see --import)")

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from pgbench.arrays import as_array  # noqa: F401  (re-exported: what user functions may return)
 from pgbench.errors import PGBenchError
 
 BATCH_ESTIMATORS: dict = {}
@@ -150,17 +151,3 @@ def register_batch_estimator(name: str, unbiased: bool, returns: str = "psi", do
 
 def unregister_batch_estimator(name: str) -> None:
     BATCH_ESTIMATORS.pop(name, None)
-
-
-def as_array(x) -> np.ndarray | None:
-    """A float64 NumPy array from NumPy, torch (``.detach().cpu().numpy()``) or JAX (``__array__``)
-    output, without importing either; None when x is not numeric array-like."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    if not (isinstance(x, (np.ndarray, np.generic)) or hasattr(x, "__array__")):
-        return None
-    try:
-        out = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return out

@@ -172,8 +172,12 @@ class GroundTruth:
 
 
 def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "auto",
-          max_steps: Optional[int] = None) -> GroundTruth:
+          max_steps: Optional[int] = None, policy=None) -> GroundTruth:
     """Exact J, V, Q, A, visitation and gradient of ``problem`` at ``theta``.
+
+    ``policy``: evaluate another policy on the problem's MDP (e.g. a
+    :class:`pgbench.policies.LogitsPolicy`; theta defaults to its own); the gradient then has
+    theta's shape, by the chain rule through the policy's vector-Jacobian product.
 
     ``beta > 0`` gives the entropy-regularised objective ``J + beta E[sum_t gamma^t H(pi(.|s_t))]``:
     since ``E_a[-log pi(a|s)] = H(pi(.|s))`` it is J under the reward ``R - beta log pi``, and its
@@ -181,6 +185,8 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
     """
     if not isinstance(problem, MDPProblem):
         raise PGBenchError(f"exact() takes an MDP problem; got {type(problem).__name__} (objectives have .J and .grad)")
+    if policy is not None:
+        problem = problem.with_policy(policy, theta)
     mdp = problem.mdp
     pol = problem.policy
     th = problem.resolve_theta(theta)

@@ -102,7 +102,7 @@ def make_tables(problem: MDPProblem, theta: np.ndarray, mu: np.ndarray | None = 
     pi = pol.probs(theta)
     mu = pi if mu is None else mu
     cap = mdp.episode_cap
-    linear = pol.kind == "linear"
+    linear = pol.kind != "tabular"  # linear and logits policies: the exact ||z||^2 reads the score table
     score = np.ascontiguousarray(pol.score_table(theta)) if linear else np.zeros((1, 1, 1))
     noise_kind = {"none": 0, "gaussian": 1, "uniform": 2}[mdp.reward_noise]
     with np.errstate(divide="ignore"):

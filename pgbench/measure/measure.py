@@ -49,12 +49,16 @@ class Cell:
 
 
 def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
-             cell=None, backend: str = "cpu", exact: bool = True) -> Cell:
+             cell=None, backend: str = "cpu", exact: bool = True, policy=None) -> Cell:
     """Sample one cell (no statistics): the building block of :func:`measure` and the suites.
 
     ``exact``: also compute the exact variance and MSE by enumeration where that is cheap
     (at most :data:`EXACT_LIMIT` trajectories or batches); ``extras["exact_moments"]``."""
     prob = make(problem) if isinstance(problem, str) else problem
+    if policy is not None:  # another policy on the problem's MDP (pgbench.policies.LogitsPolicy)
+        if prob.kind != "mdp":
+            raise PGBenchError("policy= applies to MDP problems only")
+        prob = prob.with_policy(policy, theta)
     if isinstance(estimators, str):
         estimators = [estimators]
     specs = [parse(e, prob.kind) for e in estimators]
@@ -205,13 +209,14 @@ def proxy_summary(cell: Cell) -> dict:
 
 
 def measure(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
-            backend: str = "cpu", exact: bool = True) -> pd.DataFrame:
+            backend: str = "cpu", exact: bool = True, policy=None) -> pd.DataFrame:
     """Measure estimators on one cell; a tidy DataFrame, one row per estimator.
 
     ``exact_variance`` / ``exact_mse`` are the exact values by trajectory enumeration where it is
-    cheap (:data:`EXACT_LIMIT`), NaN otherwise (or with ``exact=False``).
+    cheap (:data:`EXACT_LIMIT`), NaN otherwise (or with ``exact=False``). ``policy``: sample
+    from another policy on the problem's MDP (e.g. a :class:`pgbench.policies.LogitsPolicy`).
 
     >>> df = measure("three_step_bandit", ["reinforce", "reinforce_rtg"], batch=16, trials=200)  # doctest: +SKIP
     """
     return summarize_cell(run_cell(problem, estimators, batch, trials, seed=seed, theta=theta, proxy=proxy,
-                                   backend=backend, exact=exact))
+                                   backend=backend, exact=exact, policy=policy))
