@@ -142,6 +142,8 @@ def _cmd_measure(args) -> int:
             "cosine", "p_value"]
     if "exact_variance" in df and df["exact_variance"].notna().any():  # exact moments by enumeration
         cols += ["exact_variance", "exact_mse"]
+    if "exact_bias_norm" in df and df["exact_bias_norm"].notna().any():  # exact mean in closed form
+        cols += ["exact_bias_norm"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(f"{prob.name}: N={args.batch}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
         print(df[cols].to_string(index=False))

@@ -68,21 +68,10 @@ class Batch:
         return self.gamma ** np.arange(self.actions.shape[1], dtype=np.float64)
 
     def reward_to_go(self) -> np.ndarray:
-        """``G_t = sum_{k >= t} gamma^(k-t) r_k`` (N, T), 0 after the last step.
+        """``G_t = sum_{k >= t} gamma^(k-t) r_k`` (N, T), 0 after the last step."""
+        return discounted_cumsum(self.rewards, self.gamma)
 
-        One product with the (T, T) discount matrix ``M[k, t] = gamma^(k-t)`` for k >= t when T is
-        small (a BLAS call beats T NumPy steps), the backward recursion otherwise."""
-        T = self.rewards.shape[1]
-        if T <= 256:
-            return self.rewards @ _discount_matrix(self.gamma, T)
-        G = np.empty_like(self.rewards)
-        acc = np.zeros(self.N)
-        for t in range(T - 1, -1, -1):
-            acc = self.rewards[:, t] + self.gamma * acc
-            G[:, t] = acc
-        return G
-
-    def values(self, t_index: bool = True):
+    def values(self):
         """``V(s_t)`` (N, T+1) and ``Q(s_t, a_t)`` (N, T) along the episodes, 0 off the episode."""
         T = self.actions.shape[1]
         rows_v = np.minimum(np.arange(T + 1), self.V.shape[0] - 1)
@@ -92,6 +81,22 @@ class Batch:
         v = np.where(self.states >= 0, self.V[rows_v[None, :], s], 0.0)
         q = np.where(self.actions >= 0, self.Q[rows_q[None, :], s[:, :T], a], 0.0)
         return v, q
+
+
+def discounted_cumsum(x: np.ndarray, factor: float) -> np.ndarray:
+    """``y[:, t] = sum_{k >= t} factor^(k-t) x[:, k]`` along the rows of x (N, T).
+
+    One product with the (T, T) matrix ``M[k, t] = factor^(k-t)`` for k >= t when T is small (a
+    BLAS call beats T NumPy steps), the backward recursion ``y_t = x_t + factor y_(t+1)`` otherwise."""
+    T = x.shape[1]
+    if T <= 256:
+        return x @ _discount_matrix(float(factor), T)
+    y = np.empty_like(x, dtype=np.float64)
+    acc = np.zeros(x.shape[0])
+    for t in range(T - 1, -1, -1):
+        acc = x[:, t] + factor * acc
+        y[:, t] = acc
+    return y
 
 
 @lru_cache(maxsize=16)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgbench.errors import PGBenchError
+from pgbench.estimators.batch import BATCH_CODE
 
 # kernel codes for psi_t rules
 REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B, \
@@ -63,6 +64,13 @@ MDP_ESTIMATORS = {e.name: e for e in [
                   {"beta": 0.01}, code=ENTROPY),
     EstimatorInfo("natural", "F_hat^+ g_hat, Fisher and gradient from the same batch", "no (ratio)",
                   {"base": "reinforce_rtg"}),
+    # common practice (pgbench.estimators.practice), run on the Python batch path
+    EstimatorInfo("ppo_gae", "psi_t = A^GAE_t with the exact critic, no gamma^t (as PPO implementations use it)",
+                  "no (gamma^t dropped)", {"lambda": 0.95}, code=BATCH_CODE),
+    EstimatorInfo("normalized_advantage", "the base's psi normalised over the batch's steps (mean 0, std 1)",
+                  "no (batch normalisation)", {"base": "ppo_gae"}, code=BATCH_CODE, in_batch=True),
+    EstimatorInfo("gpomdp_baseline", "sum_t gamma^t (r_t - b_t^k) c_t,k: G(PO)MDP with a per-coordinate, "
+                  "time-dependent baseline, leave-one-out", "yes", code=BATCH_CODE, in_batch=True),
 ]}
 
 CRITICS = ("exact", "perturbed", "fitted")
@@ -117,7 +125,8 @@ class EstimatorSpec:
 
     @property
     def base(self) -> "EstimatorSpec":
-        """For ``natural``: the estimator whose output the Fisher pseudo-inverse multiplies."""
+        """For ``natural``: the estimator whose output the Fisher pseudo-inverse multiplies (for
+        ``normalized_advantage``: the estimator whose weights are normalised)."""
         return parse(self.p["base"])
 
 
@@ -209,8 +218,16 @@ def _validate(name: str, p: dict) -> None:
         base = parse(p["base"])
         if base.name == "natural":
             raise PGBenchError("natural of natural is not an estimator")
-        if base.name == "user" or base.info.target != "mdp":
+        if base.name == "user" or base.info.target != "mdp" or base.info.code < 0:
             raise PGBenchError(f"natural takes a built-in MDP estimator as base; got {p['base']!r}")
+    if name == "ppo_gae" and not 0.0 <= p["lambda"] <= 1.0:
+        raise PGBenchError(f"ppo_gae lambda must be in [0, 1]; got {p['lambda']}")
+    if name == "normalized_advantage":
+        from pgbench.estimators.practice import PSI_BASES
+        base = parse(p["base"])
+        if base.name not in PSI_BASES or (base.name == "gae" and base.p["critic"] != "exact"):
+            raise PGBenchError(f"normalized_advantage takes a base among {', '.join(PSI_BASES)} (gae with the "
+                               f"exact critic); got {p['base']!r}")
 
 
 def _objective_names() -> dict:

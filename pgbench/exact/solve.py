@@ -246,3 +246,14 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
 def objective(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "auto") -> float:
     """Exact ``J(theta)`` (or ``J_beta``): the quantity finite differences check the gradient against."""
     return exact(problem, theta, beta=beta, method=method, max_steps=0).J
+
+
+def visitation_per_step(problem: MDPProblem, pi: np.ndarray, steps: int) -> np.ndarray:
+    """``d_t(s) = Pr(s_t = s, episode still running)`` for ``t < steps`` (no gamma^t), (steps, S)."""
+    dyn = _Dynamics(problem.mdp, pi, "auto")
+    d = np.zeros((int(steps), problem.mdp.S))
+    if steps > 0:
+        d[0] = problem.mdp.rho0
+    for t in range(1, int(steps)):
+        d[t] = dyn.step_forward(d[t - 1])
+    return d

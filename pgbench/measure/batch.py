@@ -39,12 +39,16 @@ def episode_blocks(t, seed64, cell64, N: int, K: int):
 def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizon=None):
     """``(kind, out)``: kind ``"psi"`` with score weights (K, S, A) summed over the batch (not yet
     divided by N), or ``"grad"`` with the estimates (K, d)."""
-    est = BATCH_ESTIMATORS[spec.name]
+    if spec.name in BATCH_ESTIMATORS:
+        fn, returns = BATCH_ESTIMATORS[spec.name].fn, BATCH_ESTIMATORS[spec.name].returns
+    else:
+        from pgbench.estimators.practice import function
+        fn, returns = function(spec)
     S, A = t.pi.shape
     d = int(th.size)
-    want_psi = est.returns == "psi"
+    want_psi = returns == "psi"
     out = np.zeros((K, S, A)) if want_psi else np.zeros((K, d))
-    where = f"batch estimator {spec.name!r} on problem {problem.name!r}"
+    where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
     pi = t.pi.copy()
     pi.setflags(write=False)
     for k0, states, actions, rewards, lengths, term, slot in episode_blocks(t, seed64, cell64, N, K):
@@ -54,7 +58,7 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
                           terminated=term[b], truncated=~term[b], gamma=t.gamma, pi=pi, V=V, Q=Q, theta=th,
                           policy=problem.policy, horizon=horizon)
             try:
-                res = est.fn(batch)
+                res = fn(batch)
             except Exception as exc:
                 exc.add_note(f"raised by {where} (trial {k})")
                 raise
@@ -76,4 +80,4 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
                 if not np.all(np.isfinite(arr)):
                     raise PGBenchError(f"{where} returned a non-finite gradient (NaN or inf) in trial {k}")
                 out[k] = arr.reshape(-1)
-    return est.returns, out
+    return returns, out

@@ -295,7 +295,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         if q.info.code == USER_CODE:
             key = ("user", q.name)
         elif q.info.code == BATCH_CODE:
-            key = ("batch", q.name)
+            key = ("batch", q.label)
         elif q.name == "importance_sampling":
             key = ("is", q.p["mu"], q.p["eps"])
         else:
@@ -402,6 +402,10 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     for r, (kind, j, _) in enumerate(plan):
         if j in direct:
             est[:, r] = direct[j]
+    from pgbench.estimators.practice import exact_mean
+    means = {sp.label: m for sp in specs if (m := exact_mean(problem, th, gt, sp)) is not None}
+    if means:
+        extras["exact_mean"] = means
     if proxy:
         extras["proxy"] = proxy_stats
     return SampleResult(specs, est, targets, seconds, episodes, N, K, extras)

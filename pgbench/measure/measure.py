@@ -24,7 +24,7 @@ RESULT_COLUMNS = ["problem", "estimator", "unbiased", "N", "K", "seed", "d", "ex
                   "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance", "variance_se",
                   "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust",
                   "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass",
-                  "exact_variance", "exact_mse"]
+                  "exact_variance", "exact_mse", "exact_bias_norm"]
 
 EXACT_LIMIT = 20_000
 """measure() adds exact_variance / exact_mse (trajectory enumeration, :mod:`pgbench.exact.moments`)
@@ -159,6 +159,7 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
             "truncated_mass": cell.extras.get("truncated_mass", np.nan),
             "exact_variance": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[0],
             "exact_mse": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[1],
+            "exact_bias_norm": _exact_bias_norm(cell, j, sp),
         })
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     df.attrs["paired"] = paired_table(cell)
@@ -168,6 +169,13 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
         df.attrs["optimal_const_baseline_b"] = cell.extras["optimal_const_baseline_b"]
         df.attrs["optimal_const_baseline_source"] = cell.extras.get("optimal_const_baseline_source")
     return df
+
+
+def _exact_bias_norm(cell: Cell, j: int, sp) -> float:
+    """``||E[g_hat] - target||`` where the estimator's exact mean is known in closed form
+    (``extras["exact_mean"]``: ppo_gae, gpomdp_baseline), NaN elsewhere."""
+    m = cell.extras.get("exact_mean", {}).get(sp.label)
+    return float(np.linalg.norm(np.asarray(m) - cell.targets[j])) if m is not None else float("nan")
 
 
 def paired_table(cell: Cell) -> pd.DataFrame:
