@@ -368,10 +368,12 @@ def _winners(rows: list[dict]) -> dict:
 def _cell_table(doc: Doc, rec: dict) -> None:
     rows = rec["rows"]
     ex_var, ex_mse = _has_exact(rows, "exact_variance"), _has_exact(rows, "exact_mse")
+    ex_bias = _has_exact(rows, "exact_bias_norm")  # the exact mean in closed form (practice estimators)
     win = _winners(rows)
     best_mse = win["mse"][0][1] if win["mse"] else None
     best_cost = win["mse_x_seconds"][0][1] if win["mse_x_seconds"] else None
-    headers = ["estimator", "unbiased (claimed)", "bias norm [95% CI]", "variance [95% CI]"]
+    headers = ["estimator", "unbiased (claimed)", "bias norm [95% CI]"] + (["exact bias norm"] if ex_bias else [])
+    headers += ["variance [95% CI]"]
     headers += ["exact variance"] if ex_var else []
     headers += ["MSE [95% CI]"] + (["exact MSE"] if ex_mse else [])
     headers += ["cosine", "p (mean = exact)", "verdict", "seconds", "episodes/s", "MSE x seconds"]
@@ -380,8 +382,9 @@ def _cell_table(doc: Doc, rec: dict) -> None:
     for r in rows:
         claim = _claim(r.get("unbiased"))
         line = [C(r["estimator"]), "-" if claim is None else ("yes" if claim else "no"),
-                fmt_ci(r.get("bias_norm"), r.get("bias_norm_lo"), r.get("bias_norm_hi")),
-                fmt_ci(r.get("variance"), r.get("variance_lo"), r.get("variance_hi"))]
+                fmt_ci(r.get("bias_norm"), r.get("bias_norm_lo"), r.get("bias_norm_hi"))]
+        line += [fmt(r.get("exact_bias_norm"))] if ex_bias else []
+        line += [fmt_ci(r.get("variance"), r.get("variance_lo"), r.get("variance_hi"))]
         if ex_var:
             line.append(fmt(r.get("exact_variance")))
         mse = fmt_ci(r.get("mse"), r.get("mse_lo"), r.get("mse_hi"))
