@@ -12,7 +12,7 @@ from pgbench import PGBenchError, make
 from pgbench.estimators import register_batch_estimator, unregister_batch_estimator
 from pgbench.estimators.user import END_CAP, END_HORIZON, END_TERMINAL
 from pgbench.measure.engine import sample_mdp
-from conftest import run_cli  # noqa: E402
+from conftest import capture_batches, run_cli  # noqa: E402
 
 GARNET = "garnet:S=6,A=3,b=3,seed=1,gamma=0.8"  # unbounded: episodes cut by the cap
 
@@ -63,16 +63,9 @@ def test_numpy_reward_to_go_reproduces_the_builtin_trial_by_trial(registered, pr
     assert np.array_equal(outs[0][:, 1], outs[1][:, 1])
 
 
-def test_batch_fields_describe_the_episodes(registered):
-    seen = []
-
-    def look(batch):
-        seen.append(batch)
-        return np.zeros(batch.actions.shape)
-
-    registered("t_look", look)
+def test_batch_fields_describe_the_episodes():
     prob = make("three_step_bandit")
-    sample_mdp(prob, ["t_look"], N=5, K=2, seed=0)
+    _, seen = capture_batches(prob, [], N=5, K=2, seed=0)
     assert len(seen) == 2
     b = seen[0]
     assert b.states.shape == (5, 4) and b.actions.shape == (5, 3) and b.rewards.shape == (5, 3)
@@ -82,16 +75,9 @@ def test_batch_fields_describe_the_episodes(registered):
     np.testing.assert_allclose(b.pi, prob.policy.probs(prob.theta))
 
 
-def test_terminated_and_padding_on_a_terminal_problem(registered):
-    seen = []
-
-    def look(batch):
-        seen.append(batch)
-        return np.zeros(batch.actions.shape)
-
-    registered("t_look2", look)
+def test_terminated_and_padding_on_a_terminal_problem():
     prob = make("frozen_lake")
-    sample_mdp(prob, ["t_look2"], N=50, K=1, seed=0)
+    _, seen = capture_batches(prob, [], N=50, K=1, seed=0)
     b = seen[0]
     term = prob.mdp.terminal
     for i in range(b.N):
@@ -223,23 +209,7 @@ def test_per_episode_function_learns_how_the_episode_ended():
         unregister_batch_estimator("t_ends_py")
 
 
-def test_nine_argument_functions_still_work():
-    from pgbench.estimators import register_estimator, unregister_estimator
-    register_estimator("t_old", unbiased=True, replace=True)(_old_style)
-    try:
-        res = sample_mdp(make(GARNET), ["reinforce_rtg", "t_old"], N=5, K=6, seed=2)
-        np.testing.assert_allclose(res.estimates[:, 1], res.estimates[:, 0], rtol=0,
-                                   atol=1e-12 * np.abs(res.estimates[:, 0]).max())
-    finally:
-        unregister_estimator("t_old")
-
-
-@numba.njit
-def _old_style(states, actions, rewards, L, gamma, pi, V, Q, psi):
-    G = 0.0
-    for t in range(L - 1, -1, -1):
-        G = rewards[t] + gamma * G
-        psi[t] = gamma ** t * G
+# nine-argument functions (no end code) are exercised by tests/test_validate.py
 
 
 def test_wrong_arity_is_refused():

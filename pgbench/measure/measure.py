@@ -85,6 +85,8 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
             extras["truncated_J"] = gt.truncated_J
         if exact:
             extras["exact_moments"] = _exact_columns(prob, res.specs, batch, theta, extras)
+            from pgbench.measure.batch import exact_user_columns
+            exact_user_columns(prob, res.specs, batch, theta, extras)
         return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
                     th_shape, extras)
     # stochastic objectives
