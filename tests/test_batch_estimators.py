@@ -277,3 +277,17 @@ def test_readme_td0_with_end_matches_builtin_td0():
         np.testing.assert_allclose(res.estimates[:, 1], ref, rtol=0, atol=1e-12 * np.abs(ref).max())
     finally:
         unregister_estimator("t_td0_end")
+
+
+def test_a_failing_callback_writes_no_cell(registered, tmp_path, monkeypatch):
+    """A suite cell whose batch estimator returns NaN stops the run with the one-line error and
+    leaves no record of that cell in the run directory."""
+    from pgbench.suites import registry, runner
+    registered("t_nan", lambda b: np.full(b.actions.shape, np.nan))
+    suite = registry.Suite("test/failing", "three_step_bandit", ("reinforce_rtg", "t_nan"), (4,), 5)
+    monkeypatch.setitem(registry.SUITES, suite.id, suite)
+    out = tmp_path / "run"
+    with pytest.raises(PGBenchError, match="'t_nan' on problem 'three_step_bandit' returned a non-finite psi"):
+        runner.run(["test/failing"], out=str(out), report=False, progress=False)
+    cells = out / "cells"
+    assert not cells.exists() or not any(cells.iterdir())
