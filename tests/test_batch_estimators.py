@@ -291,3 +291,18 @@ def test_a_failing_callback_writes_no_cell(registered, tmp_path, monkeypatch):
         runner.run(["test/failing"], out=str(out), report=False, progress=False)
     cells = out / "cells"
     assert not cells.exists() or not any(cells.iterdir())
+
+
+def test_rlax_adapter_reproduces_builtin_gae():
+    pytest.importorskip("rlax")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_ex_rlax", os.path.join(os.path.dirname(EXAMPLE), "rlax_gae.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        for problem in ("garnet:S=6,A=3,b=3,seed=1,horizon=8", "frozen_lake"):
+            res = sample_mdp(make(problem), ["gae:lambda=0.95", "rlax_gae"], N=6, K=10, seed=3)
+            ref = res.estimates[:, 0]
+            np.testing.assert_allclose(res.estimates[:, 1], ref, rtol=0, atol=1e-11 * np.abs(ref).max())
+    finally:
+        unregister_batch_estimator("rlax_gae")
