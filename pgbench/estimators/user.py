@@ -62,8 +62,10 @@ def register_estimator(name: str, unbiased: bool, doc: str = "user-defined estim
     def deco(fn):
         if not hasattr(fn, "py_func"):
             raise PGBenchError(f"estimator {name!r} must be a numba.njit function (got {type(fn).__name__})")
-        if name in USER_ESTIMATORS and not replace:
+        from pgbench.estimators.batch import BATCH_ESTIMATORS
+        if (name in USER_ESTIMATORS or name in BATCH_ESTIMATORS) and not replace:
             raise PGBenchError(f"estimator {name!r} is already registered (pass replace=True to redefine it)")
+        BATCH_ESTIMATORS.pop(name, None)
         import inspect
         n_args = len(inspect.signature(fn.py_func).parameters)
         if n_args not in (9, 10):
