@@ -65,12 +65,12 @@ def register_estimator(name: str, unbiased: bool, doc: str = "user-defined estim
         from pgbench.estimators.batch import BATCH_ESTIMATORS
         if (name in USER_ESTIMATORS or name in BATCH_ESTIMATORS) and not replace:
             raise PGBenchError(f"estimator {name!r} is already registered (pass replace=True to redefine it)")
-        BATCH_ESTIMATORS.pop(name, None)
         import inspect
         n_args = len(inspect.signature(fn.py_func).parameters)
         if n_args not in (9, 10):
             raise PGBenchError(f"estimator {name!r} takes {n_args} arguments; expected (states, actions, rewards, L, "
                                f"gamma, pi, V, Q, psi) or the same with a tenth, end")
+        BATCH_ESTIMATORS.pop(name, None)
         USER_ESTIMATORS[name] = UserEstimator(name, fn, bool(unbiased), doc, with_end=n_args == 10)
         return fn
 
