@@ -17,11 +17,20 @@ PROBLEMS = ["garnet:S=4,A=2,b=2,seed=2,gamma=0.8", "garnet:S=4,A=3,b=2,seed=5,ga
             "frozen_lake:gamma=0.9"]
 
 
+NAMES = ["ppo_gae:lambda=0.7", "normalized_advantage:base=ppo_gae:lambda=0.7", "normalized_advantage:base=reinforce_rtg",
+         "gpomdp_baseline"]
+
+
+def test_every_python_path_catalogue_entry_has_a_reference_here():
+    from pgbench.estimators.batch import BATCH_CODE
+    from pgbench.estimators.catalogue import MDP_ESTIMATORS
+    assert {parse(n).name for n in NAMES} == {n for n, e in MDP_ESTIMATORS.items() if e.code == BATCH_CODE}
+
+
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_practice_estimators_match_naive_references(problem):
     prob = make(problem)
-    names = ["ppo_gae:lambda=0.7", "normalized_advantage:base=ppo_gae:lambda=0.7",
-             "normalized_advantage:base=reinforce_rtg", "gpomdp_baseline"]
+    names = NAMES
     res, batches = capture_batches(prob, names, N=3, K=4, seed=1)
     for k, b in enumerate(batches):
         gae = nv.gae_no_gamma(b, 0.7)
