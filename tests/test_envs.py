@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-gym = pytest.importorskip("gymnasium")
+gym = pytest.importorskip("gymnasium")  # the last test runs without it
 
 import pgbench  # noqa: E402
 import pgbench.envs  # noqa: E402
@@ -97,3 +97,17 @@ def test_gymnasium_agent_gradient_matches_exact_at_each_step():
 def test_objectives_are_not_environments():
     with pytest.raises(PGBenchError, match="only MDP problems"):
         pgbench.envs.make("gaussian_toy")
+
+
+def test_import_pgbench_without_gymnasium_or_jax():
+    """The optional extras stay optional: pgbench imports, and envs.make says what to install."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['gymnasium'] = None; sys.modules['jax'] = None\n"
+            "import pgbench, pgbench.envs, pgbench.policies\n"
+            "try:\n    pgbench.envs.make('frozen_lake')\nexcept pgbench.PGBenchError as e:\n    print(e)\n"
+            "try:\n    pgbench.policies.jax_policy(None, [0.0])\nexcept pgbench.PGBenchError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.join(os.path.dirname(__file__), ".."), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'pgbench[gym]'" in out.stdout and "pip install 'pgbench[jax]'" in out.stdout
