@@ -580,28 +580,31 @@ def _episodes(seed, cell, trial0, n_trials, N, rho_thr, rho_alias, n_slots, step
     reached last, ``actions`` with -1 and ``rewards`` with 0 after the last step; ``ended[k, i]``
     is 1 when the episode entered a terminal state, else 0 (cut by the horizon or the cap).
     ``slot[k, i, t] = s_t n_actions + a_t`` on the steps taken and ``S n_actions`` after them (a
-    spare bin), ready for ``np.bincount``. Each episode writes its own rows, so the arrays do not
+    spare bin), ready for ``np.bincount``. Each trial writes its own rows, so the arrays do not
     depend on the thread count.
     """
     spare = terminal.shape[0] * n_actions
-    for item in prange(n_trials * N):
-        k = item // N
-        i = item - k * N
-        bs = states[k, i]
-        ba = actions[k, i]
-        br = rewards[k, i]
-        s0, s1 = stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
-        L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
-                                     noise_kind, noise_scale, cap, bs, ba, br)
-        for t in range(L + 1, cap + 1):
-            bs[t] = -1
-        bslot = slot[k, i]
-        for t in range(L):
-            bslot[t] = bs[t] * n_actions + ba[t]
-        for t in range(L, cap):
-            ba[t] = -1
-            br[t] = 0.0
-            bslot[t] = spare
-        lengths[k, i] = L
-        ended[k, i] = 1 if (L > 0 and terminal[bs[L]]) else 0
+    for k in prange(n_trials):
+        # roll out into contiguous buffers (the built-ins' layout), then copy into the padded rows
+        buf_s = np.empty(cap + 1, np.int64)
+        buf_a = np.empty(cap, np.int64)
+        buf_r = np.empty(cap)
+        for i in range(N):
+            s0, s1 = stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
+                                         noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
+            for t in range(L):
+                states[k, i, t] = buf_s[t]
+                actions[k, i, t] = buf_a[t]
+                rewards[k, i, t] = buf_r[t]
+                slot[k, i, t] = buf_s[t] * n_actions + buf_a[t]
+            states[k, i, L] = buf_s[L]
+            for t in range(L + 1, cap + 1):
+                states[k, i, t] = -1
+            for t in range(L, cap):
+                actions[k, i, t] = -1
+                rewards[k, i, t] = 0.0
+                slot[k, i, t] = spare
+            lengths[k, i] = L
+            ended[k, i] = 1 if (L > 0 and terminal[buf_s[L]]) else 0
     return lengths
