@@ -306,3 +306,14 @@ def test_rlax_adapter_reproduces_builtin_gae():
             np.testing.assert_allclose(res.estimates[:, 1], ref, rtol=0, atol=1e-11 * np.abs(ref).max())
     finally:
         unregister_batch_estimator("rlax_gae")
+
+
+def test_batch_arrays_are_read_only(registered):
+    def scribble(b):
+        b.rewards[:] = 1.0
+        return np.zeros(b.actions.shape)
+
+    registered("t_scribble", scribble)
+    with pytest.raises(ValueError, match="read-only") as ei:
+        sample_mdp(make("three_step_bandit"), ["t_scribble"], N=3, K=2, seed=0)
+    assert any("t_scribble" in n for n in ei.value.__notes__)

@@ -37,7 +37,8 @@ class Batch:
     (S, A); the exact oracle ``V`` (rows per step, a zero row after a finite horizon; one row
     when unbounded) and ``Q`` (likewise). ``theta`` and ``policy`` (``policy.probs(theta)``,
     ``policy.score_table(theta)``, ``policy.contract(theta, C)``) for estimators that return
-    the gradient themselves.
+    the gradient themselves. The arrays are read-only and reused for the next batch: copy what
+    must outlive the call.
     """
 
     states: np.ndarray

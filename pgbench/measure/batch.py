@@ -33,7 +33,15 @@ def episode_blocks(t, seed64, cell64, N: int, K: int):
         nb = min(block, K - k0)
         K_._episodes(seed64, cell64, k0, nb, N, *t.sampler(), t.terminal, cap, A, states, actions, rewards,
                      lengths, ended, slot)
-        yield k0, states[:nb], actions[:nb], rewards[:nb], lengths[:nb], ended[:nb].astype(bool), slot[:nb]
+        yield (k0, *(_read_only(x[:nb]) for x in (states, actions, rewards, lengths)), ended[:nb].astype(bool),
+               slot[:nb])
+
+
+def _read_only(x: np.ndarray) -> np.ndarray:
+    """A read-only view: user code cannot corrupt what the next trials or estimators read."""
+    v = x.view()
+    v.setflags(write=False)
+    return v
 
 
 def batch_function(spec):
@@ -74,8 +82,7 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
     want_psi = returns == "psi"
     out = np.zeros((K, S, A)) if want_psi else np.zeros((K, d))
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
-    pi = t.pi.copy()
-    pi.setflags(write=False)
+    pi, V, Q = _read_only(t.pi), _read_only(V), _read_only(Q)
     for k0, states, actions, rewards, lengths, term, slot in episode_blocks(t, seed64, cell64, N, K):
         for b in range(states.shape[0]):
             k = k0 + b
