@@ -3,7 +3,9 @@ from pgbench.errors import PGBenchError
 from pgbench.problems import make, MDPProblem, TabularMDP, TabularSoftmax, LinearSoftmax
 # the function shadows its subpackage's name on purpose: pgbench.exact(problem) is the entry point
 from pgbench.exact import exact, GroundTruth
+from pgbench.estimators.batch import Batch
+from pgbench import policies  # noqa: F401  (pgbench.policies.LogitsPolicy)
 
 __version__ = "0.1.0"
 __all__ = ["PGBenchError", "make", "MDPProblem", "TabularMDP", "TabularSoftmax", "LinearSoftmax",
-           "exact", "GroundTruth", "__version__"]
+           "exact", "GroundTruth", "Batch", "__version__"]

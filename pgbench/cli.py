@@ -78,10 +78,27 @@ def _print_table(headers, rows) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
 
 
+def _policy_arg(prob, target):
+    """``--policy FILE.py:NAME``: NAME is a policy, or a function of the problem returning one."""
+    from pgbench.validate import import_plugin
+    path, sep, name = (target or "").rpartition(":")
+    if not sep or not path or not name:
+        raise PGBenchError(f"--policy takes FILE.py:NAME (a LogitsPolicy or a function of the problem); got {target!r}")
+    module = import_plugin(path)
+    if not hasattr(module, name):
+        raise PGBenchError(f"{path} defines no {name!r}")
+    pol = getattr(module, name)
+    if callable(pol) and not hasattr(pol, "probs"):
+        pol = pol(prob)
+    return prob.with_policy(pol)
+
+
 def _cmd_exact(args) -> int:
     from pgbench.problems import make
     from pgbench.exact import exact
     prob = make(args.problem)
+    if getattr(args, "policy", None):
+        prob = _policy_arg(prob, args.policy)
     theta = _theta_arg(prob, args.theta)
     if prob.kind != "mdp":
         th = prob.check_theta(theta)
@@ -134,6 +151,8 @@ def _cmd_measure(args) -> int:
     from pgbench.problems import make
     from pgbench.measure.measure import measure
     prob = make(args.problem)
+    if args.policy:
+        prob = _policy_arg(prob, args.policy)
     theta = _theta_arg(prob, args.theta) if args.theta else None
     df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
                  proxy=args.proxy, backend=args.backend)
@@ -149,6 +168,8 @@ def _cmd_measure(args) -> int:
             "mse_se", "cosine", "p_robust", "p_test"]
     if "exact_variance" in df and df["exact_variance"].notna().any():  # exact moments by enumeration
         cols += ["exact_variance", "exact_mse"]
+    if "exact_bias_norm" in df and df["exact_bias_norm"].notna().any():  # exact mean in closed form
+        cols += ["exact_bias_norm"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(f"{prob.name}: N={args.batch}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
         print(df[cols].rename(columns={"p_robust": "p (mean = exact)", "p_test": "test"}).to_string(index=False))
@@ -166,9 +187,7 @@ def _cmd_measure(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from pgbench.validate import format_validation, import_plugin, validate
-    for target in args.imports or []:
-        import_plugin(target)
+    from pgbench.validate import format_validation, validate
     df = validate(args.estimator, problems=args.problems, batch=args.batch, trials=args.trials, seed=args.seed,
                   alpha=args.alpha)
     if args.json:
@@ -233,6 +252,18 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _add_import(p) -> None:
+    """``--import``, shared by the commands that take estimator names (run before the command)."""
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
+                   help="import a module or .py file first (e.g. one registering user estimators; repeatable)")
+
+
+def _import_plugins(args) -> None:
+    from pgbench.validate import import_plugin
+    for target in getattr(args, "imports", None) or []:
+        import_plugin(target)
+
+
 DESCRIPTION = """Exact policy-gradient ground truth on small MDPs, and the bias, variance and MSE
 of gradient estimators measured against it."""
 
@@ -262,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="linear solver for unbounded problems (default auto: sparse for large S)")
     pe.add_argument("--natural", action="store_true", help="also print the min-norm natural gradient")
     pe.add_argument("--json", action="store_true", help="print one JSON object")
+    pe.add_argument("--policy", default=None, metavar="FILE.py:NAME",
+                    help="evaluate another policy on the problem's MDP (a LogitsPolicy, or a function of the problem)")
     pe.set_defaults(fn=_cmd_exact)
     pm = sub.add_parser("measure", help="measure estimators' bias, variance and MSE on one cell")
     pm.add_argument("problem", help="a problem id or a .npz path")
@@ -275,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
                     help="where episodes are sampled (default cpu; auto: CUDA when usable)")
     pm.add_argument("--json", action="store_true", help="print JSON: an object for one estimator, a list for several")
+    _add_import(pm)
+    pm.add_argument("--policy", default=None, metavar="FILE.py:NAME",
+                    help="sample from another policy on the problem's MDP (a LogitsPolicy, or a function of the problem)")
     pm.set_defaults(fn=_cmd_measure)
     pv = sub.add_parser("validate", help="test an estimator for unbiasedness on a panel of problems (exit 1 if biased)")
     pv.add_argument("estimator", help="estimator id, or a user estimator's name (see --import)")
@@ -285,8 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     pv.add_argument("--alpha", type=float, default=0.05,
                     help="family-wise false-alarm rate over the panel (Holm; default 0.05)")
-    pv.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
-                    help="import a module or .py file first (e.g. one registering user estimators; repeatable)")
+    _add_import(pv)
     pv.add_argument("--json", action="store_true", help="print one JSON object with a row per problem")
     pv.set_defaults(fn=_cmd_validate)
     pr = sub.add_parser("run", help="run benchmark suites and write results and a report")
@@ -303,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
                     help="where MDP cells sample (objectives always run on the CPU)")
     pr.set_defaults(fn=_cmd_run)
+    _add_import(pr)
+
     prep = sub.add_parser("report", help="write report.md and report.html for a run directory")
     prep.add_argument("run_dir", help="a run directory written by 'pgbench run'")
     prep.set_defaults(fn=_cmd_report)
@@ -342,12 +379,16 @@ def main(argv=None) -> int:
     if getattr(args, "fn", None) is None:  # 'pgbench' alone: the usage, not an error
         parser.print_help()
         return 0
-    if debug:
+    def go() -> int:
+        _import_plugins(args)
         return args.fn(args)
+
+    if debug:
+        return go()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return args.fn(args)
+            return go()
     except PGBenchError as exc:
         print(f"pgbench: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_status
@@ -365,7 +406,12 @@ def main(argv=None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"pgbench: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
         return 1
-    except Exception as exc:  # a bug: still one line; --debug shows where
+    except Exception as exc:  # a bug, or user code's own exception: still one line; --debug shows where
+        notes = getattr(exc, "__notes__", None)
+        if notes:  # raised inside user code (an estimator or policy), which pgbench names in a note
+            print(f"pgbench: error: {type(exc).__name__}: {_one_line(exc)} ({_one_line('; '.join(notes))}; "
+                  "--debug shows the traceback)", file=sys.stderr)
+            return 1
         print(f"pgbench: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
               "traceback)", file=sys.stderr)
         return 1

@@ -62,3 +62,25 @@ def run_cli(capsys, *argv):
 def z_crit(m: int, alpha: float = 1e-5) -> float:
     """Two-sided Bonferroni critical value for m comparisons, never below 5."""
     return max(5.0, float(stats.norm.isf(alpha / (2 * max(m, 1)))))
+
+
+def capture_batches(problem, estimators, N: int, K: int, seed: int = 0):
+    """``sample_mdp(problem, estimators + [a capturing batch estimator])``: the result and copies
+    of the K batches (pgbench.Batch) of the cell's episodes, in trial order."""
+    from dataclasses import replace
+
+    from pgbench.estimators import register_batch_estimator, unregister_batch_estimator
+    from pgbench.measure.engine import sample_mdp
+    seen = []
+
+    def capture(b):
+        seen.append(replace(b, states=b.states.copy(), actions=b.actions.copy(), rewards=b.rewards.copy(),
+                            lengths=b.lengths.copy(), terminated=b.terminated.copy(), truncated=b.truncated.copy()))
+        return np.zeros(b.actions.shape)
+
+    register_batch_estimator("t_capture_batches", unbiased=False, replace=True)(capture)
+    try:
+        res = sample_mdp(problem, list(estimators) + ["t_capture_batches"], N=N, K=K, seed=seed)
+    finally:
+        unregister_batch_estimator("t_capture_batches")
+    return res, seen

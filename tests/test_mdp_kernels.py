@@ -37,7 +37,9 @@ ALL = ["reinforce", "reinforce_rtg", "rtg_no_gamma_t", "const_baseline:b=0.7", "
 
 
 def test_all_covers_the_catalogue():
-    assert {parse(n).name for n in ALL} == set(MDP_ESTIMATORS)  # a new estimator needs a reference here
+    # a new estimator needs a reference here (the Python-path practice ones: tests/test_practice.py)
+    kernel_estimators = {n for n, e in MDP_ESTIMATORS.items() if e.code >= 0 or n == "natural"}
+    assert {parse(n).name for n in ALL} == kernel_estimators
 
 
 # ----------------------------------------------------------------------------- problems

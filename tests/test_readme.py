@@ -73,10 +73,17 @@ def python_blocks_ran(scratch):
     """Run the python blocks in order (they build on each other like a notebook)."""
     import matplotlib
     matplotlib.use("Agg")
+    from pgbench.estimators.batch import BATCH_ESTIMATORS
+    from pgbench.estimators.user import USER_ESTIMATORS
+    saved = [(r, dict(r)) for r in (BATCH_ESTIMATORS, USER_ESTIMATORS)]
     ns: dict = {"__name__": "readme"}
     for i, code in enumerate(_blocks("python")):
         exec(compile(code, f"README.md python block {i + 1}", "exec"), ns)
-    return ns
+    yield ns
+    # what the blocks registered stays in this module (other tests register the same names)
+    for registry, before in saved:
+        registry.clear()
+        registry.update(before)
 
 
 def test_python_blocks(python_blocks_ran, capsys):
@@ -89,12 +96,22 @@ def test_python_blocks(python_blocks_ran, capsys):
 
 
 @pytest.mark.parametrize("line", [ln for ln in _bash_lines() if ln.startswith("pgbench ")])
-def test_bash_pgbench_lines(line, python_blocks_ran, capsys):
+def test_bash_pgbench_lines(line, python_blocks_ran, capsys, request):
     why = _skip_reason(line)
     if why:
         pytest.skip(why)
     from pgbench.cli import main
-    argv = shlex.split(line, comments=True)[1:]
+    if "--import" in line:  # a fresh process in real use: none of the python blocks' registrations
+        from pgbench.estimators.batch import BATCH_ESTIMATORS
+        from pgbench.estimators.user import USER_ESTIMATORS
+        for registry in (BATCH_ESTIMATORS, USER_ESTIMATORS):
+            saved = dict(registry)
+            registry.clear()
+            request.addfinalizer(lambda r=registry, s=saved: (r.clear(), r.update(s)))
+    # lines run in the scratch directory (beside the python blocks' files); the repository's
+    # examples/ are named from the checkout
+    examples = os.path.join(os.path.dirname(README), "examples") + os.sep
+    argv = [a.replace("examples/", examples) for a in shlex.split(line, comments=True)[1:]]
     try:
         rc = main(argv)
     except SystemExit as exc:

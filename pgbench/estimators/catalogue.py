@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgbench.errors import PGBenchError
+from pgbench.estimators.batch import BATCH_CODE
 
 # kernel codes for psi_t rules
 REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B, \
@@ -67,6 +68,13 @@ MDP_ESTIMATORS = {e.name: e for e in [
                   {"beta": 0.01}, code=ENTROPY),
     EstimatorInfo("natural", "F_hat^+ g_hat, Fisher and gradient from the same batch", "no (ratio)",
                   {"base": "reinforce_rtg"}),
+    # common practice (pgbench.estimators.practice), run on the Python batch path
+    EstimatorInfo("ppo_gae", "psi_t = A^GAE_t with the exact critic, no gamma^t (as PPO implementations use it)",
+                  "no (gamma^t dropped)", {"lambda": 0.95}, code=BATCH_CODE, oracle="V"),
+    EstimatorInfo("normalized_advantage", "the base's psi normalised over the batch's steps (mean 0, std 1)",
+                  "no (batch normalisation)", {"base": "ppo_gae"}, code=BATCH_CODE, in_batch=True),
+    EstimatorInfo("gpomdp_baseline", "sum_t gamma^t (r_t - b_t^k) c_t,k: G(PO)MDP with a per-coordinate, "
+                  "time-dependent baseline, leave-one-out", "yes", code=BATCH_CODE, in_batch=True),
 ]}
 
 CRITICS = ("exact", "perturbed", "fitted")
@@ -126,6 +134,8 @@ class EstimatorSpec:
             return ""
         if self.name == "natural":
             return self.base.oracle
+        if self.name == "normalized_advantage":  # reads what its base reads
+            return parse(str(self.p["base"])).oracle
         return self.info.oracle
 
     @property
@@ -148,7 +158,8 @@ class EstimatorSpec:
 
     @property
     def base(self) -> "EstimatorSpec":
-        """For ``natural``: the estimator whose output the Fisher pseudo-inverse multiplies."""
+        """For ``natural``: the estimator whose output the Fisher pseudo-inverse multiplies (for
+        ``normalized_advantage``: the estimator whose weights are normalised)."""
         return parse(self.p["base"])
 
 
@@ -192,11 +203,15 @@ def parse(spec, kind: str = "mdp") -> EstimatorSpec:
         from pgbench.estimators import user
         if name in user.USER_ESTIMATORS:
             return user.USER_ESTIMATORS[name].spec(_split_params(rest, spec))
+        from pgbench.estimators.batch import BATCH_ESTIMATORS
+        if name in BATCH_ESTIMATORS:
+            return BATCH_ESTIMATORS[name].spec(_split_params(rest, spec))
         objective_names = _objective_names()
         if name in objective_names:
             return _objective_spec(name, _split_params(rest, spec), spec)
-        known = sorted(set(MDP_ESTIMATORS) | set(objective_names) | set(user.USER_ESTIMATORS))
-        raise PGBenchError(f"unknown estimator {name!r}; known: {', '.join(known)}")
+        known = sorted(set(MDP_ESTIMATORS) | set(objective_names) | set(user.USER_ESTIMATORS) | set(BATCH_ESTIMATORS))
+        raise PGBenchError(f"unknown estimator {name!r}; known: {', '.join(known)} (your own estimators: register "
+                           f"them in a file and pass it with --import FILE.py)")
     info = MDP_ESTIMATORS[name]
     raw = _split_params(rest, spec)
     params = {}
@@ -240,8 +255,16 @@ def _validate(name: str, p: dict) -> None:
         base = parse(p["base"])
         if base.name == "natural":
             raise PGBenchError("natural of natural is not an estimator")
-        if base.name == "user" or base.info.target != "mdp":
+        if base.name == "user" or base.info.target != "mdp" or base.info.code < 0:
             raise PGBenchError(f"natural takes a built-in MDP estimator as base; got {p['base']!r}")
+    if name == "ppo_gae" and not 0.0 <= p["lambda"] <= 1.0:
+        raise PGBenchError(f"ppo_gae lambda must be in [0, 1]; got {p['lambda']}")
+    if name == "normalized_advantage":
+        from pgbench.estimators.practice import PSI_BASES
+        base = parse(p["base"])
+        if base.name not in PSI_BASES or (base.name == "gae" and base.p["critic"] != "exact"):
+            raise PGBenchError(f"normalized_advantage takes a base among {', '.join(PSI_BASES)} (gae with the "
+                               f"exact critic); got {p['base']!r}")
 
 
 def _objective_names() -> dict:
@@ -333,4 +356,7 @@ def describe() -> list[tuple[str, str, str, str]]:
     from pgbench.estimators.user import USER_ESTIMATORS
     for name, u in USER_ESTIMATORS.items():
         rows.append((name, "", "yes" if u.unbiased else "no", "[user] " + u.doc))
+    from pgbench.estimators.batch import BATCH_ESTIMATORS
+    for name, u in BATCH_ESTIMATORS.items():
+        rows.append((name, "", "yes" if u.unbiased else "no", f"[user batch, returns {u.returns}] " + u.doc))
     return rows

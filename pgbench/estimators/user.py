@@ -13,6 +13,9 @@ The function fills per-step weights ``psi[t]``; pgbench turns them into the esti
 - ``pi[s, a]`` the policy; ``V[tv, s]`` and ``Q[tq, s, a]`` exact oracle values: for a finite
   horizon ``tv = tq = t`` and ``V[T] = 0``; for an unbounded problem use row 0.
 - ``psi`` has room for the whole episode; write ``psi[t]`` for every ``t < L``.
+- optionally a tenth argument ``end``: how the episode ended, ``END_TERMINAL`` (0: it entered a
+  terminal state), ``END_HORIZON`` (1: the finite horizon) or ``END_CAP`` (2: the sampling cap of
+  an unbounded problem). Functions of nine arguments keep working.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pgbench.errors import PGBenchError
 
 USER_ESTIMATORS: dict = {}
 USER_CODE = -2
+END_TERMINAL, END_HORIZON, END_CAP = 0, 1, 2  # how an episode ended: the ``end`` argument
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class UserEstimator:
     fn: object
     unbiased: bool
     doc: str
+    with_end: bool = False  # fn takes the tenth argument ``end``
 
     def spec(self, params: dict):
         from pgbench.estimators.catalogue import EstimatorInfo, EstimatorSpec
@@ -57,9 +62,16 @@ def register_estimator(name: str, unbiased: bool, doc: str = "user-defined estim
     def deco(fn):
         if not hasattr(fn, "py_func"):
             raise PGBenchError(f"estimator {name!r} must be a numba.njit function (got {type(fn).__name__})")
-        if name in USER_ESTIMATORS and not replace:
+        from pgbench.estimators.batch import BATCH_ESTIMATORS
+        if (name in USER_ESTIMATORS or name in BATCH_ESTIMATORS) and not replace:
             raise PGBenchError(f"estimator {name!r} is already registered (pass replace=True to redefine it)")
-        USER_ESTIMATORS[name] = UserEstimator(name, fn, bool(unbiased), doc)
+        import inspect
+        n_args = len(inspect.signature(fn.py_func).parameters)
+        if n_args not in (9, 10):
+            raise PGBenchError(f"estimator {name!r} takes {n_args} arguments; expected (states, actions, rewards, L, "
+                               f"gamma, pi, V, Q, psi) or the same with a tenth, end")
+        BATCH_ESTIMATORS.pop(name, None)
+        USER_ESTIMATORS[name] = UserEstimator(name, fn, bool(unbiased), doc, with_end=n_args == 10)
         return fn
 
     return deco

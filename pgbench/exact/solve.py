@@ -198,8 +198,12 @@ def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:
 
 
 def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "auto",
-          max_steps: Optional[int] = None) -> GroundTruth:
+          max_steps: Optional[int] = None, policy=None) -> GroundTruth:
     """Exact J, V, Q, A, visitation and gradient of ``problem`` at ``theta``.
+
+    ``policy``: evaluate another policy on the problem's MDP (e.g. a
+    :class:`pgbench.policies.LogitsPolicy`; theta defaults to its own); the gradient then has
+    theta's shape, by the chain rule through the policy's vector-Jacobian product.
 
     ``beta > 0`` gives the entropy-regularised objective ``J + beta E[sum_t gamma^t H(pi(.|s_t))]``:
     since ``E_a[-log pi(a|s)] = H(pi(.|s))`` it is J under the reward ``R - beta log pi``, and its
@@ -212,6 +216,8 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
         return exact_lqg(problem, theta)
     if not isinstance(problem, MDPProblem):
         raise PGBenchError(f"exact() takes an MDP problem; got {type(problem).__name__} (objectives have .J and .grad)")
+    if policy is not None:
+        problem = problem.with_policy(policy, theta)
     mdp = problem.mdp
     pol = problem.policy
     th = problem.resolve_theta(theta)
@@ -273,3 +279,14 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
 def objective(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "auto") -> float:
     """Exact ``J(theta)`` (or ``J_beta``): the quantity finite differences check the gradient against."""
     return exact(problem, theta, beta=beta, method=method, max_steps=0).J
+
+
+def visitation_per_step(problem: MDPProblem, pi: np.ndarray, steps: int) -> np.ndarray:
+    """``d_t(s) = Pr(s_t = s, episode still running)`` for ``t < steps`` (no gamma^t), (steps, S)."""
+    dyn = _Dynamics(problem.mdp, pi, "auto")
+    d = np.zeros((int(steps), problem.mdp.S))
+    if steps > 0:
+        d[0] = problem.mdp.rho0
+    for t in range(1, int(steps)):
+        d[t] = dyn.step_forward(d[t - 1])
+    return d

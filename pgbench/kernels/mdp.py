@@ -27,6 +27,7 @@ from numba import njit, prange
 from pgbench.estimators.catalogue import (
     REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B,
     VALUE_B, TIME_B_LOO, TRUE_ADV, ALL_ACTION, GAE, GEOMETRIC, IS_PD, ENTROPY, FISHER)
+from pgbench.estimators.user import END_TERMINAL, END_HORIZON, END_CAP  # noqa: F401  (how an episode ended)
 from pgbench.kernels.rng import next_u64, stream, uniform, normal
 
 # batch statistics (pass 1), per trial
@@ -525,14 +526,25 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
 _USER_KERNELS: dict = {}
 
 
-def user_kernel(fn):
-    """The pass-2 kernel for a user's per-episode weight function ``fn`` (compiled once per fn)."""
-    if fn in _USER_KERNELS:
-        return _USER_KERNELS[fn]
+def user_kernel(fn, with_end: bool = False):
+    """The pass-2 kernel for a user's per-episode weight function ``fn`` (compiled once per fn).
+
+    ``with_end``: fn takes a tenth argument, how the episode ended (``END_TERMINAL``,
+    ``END_HORIZON`` or ``END_CAP``); 9-argument functions are called without it.
+    """
+    key = (fn, with_end)
+    if key in _USER_KERNELS:
+        return _USER_KERNELS[key]
+    if with_end:
+        call = fn
+    else:
+        @njit(inline="always")
+        def call(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi, end):
+            fn(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi)
 
     @njit(parallel=True)
     def kernel(seed, cell, trial0, n_trials, N, n_chunks, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
-               step_r, noise_kind, noise_scale, gamma, cap, pi, Vtab, Qtab, outC):
+               step_r, noise_kind, noise_scale, gamma, cap, pi, Vtab, Qtab, terminal, cut, outC):
         n_items = n_trials * n_chunks
         per = (N + n_chunks - 1) // n_chunks
         for item in prange(n_items):
@@ -546,10 +558,53 @@ def user_kernel(fn):
                 s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
                 L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                                              step_r, noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
-                fn(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi)
+                end = END_TERMINAL if (L > 0 and terminal[buf_s[L]]) else cut
+                call(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi, end)
                 for t in range(L):
                     outC[item, 0, buf_s[t], buf_a[t]] += psi[t]
         return outC
 
-    _USER_KERNELS[fn] = kernel
+    _USER_KERNELS[key] = kernel
     return kernel
+
+
+
+@njit(parallel=True, cache=True)
+def _episodes(seed, cell, trial0, n_trials, N, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
+              noise_kind, noise_scale, terminal, cap, n_actions, states, actions, rewards, lengths, ended, slot):
+    """The episodes of trials ``trial0 ..`` as padded arrays, for estimators written in Python.
+
+    Episode i of trial k draws the same stream ``(seed, cell, k, i)`` through the same
+    :func:`_rollout` as the built-in passes, so user estimators see the built-ins' episodes
+    (common random numbers). ``states`` (n_trials, N, cap + 1) is padded with -1 after the state
+    reached last, ``actions`` with -1 and ``rewards`` with 0 after the last step; ``ended[k, i]``
+    is 1 when the episode entered a terminal state, else 0 (cut by the horizon or the cap).
+    ``slot[k, i, t] = s_t n_actions + a_t`` on the steps taken and ``S n_actions`` after them (a
+    spare bin), ready for ``np.bincount``. Each trial writes its own rows, so the arrays do not
+    depend on the thread count.
+    """
+    spare = terminal.shape[0] * n_actions
+    for k in prange(n_trials):
+        # roll out into contiguous buffers (the built-ins' layout), then copy into the padded rows
+        buf_s = np.empty(cap + 1, np.int64)
+        buf_a = np.empty(cap, np.int64)
+        buf_r = np.empty(cap)
+        for i in range(N):
+            s0, s1 = stream(seed, cell, np.uint64(trial0 + k), np.uint64(i))
+            L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word, step_r,
+                                         noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
+            for t in range(L):
+                states[k, i, t] = buf_s[t]
+                actions[k, i, t] = buf_a[t]
+                rewards[k, i, t] = buf_r[t]
+                slot[k, i, t] = buf_s[t] * n_actions + buf_a[t]
+            states[k, i, L] = buf_s[L]
+            for t in range(L + 1, cap + 1):
+                states[k, i, t] = -1
+            for t in range(L, cap):
+                actions[k, i, t] = -1
+                rewards[k, i, t] = 0.0
+                slot[k, i, t] = spare
+            lengths[k, i] = L
+            ended[k, i] = 1 if (L > 0 and terminal[buf_s[L]]) else 0
+    return lengths

@@ -14,6 +14,7 @@ import numpy as np
 from pgbench.errors import PGBenchError
 from pgbench.estimators import catalogue as cat
 from pgbench.estimators.catalogue import EstimatorSpec, parse
+from pgbench.estimators.batch import BATCH_CODE
 from pgbench.estimators.user import USER_CODE, USER_ESTIMATORS
 from pgbench.exact import GroundTruth, exact
 from pgbench.kernels import mdp as K_
@@ -101,7 +102,7 @@ def make_tables(problem: MDPProblem, theta: np.ndarray, mu: np.ndarray | None = 
     pi = pol.probs(theta)
     mu = pi if mu is None else mu
     cap = mdp.episode_cap
-    linear = pol.kind == "linear"
+    linear = pol.kind != "tabular"  # linear and logits policies: the exact ||z||^2 reads the score table
     score = np.ascontiguousarray(pol.score_table(theta)) if linear else np.zeros((1, 1, 1))
     noise_kind = {"none": 0, "gaussian": 1, "uniform": 2}[mdp.reward_noise]
     with np.errstate(divide="ignore"):
@@ -293,6 +294,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     for j, q in enumerate(kspecs):
         if q.info.code == USER_CODE:
             key = ("user", q.name)
+        elif q.info.code == BATCH_CODE:
+            key = ("batch", q.label)
         elif q.name == "importance_sampling":
             key = ("is", q.p["mu"], q.p["eps"])
         else:
@@ -307,6 +310,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     proxy_stats = np.zeros((K, K_.N_PROXY)) if proxy else None
     episodes = 0
     seconds = 0.0
+    direct: dict = {}  # kernel index -> (K, d) estimates given directly (batch estimators returning grad)
     for key, members in groups.items():
         if key[0] == "user":
             if backend != "cpu":
@@ -315,6 +319,19 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
             C_all[:, members[0]] = _run_user(kspecs[members[0]], tabs, V, Q, seed64, cell64, N, K, n_chunks)
             seconds += time.perf_counter() - t0
             episodes += N * K
+            continue
+        if key[0] == "batch":
+            if backend != "cpu":
+                raise PGBenchError("Python batch estimators run on the CPU backend only")
+            from pgbench.measure.batch import run_batch
+            t0 = time.perf_counter()
+            kind, out = run_batch(kspecs[members[0]], problem, th, tabs, V, Q, seed64, cell64, N, K, mdp.horizon)
+            seconds += time.perf_counter() - t0
+            episodes += N * K
+            if kind == "psi":
+                C_all[:, members[0]] = out
+            else:
+                direct[members[0]] = out
             continue
         gtabs = tabs if key[0] != "is" else make_tables(problem, th, behaviour_policy(tabs.pi, kspecs[members[0]]))
         gspecs = [kspecs[j] for j in members]
@@ -382,6 +399,13 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                 g = pol.fisher_solve(th, F, g).reshape(-1)
             est[k, r] = g
         targets[r] = _target(problem, th, gt, sp)
+    for r, (kind, j, _) in enumerate(plan):
+        if j in direct:
+            est[:, r] = direct[j]
+    from pgbench.estimators.practice import exact_mean
+    means = {sp.label: m for sp in specs if (m := exact_mean(problem, th, gt, sp)) is not None}
+    if means:
+        extras["exact_mean"] = means
     if proxy:
         extras["proxy"] = proxy_stats
     return SampleResult(specs, est, targets, seconds, episodes, N, K, extras)
@@ -458,15 +482,16 @@ def optimal_constant_baseline(problem: MDPProblem, th: np.ndarray, seed: int,
 
 def _run_user(spec: EstimatorSpec, t: Tables, V, Q, seed64, cell64, N: int, K: int, n_chunks: int) -> np.ndarray:
     """Score weights of a user estimator, per trial, on the cell's streams."""
-    kern = K_.user_kernel(USER_ESTIMATORS[spec.name].fn)
+    user = USER_ESTIMATORS[spec.name]
+    kern = K_.user_kernel(user.fn, user.with_end)
     out = np.zeros((K, t.pi.shape[0], t.pi.shape[1]))
-    args = (*t.sampler(), t.gamma, t.cap, t.pi, V, Q)
+    args = (*t.sampler(), t.gamma, t.cap, t.pi, V, Q, t.terminal, K_.END_HORIZON if t.finite else K_.END_CAP)
     z = np.zeros((0, 1) + t.pi.shape)
     try:
         kern(seed64, cell64, 0, 0, 1, 1, *args, z)  # compile outside the loop, with a clear error
     except Exception as exc:
         raise PGBenchError(f"user estimator {spec.name!r} failed to compile or run with the documented "
-                           f"signature (states, actions, rewards, L, gamma, pi, V, Q, psi): {exc}") from None
+                           f"signature (states, actions, rewards, L, gamma, pi, V, Q, psi[, end]): {exc}") from None
     block = max(1, min(K, ITEM_MEMORY_BUDGET // max(1, n_chunks * t.pi.size * 8)))
     for k0 in range(0, K, block):
         nb = min(block, K - k0)

@@ -26,7 +26,7 @@ RESULT_COLUMNS = ["problem", "estimator", "class", "unbiased", "N", "K", "seed",
                   "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance", "variance_se",
                   "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust",
                   "p_test", "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass",
-                  "exact_variance", "exact_mse"]
+                  "exact_variance", "exact_mse", "exact_bias_norm"]
 
 EXACT_LIMIT = 20_000
 """measure() adds exact_variance / exact_mse (trajectory enumeration, :mod:`pgbench.exact.moments`)
@@ -54,12 +54,16 @@ class Cell:
 
 
 def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
-             cell=None, backend: str = "cpu", exact: bool = True) -> Cell:
+             cell=None, backend: str = "cpu", exact: bool = True, policy=None) -> Cell:
     """Sample one cell (no statistics): the building block of :func:`measure` and the suites.
 
     ``exact``: also compute the exact variance and MSE where that is cheap (the moment DP within
     :data:`EXACT_DP_WORK`, enumeration within :data:`EXACT_LIMIT`); ``extras["exact_moments"]``."""
     prob = make(problem)
+    if policy is not None:  # another policy on the problem's MDP (pgbench.policies.LogitsPolicy)
+        if prob.kind != "mdp":
+            raise PGBenchError("policy= applies to MDP problems only")
+        prob = prob.with_policy(policy, theta)
     if isinstance(estimators, str):
         estimators = [estimators]
     if not isinstance(estimators, (list, tuple)):
@@ -90,6 +94,8 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
             extras["truncated_J"] = gt.truncated_J
         if exact:
             extras["exact_moments"] = _exact_columns(prob, res.specs, batch, theta, extras)
+            from pgbench.measure.batch import exact_user_columns
+            exact_user_columns(prob, res.specs, batch, theta, extras)
         return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
                     th_shape, extras)
     if prob.kind == "lqg":
@@ -216,6 +222,7 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
             "truncated_mass": cell.extras.get("truncated_mass", np.nan),
             "exact_variance": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[0],
             "exact_mse": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[1],
+            "exact_bias_norm": _exact_bias_norm(cell, j, sp),
         })
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     # a list of records, not a DataFrame: pandas compares attrs when concatenating frames
@@ -226,6 +233,13 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
         df.attrs["optimal_const_baseline_b"] = cell.extras["optimal_const_baseline_b"]
         df.attrs["optimal_const_baseline_source"] = cell.extras.get("optimal_const_baseline_source")
     return df
+
+
+def _exact_bias_norm(cell: Cell, j: int, sp) -> float:
+    """``||E[g_hat] - target||`` where the estimator's exact mean is known in closed form
+    (``extras["exact_mean"]``: ppo_gae, gpomdp_baseline), NaN elsewhere."""
+    m = cell.extras.get("exact_mean", {}).get(sp.label)
+    return float(np.linalg.norm(np.asarray(m) - cell.targets[j])) if m is not None else float("nan")
 
 
 def paired_table(cell: Cell) -> pd.DataFrame:
@@ -267,13 +281,15 @@ def proxy_summary(cell: Cell) -> dict:
 
 
 def measure(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
-            backend: str = "cpu", exact: bool = True) -> pd.DataFrame:
+            backend: str = "cpu", exact: bool = True, policy=None) -> pd.DataFrame:
     """Measure estimators on one cell; a tidy DataFrame, one row per estimator.
 
     ``exact_variance`` / ``exact_mse`` are the exact values (moment DP or trajectory enumeration)
     where they are cheap (:data:`EXACT_DP_WORK`, :data:`EXACT_LIMIT`), NaN otherwise (or with ``exact=False``).
+    ``policy``: sample from another policy on the problem's MDP (e.g. a
+    :class:`pgbench.policies.LogitsPolicy`).
 
     >>> df = measure("three_step_bandit", ["reinforce", "reinforce_rtg"], batch=16, trials=200)  # doctest: +SKIP
     """
     return summarize_cell(run_cell(problem, estimators, batch, trials, seed=seed, theta=theta, proxy=proxy,
-                                   backend=backend, exact=exact))
+                                   backend=backend, exact=exact, policy=policy))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgbench import inputs
+from pgbench.arrays import as_array
 from pgbench.errors import PGBenchError
 
 
@@ -177,3 +178,100 @@ class LinearSoftmax(SoftmaxPolicy):
 
     def __repr__(self):
         return f"LinearSoftmax(S={self.S}, A={self.A}, d={self.d})"
+
+
+class LogitsPolicy(SoftmaxPolicy):
+    """Any differentiable policy: ``pi(a|s) = softmax(logits(theta)[s])`` for a user's function
+    ``logits(theta) -> (S, A)`` and its vector-Jacobian product ``vjp(theta, c) -> theta-shaped``
+    (``c`` an (S, A) cotangent: ``vjp(theta, c) = (d logits / d theta)^T c``).
+
+    Everything pgbench does with a policy goes through weights ``C[s, a]`` on scores, and by the
+    chain rule ``sum_{s,a} C[s, a] grad_theta log pi(a|s) = vjp(theta, C - pi sum_b C[., b])``
+    (the logit-space score of softmax is ``e_a - pi(.|s)``): one vjp per gradient, whatever the
+    network. Tabular softmax is ``logits = theta``, ``vjp = c``; linear softmax is
+    ``logits = phi theta``, ``vjp = phi^T c``. The score table and the Fisher (small problems:
+    tests, natural gradients, exact moments) take one vjp per (s, a).
+
+    ``theta`` is the default parameter vector (its shape is the parameters' shape); ``name``
+    labels the policy in outputs. Outputs may be NumPy arrays, torch tensors or JAX arrays.
+    """
+
+    kind = "logits"
+
+    def __init__(self, logits, vjp, theta, name: str = "logits"):
+        if not callable(logits) or not callable(vjp):
+            raise PGBenchError("LogitsPolicy takes two functions, logits(theta) and vjp(theta, c), and a theta")
+        try:
+            th = np.array(theta, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise PGBenchError("theta must be a numeric array") from None
+        if th.ndim == 0 or th.size == 0 or not np.all(np.isfinite(th)):
+            raise PGBenchError(f"theta must be a non-empty finite array; got shape {th.shape}")
+        self._logits_fn, self._vjp_fn, self.name = logits, vjp, str(name)
+        self._shape = th.shape
+        th.setflags(write=False)
+        self.theta = th
+        out = self._call(self._logits_fn, "logits", th)
+        if out.ndim != 2 or min(out.shape) < 1:
+            raise PGBenchError(f"policy {self.name!r}: logits(theta) must be an (S, A) array; got shape {out.shape}")
+        self.S, self.A = out.shape
+
+    @property
+    def theta_shape(self) -> tuple:
+        return self._shape
+
+    def _call(self, fn, what: str, *args) -> np.ndarray:
+        arr = as_array(fn(*args))
+        if arr is None:
+            raise PGBenchError(f"policy {self.name!r}: {what} did not return an array")
+        if not np.all(np.isfinite(arr)):
+            raise PGBenchError(f"policy {self.name!r}: {what} returned a non-finite value (NaN or inf)")
+        return arr
+
+    def logits(self, theta) -> np.ndarray:
+        out = self._call(self._logits_fn, "logits", self.check_theta(theta))
+        if out.shape != (self.S, self.A):
+            raise PGBenchError(f"policy {self.name!r}: logits(theta) has shape {out.shape}, expected {(self.S, self.A)}")
+        return out
+
+    def vjp(self, theta, c) -> np.ndarray:
+        """``(d logits / d theta)^T c``, shaped like theta."""
+        out = self._call(self._vjp_fn, "vjp", self.check_theta(theta), np.ascontiguousarray(c, dtype=np.float64))
+        if out.size != self.dim:
+            raise PGBenchError(f"policy {self.name!r}: vjp returned {out.size} numbers, expected {self.dim}")
+        return out.reshape(self._shape)
+
+    def contract(self, theta, C):
+        C = np.asarray(C, dtype=np.float64)
+        pi = self.probs(theta)
+        return self.vjp(theta, C - pi * C.sum(axis=1, keepdims=True))
+
+    def logit_jacobian(self, theta) -> np.ndarray:
+        """``d logits[s, a] / d theta`` as an (S, A, d) array: one vjp per (s, a)."""
+        S, A = self.S, self.A
+        jac = np.empty((S, A, self.dim))
+        e = np.zeros((S, A))
+        for s in range(S):
+            for a in range(A):
+                e[s, a] = 1.0
+                jac[s, a] = self.vjp(theta, e).reshape(-1)
+                e[s, a] = 0.0
+        return jac
+
+    def score_table(self, theta):
+        jac = self.logit_jacobian(theta)
+        pi = self.probs(theta)
+        return jac - np.einsum("sb,sbd->sd", pi, jac)[:, None, :]
+
+    def fisher(self, theta, C):
+        g = self.score_table(theta)
+        return np.einsum("sa,sad,sae->de", C, g, g)
+
+    def fisher_solve(self, theta, F, g):
+        return (np.linalg.pinv(F, rcond=1e-10, hermitian=True) @ np.asarray(g).reshape(-1)).reshape(self._shape)
+
+    def fisher_dense(self, F):
+        return F
+
+    def __repr__(self):
+        return f"LogitsPolicy({self.name!r}, S={self.S}, A={self.A}, d={self.dim})"

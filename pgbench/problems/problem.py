@@ -45,6 +45,17 @@ class MDPProblem:
     def resolve_theta(self, theta=None) -> np.ndarray:
         return self.theta if theta is None else self.policy.check_theta(theta)
 
+    def with_policy(self, policy, theta=None) -> "MDPProblem":
+        """The same MDP under another policy (e.g. a :class:`pgbench.policies.LogitsPolicy`), at
+        ``theta`` or the policy's own default parameters."""
+        if not isinstance(policy, SoftmaxPolicy):
+            raise PGBenchError(f"policy must be a pgbench policy (e.g. pgbench.policies.LogitsPolicy); "
+                               f"got {type(policy).__name__}")
+        th = getattr(policy, "theta", None) if theta is None else theta
+        if th is None:
+            raise PGBenchError("give theta for this policy")
+        return MDPProblem(self.mdp, policy, th, self.name, dict(self.meta))
+
     def with_theta(self, theta) -> "MDPProblem":
         return MDPProblem(self.mdp, self.policy, self.policy.check_theta(theta), self.name, dict(self.meta))
 

@@ -413,7 +413,9 @@ def _cell_table(doc: Doc, rec: dict) -> None:
         best_mse |= {win["mse"][0][1]} if win["mse"] else set()
         best_cost |= {win["cost"][0][1]} if win["cost"] else set()
     cost_key = _cost_key(rows)
-    headers = ["estimator", "class", "unbiased (claimed)", "bias norm [95% CI]", "variance [95% CI]"]
+    ex_bias = _has_exact(rows, "exact_bias_norm")  # the exact mean in closed form (practice estimators)
+    headers = ["estimator", "class", "unbiased (claimed)", "bias norm [95% CI]"] + (["exact bias norm"] if ex_bias else [])
+    headers += ["variance [95% CI]"]
     headers += ["exact variance"] if ex_var else []
     headers += ["MSE [95% CI]"] + (["exact MSE"] if ex_mse else [])
     headers += ["cosine", "p (mean = exact)", "test of that p", "verdict", "cell seconds", "episodes/s"]
@@ -424,8 +426,9 @@ def _cell_table(doc: Doc, rec: dict) -> None:
     for r in rows:
         claim = _claim(r.get("unbiased"))
         line = [C(r["estimator"]), _class(r), "-" if claim is None else ("yes" if claim else "no"),
-                fmt_ci(r.get("bias_norm"), r.get("bias_norm_lo"), r.get("bias_norm_hi")),
-                fmt_ci(r.get("variance"), r.get("variance_lo"), r.get("variance_hi"))]
+                fmt_ci(r.get("bias_norm"), r.get("bias_norm_lo"), r.get("bias_norm_hi"))]
+        line += [fmt(r.get("exact_bias_norm"))] if ex_bias else []
+        line += [fmt_ci(r.get("variance"), r.get("variance_lo"), r.get("variance_hi"))]
         if ex_var:
             line.append(fmt(r.get("exact_variance")))
         mse = fmt_ci(r.get("mse"), r.get("mse_lo"), r.get("mse_hi"))

@@ -145,6 +145,20 @@ for _g in GAMMAS:
         description=f"Variance against the discount: gamma = {_g}, unbounded horizon (effective horizon "
                     f"1/(1 - gamma) = {1 / (1 - _g):.3g}), sampled to the cap where gamma^t < 1e-10.")
 
+PRACTICE = ("reinforce_rtg", "gae:lambda=0.95", "ppo_gae:lambda=0.95", "normalized_advantage", "gpomdp_baseline")
+SUITES.update({s.id: s for s in [
+    Suite(f"practice/{pid}", spec, PRACTICE, (16,), 400, tags=("practice", "bias"), theta=theta,
+          description="Advantages as PPO implementations use them (GAE without gamma^t, normalised over the batch) "
+                      "against the exact gradient, beside GAE and a G(PO)MDP per-coordinate baseline; "
+                      "the exact bias norm is ppo_gae's closed form (0 for gpomdp_baseline). " + note,
+          quick_trials=100, figures=("bias_variance",))
+    for pid, spec, theta, note in [
+        ("garnet-10", "garnet:S=10,A=3,b=3,seed=1,gamma=0.9", "random:11", "Discounted, the cap far away."),
+        ("chain-6", "chain:n=6,gamma=0.95", "random:12",
+         "Dropping gamma^t is catastrophic here: no state is terminal, every step up to the sampling cap counts alike."),
+        ("gridworld-4", "gridworld:n=4,slip=0.1,gamma=0.9", "random:13", "A terminal goal ends most episodes."),
+    ]]})
+
 DEFAULT_SUITES = tuple(SUITES)
 
 

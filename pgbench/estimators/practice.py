@@ -1,0 +1,118 @@
+"""Estimators as practice writes them (SPEC section 7), run on the Python batch path.
+
+- ``ppo_gae(lambda)``: ``psi_t = A^GAE_t`` with the exact critic and no ``gamma^t`` (PPO
+  implementations weight every step alike). Its mean is exactly
+  ``sum_{t < cap} sum_s d_t(s) sum_a pi(a|s) A_t(s, a) grad log pi(a|s)`` with the *undiscounted*
+  running visitation ``d_t`` (:func:`exact_mean`), so its bias is a number, not a debate.
+- ``normalized_advantage(base)``: the base estimator's ``psi`` normalised over the batch's steps
+  (mean 0, std 1, as PPO implementations normalise advantages): a batch-level step.
+- ``gpomdp_baseline``: ``g_k = sum_t gamma^t (r_t - b_t^k) c_{t,k}`` with the cumulative score
+  ``c_{t,k} = sum_{l <= t} d_k log pi(a_l|s_l)`` and the per-coordinate, time-dependent baseline
+  ``b_t^k = E[r_t c_{t,k}^2] / E[c_{t,k}^2]`` estimated leave-one-out from the batch (unbiased).
+  After an episode ends its cumulative score stays frozen (no further scores) and its rewards are
+  0, which keeps ``E[b c_t] = 0`` when the episode's length depends on its actions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pgbench.errors import PGBenchError
+from pgbench.estimators.batch import discounted_cumsum
+
+NORMALIZE_EPS = 1e-8  # added to the std, as Stable-Baselines3 and CleanRL do
+PSI_BASES = ("ppo_gae", "gae", "reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "true_advantage")
+
+
+def gae_advantage(batch, lam: float) -> np.ndarray:
+    """``A^GAE_t = sum_l (gamma lambda)^l delta_(t+l)``, ``delta_t = r_t + gamma V(s_(t+1)) - V(s_t)``
+    with the exact critic (V of a terminal state is 0; the horizon's row is 0), 0 off the episode."""
+    v, _ = batch.values()
+    delta = np.where(batch.mask, batch.rewards + batch.gamma * v[:, 1:] - v[:, :-1], 0.0)
+    return discounted_cumsum(delta, batch.gamma * lam)
+
+
+def base_psi(batch, spec) -> np.ndarray:
+    """Per-step weights (N, T) of a psi-rule estimator, 0 off the episode."""
+    name, p = spec.name, spec.p
+    disc = batch.discount()[None, :]
+    if name == "ppo_gae":
+        return gae_advantage(batch, p["lambda"])
+    if name == "gae":
+        return disc * gae_advantage(batch, p["lambda"])
+    G = batch.reward_to_go()
+    if name == "reinforce_rtg":
+        return disc * G
+    if name == "rtg_no_gamma_t":
+        return G
+    v, q = batch.values()
+    if name == "value_baseline":
+        return np.where(batch.mask, disc * (G - v[:, :-1]), 0.0)
+    if name == "true_advantage":
+        return np.where(batch.mask, disc * (q - v[:, :-1]), 0.0)
+    raise PGBenchError(f"normalized_advantage takes a base among {', '.join(PSI_BASES)}; got {name}")
+
+
+def normalized(batch, base) -> np.ndarray:
+    psi = base_psi(batch, base)
+    steps = psi[batch.mask]
+    return np.where(batch.mask, (psi - steps.mean()) / (steps.std() + NORMALIZE_EPS), 0.0)
+
+
+def gpomdp_baseline(batch) -> np.ndarray:
+    N = batch.N
+    if N < 2:
+        raise PGBenchError("gpomdp_baseline needs batch size N >= 2 (leave-one-out)")
+    g = batch.policy.score_table(batch.theta)  # (S, A, d)
+    ok = batch.mask
+    s = np.where(ok, batch.states[:, :-1], 0)
+    a = np.where(ok, batch.actions, 0)
+    c = np.cumsum(np.where(ok[:, :, None], g[s, a], 0.0), axis=1)  # (N, T, d), frozen after the end
+    c2 = c * c
+    rc2 = batch.rewards[:, :, None] * c2
+    den = _sum_of_others(c2)
+    num = _sum_of_others(rc2)
+    b = np.divide(num, den, out=np.zeros_like(num), where=den > 0)  # a weighted mean of the others' r_t
+    w = batch.discount()[None, :, None]
+    return (w * (batch.rewards[:, :, None] - b) * c).sum(axis=(0, 1)) / N
+
+
+def _sum_of_others(x: np.ndarray) -> np.ndarray:
+    """``sum_{j != i} x[j]`` along axis 0, as (sum before i) + (sum after i): no subtraction, so a
+    leave-one-out sum of tiny terms is not lost to cancellation against the total."""
+    before = np.cumsum(x, axis=0)
+    after = np.cumsum(x[::-1], axis=0)[::-1]
+    out = np.zeros_like(x)
+    out[1:] += before[:-1]
+    out[:-1] += after[1:]
+    return out
+
+
+def function(spec):
+    """``(f, returns)`` for a practice estimator's spec."""
+    if spec.name == "ppo_gae":
+        lam = spec.p["lambda"]
+        return (lambda batch: gae_advantage(batch, lam)), "psi"
+    if spec.name == "normalized_advantage":
+        base = spec.base
+        return (lambda batch: normalized(batch, base)), "psi"
+    if spec.name == "gpomdp_baseline":
+        return gpomdp_baseline, "grad"
+    raise PGBenchError(f"{spec.name} is not a practice estimator")
+
+
+def exact_mean(problem, theta, gt, spec):
+    """The exact mean of the estimate where it is known in closed form (else None): ``ppo_gae``'s
+    ``sum_{t < cap} d_t(s) pi(a|s) A_t(s, a)`` score weights (undiscounted visitation, the
+    episode cap included), ``gpomdp_baseline``'s ``grad J``."""
+    if spec.name == "gpomdp_baseline":
+        return np.asarray(gt.grad, dtype=np.float64).reshape(-1)
+    if spec.name != "ppo_gae":
+        return None
+    from pgbench.exact.solve import visitation_per_step
+    mdp = problem.mdp
+    if mdp.horizon is not None:
+        C = np.einsum("ts,sa,tsa->sa", gt.d, gt.pi, gt.A)
+    else:
+        D = visitation_per_step(problem, gt.pi, mdp.episode_cap).sum(axis=0)
+        C = D[:, None] * gt.pi * gt.A
+    return problem.policy.contract(theta, C).reshape(-1)

@@ -1,0 +1,213 @@
+"""Run Python batch estimators (:mod:`pgbench.estimators.batch`) on a cell's episodes.
+
+Episodes are materialised per block of trials by :func:`pgbench.kernels.mdp._episodes` (the
+built-ins' streams, in parallel, into buffers reused from block to block); the user's function
+then runs on this thread for trial 0, 1, 2, ... in order, so its output does not depend on the
+numba thread count. ``psi`` weights are folded into score weights ``C[s, a]`` in a fixed
+order (``np.bincount``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pgbench.errors import PGBenchError
+from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, as_array
+from pgbench.kernels import mdp as K_
+
+BLOCK_BYTES = 32 * 2 ** 20  # padded episode arrays of one block (few large parallel regions: each waits for its slowest thread)
+
+
+def episode_blocks(t, seed64, cell64, N: int, K: int):
+    """Yield ``(k0, states, actions, rewards, lengths, terminated, slot)`` for blocks of trials
+    (the arrays are overwritten by the next block: copy what must outlive it)."""
+    cap = t.cap
+    S, A = t.pi.shape
+    block = int(max(1, min(K, BLOCK_BYTES // (N * (4 * cap + 3) * 8))))
+    states = np.empty((block, N, cap + 1), np.int64)
+    actions = np.empty((block, N, cap), np.int64)
+    rewards = np.empty((block, N, cap))
+    slot = np.empty((block, N, cap), np.int64)
+    lengths = np.empty((block, N), np.int64)
+    ended = np.empty((block, N), np.int64)
+    for k0 in range(0, K, block):
+        nb = min(block, K - k0)
+        K_._episodes(seed64, cell64, k0, nb, N, *t.sampler(), t.terminal, cap, A, states, actions, rewards,
+                     lengths, ended, slot)
+        yield (k0, *(_read_only(x[:nb]) for x in (states, actions, rewards, lengths)), ended[:nb].astype(bool),
+               slot[:nb])
+
+
+def _read_only(x: np.ndarray) -> np.ndarray:
+    """A read-only view: user code cannot corrupt what the next trials or estimators read."""
+    v = x.view()
+    v.setflags(write=False)
+    return v
+
+
+def batch_function(spec):
+    """``(f, returns)`` of a batch estimator: a user's registered one, or a practice estimator."""
+    if spec.name in BATCH_ESTIMATORS:
+        return BATCH_ESTIMATORS[spec.name].fn, BATCH_ESTIMATORS[spec.name].returns
+    from pgbench.estimators.practice import function
+    return function(spec)
+
+
+def checked_estimate(res, returns: str, actions, slot, S: int, A: int, d: int, where: str, k: int) -> np.ndarray:
+    """The user's output as score weights C (S, A) summed over the batch (``psi``) or as the
+    gradient (d,) (``grad``), after checking its type, shape and finiteness."""
+    arr = as_array(res)
+    if arr is None:
+        raise PGBenchError(f"{where} returned {type(res).__name__}, not an array")
+    if returns == "psi":
+        if arr.shape != actions.shape:
+            raise PGBenchError(f"{where} returned psi of shape {arr.shape}; expected (N, T) = {actions.shape}")
+        # padded steps land in the spare bin S A, dropped: whatever psi holds there is ignored
+        C = np.bincount(slot.reshape(-1), weights=arr.reshape(-1), minlength=S * A + 1)[:S * A]
+        if not np.all(np.isfinite(C)) and not np.all(np.isfinite(arr[actions >= 0])):
+            raise PGBenchError(f"{where} returned a non-finite psi (NaN or inf) in trial {k}")
+        return C.reshape(S, A)
+    if arr.size != d or arr.ndim not in (1, 2):
+        raise PGBenchError(f"{where} returned a gradient of shape {arr.shape}; expected ({d},)")
+    if not np.all(np.isfinite(arr)):
+        raise PGBenchError(f"{where} returned a non-finite gradient (NaN or inf) in trial {k}")
+    return arr.reshape(-1)
+
+
+def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizon=None):
+    """``(kind, out)``: kind ``"psi"`` with score weights (K, S, A) summed over the batch (not yet
+    divided by N), or ``"grad"`` with the estimates (K, d)."""
+    fn, returns = batch_function(spec)
+    S, A = t.pi.shape
+    d = int(th.size)
+    want_psi = returns == "psi"
+    out = np.zeros((K, S, A)) if want_psi else np.zeros((K, d))
+    where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
+    pi, V, Q = _read_only(t.pi), _read_only(V), _read_only(Q)
+    for k0, states, actions, rewards, lengths, term, slot in episode_blocks(t, seed64, cell64, N, K):
+        for b in range(states.shape[0]):
+            k = k0 + b
+            batch = Batch(states=states[b], actions=actions[b], rewards=rewards[b], lengths=lengths[b],
+                          terminated=term[b], truncated=~term[b], gamma=t.gamma, pi=pi, V=V, Q=Q, theta=th,
+                          policy=problem.policy, horizon=horizon)
+            try:
+                res = fn(batch)
+            except Exception as exc:
+                exc.add_note(f"raised by {where} (trial {k})")
+                raise
+            out[k] = checked_estimate(res, returns, actions[b], slot[b], S, A, d, where, k)
+    return returns, out
+
+
+# ------------------------------------------------------------------------------ exact moments by enumeration
+
+USER_EXACT_LIMIT = 5_000
+"""Exact moments of user estimators list at most this many trajectories (per-episode numba
+functions) or ordered batches (Python batch estimators): each is one call of the user's code."""
+
+
+def exact_user_columns(problem, specs, batch: int, theta, extras: dict) -> None:
+    """Add user and practice estimators' exact moments (where cheap to enumerate) to a cell's
+    ``extras``: ``exact_moments[label] = (variance, mse)`` and ``exact_mean[label]``."""
+    for sp in specs:
+        got = exact_user_moments(problem, sp, batch, theta)
+        if got is not None:
+            mean, var, mse = got
+            extras.setdefault("exact_moments", {})[sp.label] = (var, mse)
+            extras.setdefault("exact_mean", {})[sp.label] = mean
+
+
+def _padded(tr, idx, cap, R, terminal):
+    """Trajectories ``idx`` of an enumeration as a Batch's padded arrays (mean rewards)."""
+    n = len(idx)
+    states = np.full((n, cap + 1), -1, np.int64)
+    actions = np.full((n, cap), -1, np.int64)
+    rewards = np.zeros((n, cap))
+    for r, i in enumerate(idx):
+        L = int(tr.lengths[i])
+        states[r, :L + 1] = tr.states[i, :L + 1]
+        actions[r, :L] = tr.actions[i, :L]
+        rewards[r, :L] = R[tr.states[i, :L], tr.actions[i, :L]]
+    lengths = tr.lengths[idx].astype(np.int64)
+    term = np.array([L > 0 and bool(terminal[states[r, L]]) for r, L in enumerate(lengths)])
+    return states, actions, rewards, lengths, term
+
+
+def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_EXACT_LIMIT):
+    """``(mean, variance, mse)`` of a user estimator (per-episode numba or Python batch) at batch
+    size N, exactly, by listing every trajectory (per-episode: N = 1, then Var / N) or every ordered
+    batch of N trajectories (batch estimators) with its probability. None when the problem has
+    reward noise (the estimate need not be affine in the rewards) or too many to list."""
+    import itertools
+
+    from pgbench.estimators.batch import BATCH_CODE
+    from pgbench.estimators.user import USER_CODE, USER_ESTIMATORS
+    from pgbench.exact import exact
+    from pgbench.exact.moments import count_trajectories, enumerate_trajectories
+    from pgbench.measure.engine import oracle_tables
+    mdp = problem.mdp
+    code = spec.info.code
+    if code not in (USER_CODE, BATCH_CODE) or mdp.reward_noise != "none":
+        return None
+    n_listed = 1 if code == USER_CODE else batch
+    n = count_trajectories(problem, stop_above=limit)
+    if n ** n_listed > limit:
+        return None
+    th = problem.resolve_theta(theta)
+    gt = exact(problem, th)
+    V, Q = oracle_tables(gt)
+    tr = enumerate_trajectories(problem, limit=limit)
+    pi = gt.pi
+    p = tr.probs(pi)
+    cap, (S, A) = tr.cap, pi.shape
+    target = gt.grad.reshape(-1)
+    pol = problem.policy
+    ests = []
+    weights = []
+    if code == USER_CODE:
+        user = USER_ESTIMATORS[spec.name]
+        states, actions, rewards, lengths, term = _padded(tr, np.arange(len(tr)), cap, mdp.R, mdp.terminal)
+        cut = 1 if mdp.horizon is not None else 2  # END_HORIZON, END_CAP
+        psi = np.zeros(cap)
+        for i in range(len(tr)):
+            L = int(lengths[i])
+            psi[:] = 0.0
+            args = (states[i], actions[i], rewards[i], L, gt.problem.mdp.gamma, pi, V, Q, psi)
+            user.fn(*args, *((0 if term[i] else cut,) if user.with_end else ()))
+            C = np.zeros((S, A))
+            np.add.at(C, (states[i, :L], actions[i, :L]), psi[:L])
+            ests.append(pol.contract(th, C).reshape(-1))
+            weights.append(p[i])
+        G, w = np.array(ests), np.array(weights)
+        mean = w @ G
+        var1 = float(w @ ((G - mean) ** 2).sum(axis=1))
+        variance = var1 / batch
+    else:
+        for tup in itertools.product(range(len(tr)), repeat=batch):
+            idx = np.array(tup)
+            w = float(np.prod(p[idx]))
+            if w == 0.0:
+                continue
+            states, actions, rewards, lengths, term = _padded(tr, idx, cap, mdp.R, mdp.terminal)
+            res = _evaluate_once(spec, problem, th, pi, V, Q, states, actions, rewards, lengths, term,
+                                 mdp.gamma, mdp.horizon)
+            ests.append(res)
+            weights.append(w)
+        G, w = np.array(ests), np.array(weights)
+        mean = w @ G
+        variance = float(w @ ((G - mean) ** 2).sum(axis=1))
+    bias2 = float(((mean - target) ** 2).sum())
+    return mean, variance, variance + bias2
+
+
+def _evaluate_once(spec, problem, th, pi, V, Q, states, actions, rewards, lengths, term, gamma, horizon):
+    """One batch's estimate (d,) from a Python batch estimator, as :func:`run_batch` computes it."""
+    fn, returns = batch_function(spec)
+    batch = Batch(states=states, actions=actions, rewards=rewards, lengths=lengths, terminated=term,
+                  truncated=~term, gamma=gamma, pi=pi, V=V, Q=Q, theta=th, policy=problem.policy, horizon=horizon)
+    S, A = pi.shape
+    slot = np.where(actions >= 0, np.maximum(states[:, :-1], 0) * A + actions, S * A)
+    where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
+    out = checked_estimate(fn(batch), returns, actions, slot, S, A, int(th.size), where, 0)
+    if returns == "grad":
+        return out
+    return problem.policy.contract(th, out / states.shape[0]).reshape(-1)
