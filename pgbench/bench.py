@@ -110,3 +110,24 @@ def format_bench(r: dict) -> str:
         f"same episodes ({r['passes_all_estimators']} passes: batch statistics, then weights)",
     ]
     return "\n".join(lines)
+
+
+def run_bench_cuda(episodes: int = 4_000_000, repeat: int = 3, quick: bool = False) -> dict:
+    """Steps per second of the fused kernels on the device (reinforce_rtg, the bench problem)."""
+    from pgbench.kernels.cuda import SIMULATOR, device_name
+    if quick:
+        episodes, repeat = (256 if SIMULATOR else 100_000), 1
+    prob = make(BENCH_PROBLEM)
+    steps = prob.mdp.horizon
+    sample_mdp(prob, ["reinforce_rtg"], N=32, K=2, backend="cuda")  # compile
+    K = 4
+    N = max(1, episodes // K)
+    best = float("inf")
+    for r in range(repeat):
+        t0 = time.perf_counter()
+        res = sample_mdp(prob, ["reinforce_rtg"], N=N, K=K, seed=r, backend="cuda")
+        best = min(best, res.seconds)
+    sps = N * K * steps / best
+    return {"backend": "cuda", "device": device_name(), "simulator": SIMULATOR, "problem": BENCH_PROBLEM,
+            "estimator": "reinforce_rtg", "steps_per_episode": steps, "episodes": N * K,
+            "seconds": best, "steps_per_second": sps, "ns_per_step": 1e9 / sps}

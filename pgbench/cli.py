@@ -196,7 +196,7 @@ def _cmd_bench(args) -> int:
     from pgbench.measure.backend import resolve_backend
     backend = resolve_backend(args.backend)
     if backend == "cuda":
-        from pgbench.kernels.cuda import run_bench_cuda
+        from pgbench.bench import run_bench_cuda
         r = run_bench_cuda(episodes=args.episodes, repeat=args.repeat, quick=args.quick)
     else:
         r = run_bench(episodes=args.episodes, repeat=args.repeat, quick=args.quick)

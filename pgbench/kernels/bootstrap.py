@@ -1,0 +1,101 @@
+"""Compiled statistics over the K x d trial estimates, in O(d) (column moments) and O(B + d)
+(bootstrap) memory beyond the trials themselves.
+
+Resample b of the bootstrap draws its n indices from its own stream ``(seed, BOOT_CELL, b, 0)``,
+one uniform each (``floor(u n)``), so resamples are independent of one another and of the
+order in which threads run them: the result is the same whatever the thread count.
+The plain-NumPy reference (tests/naive_bootstrap.py) replays the same streams.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from pgbench.kernels.rng import cell_key, stream, uniform
+
+BOOT_CELL = np.uint64(cell_key("bootstrap max-t resamples") % (1 << 64))
+
+
+@njit(cache=True)
+def column_moments(X, g):
+    """Per column of X (K, d): mean, sum of squared deviations, non-zero count; and the largest
+    squared row norm ``max_k ||X_k||^2`` (two passes, no K x d temporary)."""
+    K, d = X.shape
+    mean = np.zeros(d)
+    for k in range(K):
+        for j in range(d):
+            mean[j] += X[k, j]
+    for j in range(d):
+        mean[j] /= K
+    m2 = np.zeros(d)
+    nz = np.zeros(d, np.int64)
+    row_max = 0.0
+    for k in range(K):
+        r = 0.0
+        for j in range(d):
+            x = X[k, j]
+            c = x - mean[j]
+            m2[j] += c * c
+            r += x * x
+            if x != 0.0:
+                nz[j] += 1
+        row_max = max(row_max, r)
+    return mean, m2, nz, row_max
+
+
+@njit(cache=True)
+def row_terms(X, m, g):
+    """Per trial: ``||X_k - m||^2``, ``||X_k - g||^2``, ``||X_k||^2``, ``<X_k, g>`` and
+    ``<X_k - m, m - g>`` (no K x d temporary)."""
+    K, d = X.shape
+    out = np.zeros((5, K))
+    for k in range(K):
+        q = e = n = xg = rb = 0.0
+        for j in range(d):
+            x = X[k, j]
+            r = x - m[j]
+            ee = x - g[j]
+            q += r * r
+            e += ee * ee
+            n += x * x
+            xg += x * g[j]
+            rb += r * (m[j] - g[j])
+        out[0, k] = q
+        out[1, k] = e
+        out[2, k] = n
+        out[3, k] = xg
+        out[4, k] = rb
+    return out
+
+
+@njit(parallel=True, cache=True)
+def max_t_resamples(C, seed, B):
+    """``T*_b = max_j |mean*_j| / (sd*_j / sqrt(n))`` for B multinomial resamples of the n rows of
+    the centred matrix C (n, d); 0 where a resample's spread is zero."""
+    n, d = C.shape
+    out = np.zeros(B)
+    for b in prange(B):
+        s0, s1 = stream(seed, BOOT_CELL, np.uint64(b), np.uint64(0))
+        acc = np.zeros(d)
+        acc2 = np.zeros(d)
+        for _ in range(n):
+            u, s0, s1 = uniform(s0, s1)
+            k = int(u * n)
+            for j in range(d):
+                c = C[k, j]
+                acc[j] += c
+                acc2[j] += c * c
+        t_max = 0.0
+        for j in range(d):
+            mean = acc[j] / n
+            var = (acc2[j] / n - mean * mean) * (n / (n - 1.0))
+            if var > 0.0:
+                sd = math.sqrt(var)
+                if sd > 0.0:
+                    t = abs(mean) / (sd / math.sqrt(n))
+                    if t > t_max:
+                        t_max = t
+        out[b] = t_max
+    return out
