@@ -156,7 +156,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         Tfit = mdp.horizon if finite else 1
         if backend == "cpu":
             kb = K_
-            _warm(gtabs, seed64, cell64, N)
+            _warm(gtabs, seed64, cell64, N, need_pass1)
         else:
             from pgbench.kernels import cuda as kb
         for k0 in range(0, K, block):
@@ -243,14 +243,17 @@ _target = estimator_target  # the former private name
 _WARMED: set = set()
 
 
-def _warm(t: Tables, seed64, cell64, N) -> None:
-    """Compile (or load from cache) the kernels for these argument types outside the timed region."""
-    key = (t.linear, t.noise_kind)
-    if key in _WARMED:
+def _warm(t: Tables, seed64, cell64, N, pass1: bool = True) -> None:
+    """Compile (or load from cache) the kernels for these argument types outside the timed region;
+    pass 1 only for cells that run it (a cold start compiles only what the cell uses)."""
+    key = (t.linear, t.noise_kind, pass1)
+    if key in _WARMED or (not pass1 and key[:2] + (True,) in _WARMED):
         return
     z = np.zeros
-    K_._batch_stats(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite, t.linear,
-                    t.score, False, t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0, 0)), z((0, 0)))
+    if pass1:
+        K_._batch_stats(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite, t.linear,
+                        t.score, False, t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0, 0)),
+                        z((0, 0)))
     K_._score_weights(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.logpi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite,
                       t.linear, t.score, z(1, np.int64), z((1, 2)), z(1, np.int64), z((1, 1, 1)), z((1, 1)),
                       z((1, 1, 1)), t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0)), False, False,
