@@ -46,27 +46,62 @@ def column_moments(X, g):
 
 
 @njit(cache=True)
-def row_terms(X, m, g):
-    """Per trial: ``||X_k - m||^2``, ``||X_k - g||^2``, ``||X_k||^2``, ``<X_k, g>`` and
-    ``<X_k - m, m - g>`` (no K x d temporary)."""
-    K, d = X.shape
-    out = np.zeros((5, K))
+def _row(X, k, m, g, norm_g):
+    """One trial's ``||X_k - m||^2``, ``||X_k - g||^2``, ``||X_k||^2``, ``cos(X_k, g)`` (0 if
+    either is zero, clipped to [-1, 1]) and ``<X_k - m, m - g>``."""
+    q = e = n = xg = rb = 0.0
+    for j in range(X.shape[1]):
+        x = X[k, j]
+        r = x - m[j]
+        ee = x - g[j]
+        q += r * r
+        e += ee * ee
+        n += x * x
+        xg += x * g[j]
+        rb += r * (m[j] - g[j])
+    den = math.sqrt(n) * norm_g
+    c = min(1.0, max(-1.0, xg / den)) if den > 0.0 else 0.0
+    return q, e, n, c, rb
+
+
+@njit(cache=True)
+def row_sums(X, m, g, norm_g):
+    """Sums over trials of the per-trial terms of :func:`_row`, in two passes (means, then
+    squared deviations about them), so no per-trial array is kept: ``out`` holds the sums of
+    q, e, cos, their squared deviations from their means, the sum of ``rb^2`` and ``max ||X_k||^2``."""
+    K = X.shape[0]
+    sq = se = sc = srb2 = 0.0
+    nmax = 0.0
     for k in range(K):
-        q = e = n = xg = rb = 0.0
-        for j in range(d):
-            x = X[k, j]
-            r = x - m[j]
-            ee = x - g[j]
-            q += r * r
-            e += ee * ee
-            n += x * x
-            xg += x * g[j]
-            rb += r * (m[j] - g[j])
+        q, e, n, c, rb = _row(X, k, m, g, norm_g)
+        sq += q
+        se += e
+        sc += c
+        srb2 += rb * rb
+        nmax = max(nmax, n)
+    mq, me, mc = sq / K, se / K, sc / K
+    dq = de = dc = 0.0
+    for k in range(K):
+        q, e, n, c, rb = _row(X, k, m, g, norm_g)
+        dq += (q - mq) ** 2
+        de += (e - me) ** 2
+        dc += (c - mc) ** 2
+    out = np.empty(8)
+    out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7] = sq, se, sc, dq, de, dc, srb2, nmax
+    return out
+
+
+@njit(cache=True)
+def row_terms(X, m, g):
+    """Per trial: ``||X_k - m||^2``, ``||X_k - g||^2`` and ``||X_k||^2`` (paired comparisons need
+    the per-trial values; O(K) memory, no K x d temporary)."""
+    K = X.shape[0]
+    out = np.zeros((3, K))
+    for k in range(K):
+        q, e, n, c, rb = _row(X, k, m, g, 0.0)
         out[0, k] = q
         out[1, k] = e
         out[2, k] = n
-        out[3, k] = xg
-        out[4, k] = rb
     return out
 
 

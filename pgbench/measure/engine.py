@@ -26,7 +26,7 @@ from pgbench.problems.problem import MDPProblem
 
 MAX_CHUNKS = 16
 MIN_CHUNK = 256
-ITEM_MEMORY_BUDGET = 64 * 2 ** 20  # bytes of accumulators alive at once
+ITEM_MEMORY_BUDGET = 2 ** 18  # bytes of per-item arrays alive at once (memory flat in K)
 PILOT_EPISODES = 100_000
 
 
@@ -130,7 +130,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     n_k = len(kspecs)
     C_all = np.zeros((K, n_k, mdp.S, mdp.A))
     n_chunks = n_chunks_for(N)
-    item_bytes = max(1, n_k * mdp.S * mdp.A * 8)
+    # per item: the batch statistics, and the weight accumulators unless they go straight into C_all
+    item_bytes = 8 * (K_.N_STATS + (0 if n_chunks == 1 and len(groups) == 1 else n_k * mdp.S * mdp.A))
     block = int(max(1, min(K, ITEM_MEMORY_BUDGET // (n_chunks * item_bytes))))
     proxy_stats = np.zeros((K, K_.N_PROXY)) if proxy else None
     episodes = 0
@@ -185,7 +186,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                     with np.errstate(invalid="ignore", divide="ignore"):
                         fit = np.where(fcnt > 0, fsum / np.maximum(fcnt, 1.0), 0.0)
                     b_fitV[:, :Tfit, :] = fit
-            outC = np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
+            direct = n_chunks == 1 and members == list(range(n_k))  # one item per trial: accumulate in place
+            outC = C_all[k0:k0 + nb] if direct else np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
             out_proxy = np.zeros((n_items, K_.N_PROXY if want_proxy else 0))
             kb._score_weights(seed64, cell64, k0, nb, N, n_chunks, *gtabs.sampler(), gtabs.pi, gtabs.logpi,
                               gtabs.pi2sum, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
@@ -194,7 +196,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                               K_._log_inv_gamma(gtabs.gamma), outC, out_proxy)
             episodes += nb * N
             seconds += time.perf_counter() - t0
-            C_all[k0:k0 + nb][:, members] = _reduce(outC, nb, n_chunks)
+            if not direct:
+                C_all[k0:k0 + nb][:, members] = _reduce(outC, nb, n_chunks)
             if want_proxy:
                 proxy_stats[k0:k0 + nb] = _reduce(out_proxy, nb, n_chunks)
     C_all /= N
@@ -214,7 +217,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     return SampleResult(specs, est, targets, seconds, episodes, N, K, extras)
 
 
-CONTRACT_BLOCK_BYTES = 32 * 2 ** 20
+CONTRACT_BLOCK_BYTES = 2 ** 18
 
 
 def _trial_gradients(pol, th, Cg: np.ndarray, Cf, out: np.ndarray) -> None:

@@ -254,7 +254,7 @@ def _svd_residuals(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, Vt
 
 
-SVD_BLOCK_BYTES = 16 * 2 ** 20
+SVD_BLOCK_BYTES = 2 ** 18
 GRAM_REFINE = 1e-6
 """Directions whose Gram eigenvalue is below this fraction of the largest get their spread recomputed."""
 
@@ -548,26 +548,22 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     K, d = X.shape
     g = _check_exact(exact, np.shape(samples)[1:], d)
 
-    # per-column and per-trial sums in compiled loops: no K x d temporary (pgbench.kernels.bootstrap)
-    from pgbench.kernels.bootstrap import column_moments, row_terms
+    # per-column and per-trial sums in compiled loops: no K x d temporary, no per-trial array
+    from pgbench.kernels.bootstrap import column_moments, row_sums
     X = np.ascontiguousarray(X)
     m, m2, nz, _ = column_moments(X, g)
     b = m - g
-    q, err2, norms2, Xg, Rb = row_terms(X, m, g)  # ||g_k - m||^2, ||g_k - g||^2, ||g_k||^2, <g_k, g>, <g_k - m, b>
     norm_g = float(np.linalg.norm(g))
-    norms = np.sqrt(norms2)
-    scale = max(norm_g, float(norms.max()))
+    sq, se_, sc, dq, de, dc, srb2, nmax = row_sums(X, m, g, norm_g)
+    scale = max(norm_g, math.sqrt(nmax))
 
-    variance = float(q.sum() / (K - 1))
-    variance_se = _variance_se(q)
-    mse = float(err2.mean())
-    mse_se = _mean_se(err2)
-
-    denom = norms * norm_g
-    safe = np.where(denom > 0.0, denom, 1.0)
-    cos = np.clip(np.where(denom > 0.0, Xg / safe, 0.0), -1.0, 1.0)
-    cosine = float(cos.mean())
-    cosine_se = _mean_se(cos)
+    # q_k = ||g_k - m||^2, err2_k = ||g_k - g||^2, cos_k = cos(g_k, g): means and spreads
+    variance = float(sq / (K - 1))
+    variance_se = math.sqrt(K * dq / ((K - 1) * (K - 2) ** 2)) if K >= 3 else math.nan
+    mse = float(se_ / K)
+    mse_se = math.sqrt(de / (K - 1)) / math.sqrt(K)
+    cosine = float(sc / K)
+    cosine_se = math.sqrt(dc / (K - 1)) / math.sqrt(K)
     lo_c, hi_c = _t_ci(cosine, cosine_se, K, level)
 
     # bias norm: second-order delta method on ||b||^2, and the inverted CI
@@ -575,7 +571,7 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     bias_norm = float(np.linalg.norm(b))
     tr_Sm = variance / K
     tr_Sm2 = _trace_sigma_sq(s, K) / (K * K)
-    bSb = float(np.sum(Rb ** 2)) / ((K - 1) * K)  # b^T S_m b
+    bSb = float(srb2) / ((K - 1) * K)  # b^T S_m b
     sd_sq = math.sqrt(max(4.0 * bSb - 2.0 * tr_Sm2, 2.0 * tr_Sm2))  # sd of ||b||^2
     mean_sq = max(bias_norm ** 2, tr_Sm)  # E ||b||^2
     bias_norm_se = sd_sq / (2.0 * math.sqrt(mean_sq)) if mean_sq > 0.0 else 0.0
