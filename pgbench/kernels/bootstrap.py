@@ -134,3 +134,41 @@ def max_t_resamples(C, seed, B):
                         t_max = t
         out[b] = t_max
     return out
+
+
+@njit(cache=True)
+def gram_centred(X, m):
+    """``R^T R`` for ``R = X - m``, one trial at a time (no K x d temporary, no BLAS threads)."""
+    K, d = X.shape
+    G = np.zeros((d, d))
+    r = np.empty(d)
+    for k in range(K):
+        for j in range(d):
+            r[j] = X[k, j] - m[j]
+        for i in range(d):
+            ri = r[i]
+            if ri != 0.0:
+                for j in range(i, d):
+                    G[i, j] += ri * r[j]
+    for i in range(d):
+        for j in range(i):
+            G[i, j] = G[j, i]
+    return G
+
+
+@njit(cache=True)
+def direction_norms(X, m, V):
+    """``||(X - m) v||`` for each column v of V (d, p), one trial at a time."""
+    K, d = X.shape
+    p = V.shape[1]
+    acc = np.zeros(p)
+    r = np.empty(d)
+    for k in range(K):
+        for j in range(d):
+            r[j] = X[k, j] - m[j]
+        for c in range(p):
+            s = 0.0
+            for j in range(d):
+                s += r[j] * V[j, c]
+            acc[c] += s * s
+    return np.sqrt(acc)

@@ -26,7 +26,7 @@ from pgbench.problems.problem import MDPProblem
 
 MAX_CHUNKS = 16
 MIN_CHUNK = 256
-ITEM_MEMORY_BUDGET = 2 ** 18  # bytes of per-item arrays alive at once (memory flat in K)
+ITEM_MEMORY_BUDGET = 2 ** 19  # bytes of per-item arrays alive at once (memory flat in K, few parallel launches)
 PILOT_EPISODES = 100_000
 
 

@@ -94,7 +94,7 @@ Test of ``H0: E g_k = g`` (``p_value``, ``test``)
   ``unobserved_grad_norm`` is the exact gradient's norm there (their bias is in ``bias_norm``).
 
 Cost: the SVD of the centred ``K x d`` trial matrix, ``O(K d min(K, d))`` (for large K through
-its Gram matrix, summed over blocks of trials, so no K x d temporary is made), and ``O(B min(K, 1024) d)`` for the bootstrap.
+its Gram matrix, summed trial by trial, so no K x d temporary is made), and ``O(B min(K, 1024) d)`` for the bootstrap.
 """
 from __future__ import annotations
 
@@ -254,7 +254,6 @@ def _svd_residuals(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, Vt
 
 
-SVD_BLOCK_BYTES = 2 ** 18
 GRAM_REFINE = 1e-6
 """Directions whose Gram eigenvalue is below this fraction of the largest get their spread recomputed."""
 
@@ -263,7 +262,7 @@ def _svd_centred(X: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_svd_residuals` of ``R = X - m`` without a K x d temporary (or left singular vectors)
     when K is large against d.
 
-    The Gram matrix ``R^T R`` (summed over blocks of rows) has the right singular vectors of R
+    The Gram matrix ``R^T R`` (summed trial by trial in compiled code) has the right singular vectors of R
     as eigenvectors and the squared singular values as eigenvalues. Its eigenvalues carry an
     absolute error of about ``eps lambda_max``, too coarse for the rank decisions on directions
     whose spread is tiny (tabular scores make exact null directions), so the singular values of
@@ -272,21 +271,15 @@ def _svd_centred(X: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     K, d = X.shape
     if K <= 8 * d:
         return _svd_residuals(X - m)
-    rows = max(8 * d, SVD_BLOCK_BYTES // (8 * d))
-    G = np.zeros((d, d))
-    for k0 in range(0, K, rows):
-        Rb = X[k0:k0 + rows] - m
-        G += Rb.T @ Rb
-    lam, V = np.linalg.eigh((G + G.T) / 2.0)
+    from pgbench.kernels.bootstrap import direction_norms, gram_centred
+    X = np.ascontiguousarray(X)
+    m = np.ascontiguousarray(m, dtype=float)
+    lam, V = np.linalg.eigh(gram_centred(X, m))
     lam, V = lam[::-1], V[:, ::-1]
     s = np.sqrt(np.maximum(lam, 0.0))
     small = lam < GRAM_REFINE * max(float(lam[0]), 0.0)
     if small.any():
-        V0 = np.ascontiguousarray(V[:, small])
-        acc = np.zeros(V0.shape[1])
-        for k0 in range(0, K, rows):
-            acc += np.sum(((X[k0:k0 + rows] - m) @ V0) ** 2, axis=0)
-        s[small] = np.sqrt(acc)
+        s[small] = direction_norms(X, m, np.ascontiguousarray(V[:, small]))
         order = np.argsort(-s, kind="stable")
         s, V = s[order], V[:, order]
     return s, np.ascontiguousarray(V.T)
