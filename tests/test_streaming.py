@@ -39,15 +39,21 @@ def test_compiled_resamples_equal_the_numpy_reference():
 def test_resamples_do_not_depend_on_the_thread_count():
     C = np.ascontiguousarray(skewed(500, 4, 1))
     C -= C.mean(axis=0)
+    from pgbench.kernels.bootstrap import direction_norms, gram_centred
+    m, V = np.full(4, 0.1), np.linalg.qr(np.random.default_rng(0).normal(size=(4, 2)))[0]
     old = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
         one = max_t_resamples(C, seed_u64(3), 301)
+        G1, n1 = gram_centred(C, m), direction_norms(C, m, V)
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         many = max_t_resamples(C, seed_u64(3), 301)
+        G2, n2 = gram_centred(C, m), direction_norms(C, m, V)
     finally:
         numba.set_num_threads(old)
-    assert np.array_equal(one, many)
+    assert np.array_equal(one, many) and np.array_equal(G1, G2) and np.array_equal(n1, n2)
+    np.testing.assert_allclose(G1, (C - m).T @ (C - m), rtol=1e-12)
+    np.testing.assert_allclose(n1, np.linalg.norm((C - m) @ V, axis=0), rtol=1e-12)
     assert not np.array_equal(one, max_t_resamples(C, seed_u64(4), 301))
 
 

@@ -136,39 +136,59 @@ def max_t_resamples(C, seed, B):
     return out
 
 
-@njit(cache=True)
+STAT_CHUNKS = 16
+"""Trials are summed in this many fixed, consecutive chunks (in parallel), then the chunks in
+order: the same numbers whatever the thread count."""
+
+
+@njit(parallel=True, cache=True)
 def gram_centred(X, m):
     """``R^T R`` for ``R = X - m``, one trial at a time (no K x d temporary, no BLAS threads)."""
     K, d = X.shape
+    parts = np.zeros((STAT_CHUNKS, d, d))
+    for c in prange(STAT_CHUNKS):
+        G = parts[c]
+        r = np.empty(d)
+        for k in range(c * K // STAT_CHUNKS, (c + 1) * K // STAT_CHUNKS):
+            for j in range(d):
+                r[j] = X[k, j] - m[j]
+            for i in range(d):
+                ri = r[i]
+                if ri != 0.0:
+                    for j in range(i, d):
+                        G[i, j] += ri * r[j]
     G = np.zeros((d, d))
-    r = np.empty(d)
-    for k in range(K):
-        for j in range(d):
-            r[j] = X[k, j] - m[j]
-        for i in range(d):
-            ri = r[i]
-            if ri != 0.0:
-                for j in range(i, d):
-                    G[i, j] += ri * r[j]
+    for c in range(STAT_CHUNKS):
+        G += parts[c]
     for i in range(d):
         for j in range(i):
             G[i, j] = G[j, i]
     return G
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def direction_norms(X, m, V):
     """``||(X - m) v||`` for each column v of V (d, p), one trial at a time."""
     K, d = X.shape
     p = V.shape[1]
-    acc = np.zeros(p)
-    r = np.empty(d)
-    for k in range(K):
+    mv = np.zeros(p)
+    for c in range(p):
         for j in range(d):
-            r[j] = X[k, j] - m[j]
-        for c in range(p):
-            s = 0.0
+            mv[c] += m[j] * V[j, c]
+    parts = np.zeros((STAT_CHUNKS, p))
+    for ch in prange(STAT_CHUNKS):
+        acc = parts[ch]
+        s = np.empty(p)
+        for k in range(ch * K // STAT_CHUNKS, (ch + 1) * K // STAT_CHUNKS):
+            s[:] = 0.0
             for j in range(d):
-                s += r[j] * V[j, c]
-            acc[c] += s * s
+                x = X[k, j]
+                if x != 0.0:  # trial estimates are sparse (states an episode never visits)
+                    for c in range(p):
+                        s[c] += x * V[j, c]
+            for c in range(p):
+                acc[c] += (s[c] - mv[c]) ** 2
+    acc = np.zeros(p)
+    for ch in range(STAT_CHUNKS):
+        acc += parts[ch]
     return np.sqrt(acc)
