@@ -120,3 +120,15 @@ def test_measure_memory_does_not_grow_with_K_beyond_the_estimates():
         tracemalloc.stop()
         net.append(peak - 8 * K * int(df["d"].iloc[0]))
     assert net[1] <= 1.2 * net[0], net
+
+
+def test_end_to_end_bench_rows():
+    """``pgbench bench --end-to-end``: wall time of measure() includes the kernel's, and the peak
+    holds at least the K x d estimates."""
+    from pgbench.bench import format_end_to_end, run_end_to_end
+    rows = run_end_to_end(problems=("three_step_bandit",), cells=((1, 2000), (16, 100)))
+    assert [(r["N"], r["K"]) for r in rows] == [(1, 2000), (16, 100)]
+    for r in rows:
+        assert r["wall_over_kernel"] >= 1.0 and r["kernel_s"] > 0
+        assert r["peak_mb"] >= r["estimates_mb"] > 0 and r["d"] == 9
+    assert "three_step_bandit" in format_end_to_end(rows)
