@@ -254,6 +254,9 @@ def _svd_residuals(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, Vt
 
 
+SVD_DIRECT_ELEMENTS = 2 ** 17
+"""Up to this many trial coordinates (1 MB) the SVD runs directly on the centred trials (no
+compiled kernel to build on a cold start); beyond, through the Gram matrix."""
 GRAM_REFINE = 1e-6
 """Directions whose Gram eigenvalue is below this fraction of the largest get their spread recomputed."""
 
@@ -269,7 +272,7 @@ def _svd_centred(X: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     those directions are recomputed directly as ``||R v||`` (accurate to ``eps sigma_max``, like
     the SVD's)."""
     K, d = X.shape
-    if K <= 8 * d:
+    if K <= 8 * d or K * d <= SVD_DIRECT_ELEMENTS:
         return _svd_residuals(X - m)
     from pgbench.kernels.bootstrap import direction_norms, gram_centred
     X = np.ascontiguousarray(X)
