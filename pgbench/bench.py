@@ -148,3 +148,84 @@ def format_bench(r: dict) -> str:
                      f"normals alone {q['ns_per_step_normals_floor']:.2f} (svg_inf / floor = "
                      f"{q['ratio_to_normals_floor']:.2f})")
     return "\n".join(lines)
+
+
+def run_bench_cuda(episodes: int = 4_000_000, repeat: int = 3, quick: bool = False) -> dict:
+    """Steps per second of the fused kernels on the device (reinforce_rtg, the bench problem)."""
+    from pgbench.kernels.cuda import SIMULATOR, device_name
+    if quick:
+        episodes, repeat = (256 if SIMULATOR else 100_000), 1
+    prob = make(BENCH_PROBLEM)
+    steps = prob.mdp.horizon
+    sample_mdp(prob, ["reinforce_rtg"], N=32, K=2, backend="cuda")  # compile
+    K = 4
+    N = max(1, episodes // K)
+    best = float("inf")
+    for r in range(repeat):
+        t0 = time.perf_counter()
+        res = sample_mdp(prob, ["reinforce_rtg"], N=N, K=K, seed=r, backend="cuda")
+        best = min(best, res.seconds)
+    sps = N * K * steps / best
+    return {"backend": "cuda", "device": device_name(), "simulator": SIMULATOR, "problem": BENCH_PROBLEM,
+            "estimator": "reinforce_rtg", "steps_per_episode": steps, "episodes": N * K,
+            "seconds": best, "steps_per_second": sps, "ns_per_step": 1e9 / sps}
+
+
+# ------------------------------------------------------------------------------ end to end
+
+END_TO_END_PROBLEMS = ("three_step_bandit", BENCH_PROBLEM)
+END_TO_END_CELLS = ((1, 10 ** 6), (16, 10 ** 5), (1024, 10 ** 3))
+
+
+def _peak_bytes(fn) -> int:
+    """Peak bytes allocated while ``fn`` runs (tracemalloc: NumPy arrays and numba's allocations)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+        return int(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+
+
+def run_end_to_end(problems=END_TO_END_PROBLEMS, cells=END_TO_END_CELLS, estimator: str = "reinforce",
+                   quick: bool = False) -> list:
+    """``measure()`` against the kernel, per (problem, N, K): wall time of the whole call (sampling,
+    contraction, statistics with the bootstrap test, the DataFrame) over the kernel's own time
+    (``seconds``, the timed sampling passes), and the peak memory allocated during the call,
+    also net of the K x d trial estimates that any measurement must hold.
+
+    Wall time and peak memory come from separate calls (tracemalloc slows allocation); ``quick``
+    divides K by 100."""
+    import resource
+
+    from pgbench.measure.measure import measure
+    rows = []
+    for name in problems:
+        measure(name, [estimator], batch=2, trials=20)  # compile outside the timings
+        for N, K in cells:
+            K = max(20, K // 100) if quick else K
+            t0 = time.perf_counter()
+            df = measure(name, [estimator], batch=N, trials=K)
+            wall = time.perf_counter() - t0
+            kernel = float(df["seconds"].iloc[0])
+            d = int(df["d"].iloc[0])
+            peak = _peak_bytes(lambda: measure(name, [estimator], batch=N, trials=K))
+            est_bytes = 8 * K * d
+            rows.append({"problem": name, "estimator": estimator, "N": N, "K": K, "d": d, "wall_s": wall,
+                         "kernel_s": kernel, "wall_over_kernel": wall / kernel if kernel > 0 else float("nan"),
+                         "peak_mb": peak / 2 ** 20, "estimates_mb": est_bytes / 2 ** 20,
+                         "peak_beyond_estimates_mb": (peak - est_bytes) / 2 ** 20,
+                         "max_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    return rows
+
+
+def format_end_to_end(rows: list) -> str:
+    lines = ["end to end: measure() wall time over the kernel's time, peak memory (tracemalloc)",
+             f"  {'problem':<40} {'N':>5} {'K':>8} {'d':>4} {'wall s':>8} {'kernel s':>9} {'ratio':>6} "
+             f"{'peak MB':>8} {'beyond K x d':>12}"]
+    for r in rows:
+        lines.append(f"  {r['problem']:<40} {r['N']:>5} {r['K']:>8} {r['d']:>4} {r['wall_s']:>8.3f} "
+                     f"{r['kernel_s']:>9.3f} {r['wall_over_kernel']:>6.2f} {r['peak_mb']:>8.1f} "
+                     f"{r['peak_beyond_estimates_mb']:>12.1f}")
+    return "\n".join(lines)

@@ -244,10 +244,15 @@ def _cmd_bench(args) -> int:
         raise PGBenchError(f"bench needs --episodes >= 1000 and --repeat >= 1; got {args.episodes} and {args.repeat}")
     backend = resolve_backend(args.backend)
     if backend == "cuda":
-        from pgbench.kernels.cuda import run_bench_cuda
+        from pgbench.bench import run_bench_cuda
         r = run_bench_cuda(episodes=args.episodes, repeat=args.repeat, quick=args.quick)
     else:
         r = run_bench(episodes=args.episodes, repeat=args.repeat, quick=args.quick)
+    if getattr(args, "end_to_end", False):
+        from pgbench.bench import format_end_to_end, run_end_to_end
+        r["end_to_end"] = run_end_to_end(quick=args.quick)
+        print(json.dumps(to_jsonable(r)) if args.json else format_bench(r) + "\n" + format_end_to_end(r["end_to_end"]))
+        return 0
     print(json.dumps(to_jsonable(r)) if args.json else format_bench(r))
     return 0
 
@@ -355,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
                     help="time the CPU kernel (default) or the CUDA one")
     pb.add_argument("--json", action="store_true", help="print one JSON object")
+    pb.add_argument("--end-to-end", action="store_true",
+                    help="also time measure() against the kernel and its peak memory at three (N, K) per problem")
     pb.set_defaults(fn=_cmd_bench)
     return p
 

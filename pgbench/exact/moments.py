@@ -537,7 +537,8 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     opt_b : the constant used by ``optimal_const_baseline`` (default: the exact ``b*``)
     """
     from pgbench.exact import exact
-    from pgbench.measure.engine import _target, behaviour_policy, make_tables, oracle_tables, kernel_parameters
+    from pgbench.exact.targets import estimator_target as _target
+    from pgbench.kernels.tables import behaviour_policy, kernel_parameters, make_tables, oracle_tables
     from pgbench.problems.registry import make
 
     prob = make(problem) if isinstance(problem, str) else problem

@@ -203,27 +203,3 @@ def device_name() -> str:
     dev = cuda.get_current_device()
     name = dev.name
     return name.decode() if isinstance(name, bytes) else str(name)
-
-
-def run_bench_cuda(episodes: int = 4_000_000, repeat: int = 3, quick: bool = False) -> dict:
-    """Steps per second of the fused kernels on the device (reinforce_rtg, the bench problem)."""
-    import time
-    from pgbench.bench import BENCH_PROBLEM
-    from pgbench.measure.engine import sample_mdp
-    from pgbench.problems.registry import make
-    if quick:
-        episodes, repeat = (256 if SIMULATOR else 100_000), 1
-    prob = make(BENCH_PROBLEM)
-    steps = prob.mdp.horizon
-    sample_mdp(prob, ["reinforce_rtg"], N=32, K=2, backend="cuda")  # compile
-    K = 4
-    N = max(1, episodes // K)
-    best = float("inf")
-    for r in range(repeat):
-        t0 = time.perf_counter()
-        res = sample_mdp(prob, ["reinforce_rtg"], N=N, K=K, seed=r, backend="cuda")
-        best = min(best, res.seconds)
-    sps = N * K * steps / best
-    return {"backend": "cuda", "device": device_name(), "simulator": SIMULATOR, "problem": BENCH_PROBLEM,
-            "estimator": "reinforce_rtg", "steps_per_episode": steps, "episodes": N * K,
-            "seconds": best, "steps_per_second": sps, "ns_per_step": 1e9 / sps}

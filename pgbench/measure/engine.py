@@ -19,193 +19,21 @@ from pgbench.estimators.user import USER_CODE, USER_ESTIMATORS
 from pgbench.exact import GroundTruth, exact
 from pgbench.kernels import mdp as K_
 from pgbench.kernels.rng import cell_key, seed_u64
+from pgbench.kernels.tables import (  # noqa: F401  (re-exported: the engine's historical names)
+    Tables, _thresholds, alias_tables, behaviour_policy, kernel_parameters, make_tables, oracle_tables, pair_tables,
+    perturbed_critic)
+from pgbench.exact.targets import estimator_target
 from pgbench.problems.problem import MDPProblem
 
 MAX_CHUNKS = 16
 MIN_CHUNK = 256
-ITEM_MEMORY_BUDGET = 256 * 2 ** 20  # bytes of accumulators alive at once
+ITEM_MEMORY_BUDGET = 2 ** 19  # bytes of per-item arrays alive at once (memory flat in K, few parallel launches)
 PILOT_EPISODES = 100_000
-
-
-def alias_tables(q: np.ndarray):
-    """Alias tables (prob, alias) for each row of q."""
-    q = np.ascontiguousarray(q, dtype=np.float64)
-    prob = np.empty_like(q)
-    alias = np.empty(q.shape, dtype=np.int64)
-    K_.build_alias(q, prob, alias)
-    return prob, alias
 
 
 def n_chunks_for(N: int) -> int:
     """Chunks per trial: a function of N only, so results do not depend on the thread count."""
     return int(min(MAX_CHUNKS, max(1, -(-N // MIN_CHUNK))))
-
-
-@dataclass
-class Tables:
-    """Everything the kernels read, for one (problem, theta, behaviour policy)."""
-
-    pi: np.ndarray
-    logpi: np.ndarray
-    pi2sum: np.ndarray
-    rho_p: np.ndarray  # alias table of rho0, (1, S)
-    rho_a: np.ndarray
-    rho_thr: np.ndarray  # what the rollout reads: ceil(rho_p 2^53), (S,) uint64, with rho_alias
-    step_p: np.ndarray  # alias tables of mu(a|s) P(s'|s, a) over slots a * K + k, (S, A K)
-    step_a: np.ndarray
-    slot_next: np.ndarray  # next state of each slot, (S, A K)
-    slot_act: np.ndarray  # action of each slot, (A K,)
-    alias_next: np.ndarray  # next state and action of each slot's alias, (S, A K)
-    alias_act: np.ndarray
-    step_thr: np.ndarray  # what the rollout reads (see pgbench.kernels.mdp._rollout): flat (S A K,)
-    step_off: np.ndarray  # (S A K,): successor row offsets of the column (low half) and its alias
-    step_word: np.ndarray  # pair tables, (2 S A K,): column at 2 j, alias at 2 j + 1
-    step_r: np.ndarray
-    R: np.ndarray
-    noise_kind: int
-    noise_scale: np.ndarray
-    terminal: np.ndarray
-    gamma: float
-    gpow: np.ndarray
-    cap: int
-    finite: bool
-    linear: bool
-    score: np.ndarray
-    rho_ratio: np.ndarray
-
-    @property
-    def rho_alias(self) -> np.ndarray:
-        return self.rho_a[0]
-
-    @property
-    def n_slots(self) -> int:
-        return int(self.step_p.shape[1])
-
-    def sampler(self) -> tuple:
-        """The rollout's arguments, in the kernels' order: start and step tables, reward noise."""
-        return (self.rho_thr, self.rho_alias, self.n_slots, self.step_thr, self.step_off, self.step_word, self.step_r,
-                self.noise_kind, self.noise_scale)
-
-
-def behaviour_policy(pi: np.ndarray, spec: EstimatorSpec) -> np.ndarray:
-    """mu for importance sampling: uniform, or the eps-mixture of pi and uniform."""
-    A = pi.shape[1]
-    p = spec.p
-    if p["mu"] == "uniform":
-        return np.full_like(pi, 1.0 / A)
-    return (1.0 - p["eps"]) * pi + p["eps"] / A
-
-
-def make_tables(problem: MDPProblem, theta: np.ndarray, mu: np.ndarray | None = None) -> Tables:
-    mdp = problem.mdp
-    pol = problem.policy
-    pi = pol.probs(theta)
-    mu = pi if mu is None else mu
-    cap = mdp.episode_cap
-    linear = pol.kind != "tabular"  # linear and logits policies: the exact ||z||^2 reads the score table
-    score = np.ascontiguousarray(pol.score_table(theta)) if linear else np.zeros((1, 1, 1))
-    noise_kind = {"none": 0, "gaussian": 1, "uniform": 2}[mdp.reward_noise]
-    with np.errstate(divide="ignore"):
-        logpi = np.log(pi)
-    S, A, Kn = mdp.next_prob.shape
-    rho_p, rho_a = alias_tables(mdp.rho0[None, :])
-    step_p, step_a = alias_tables((mu[:, :, None] * mdp.next_prob).reshape(S, A * Kn))
-    slot_next = np.ascontiguousarray(mdp.next_idx.reshape(S, A * Kn))
-    slot_act = np.repeat(np.arange(A, dtype=np.int64), Kn)
-    alias_next = np.ascontiguousarray(np.take_along_axis(slot_next, step_a, axis=1))
-    alias_act = np.ascontiguousarray(slot_act[step_a])
-    thr, off, word, rew = pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, mdp.R, mdp.terminal)
-    return Tables(
-        pi=pi, logpi=logpi, pi2sum=(pi * pi).sum(axis=1), rho_p=rho_p, rho_a=rho_a, rho_thr=_thresholds(rho_p[0]),
-        step_p=step_p, step_a=step_a,
-        slot_next=slot_next, slot_act=slot_act, alias_next=alias_next, alias_act=alias_act, step_thr=thr,
-        step_off=off, step_word=word, step_r=rew, R=np.ascontiguousarray(mdp.R),
-        noise_kind=noise_kind, noise_scale=np.ascontiguousarray(mdp.reward_scale),
-        terminal=np.ascontiguousarray(mdp.terminal), gamma=float(mdp.gamma),
-        gpow=mdp.gamma ** np.arange(cap + 1, dtype=np.float64), cap=int(cap), finite=mdp.horizon is not None,
-        linear=linear, score=score, rho_ratio=pi / mu)
-
-
-def _thresholds(prob: np.ndarray) -> np.ndarray:
-    """``ceil(prob 2^53)``: the integer fraction test ``f < thr`` is exactly ``f 2^-53 < prob``."""
-    return np.ascontiguousarray(np.minimum(np.ceil(prob * 2.0 ** 53), 2.0 ** 53).astype(np.uint64))
-
-
-def pair_tables(step_p, slot_next, slot_act, alias_next, alias_act, R, terminal):
-    """The rollout's step tables (layout in :func:`pgbench.kernels.mdp._rollout`).
-
-    ``thr[j] = ceil(step_p 2^53)``, so the integer test ``f < thr`` on the 53-bit fraction is the
-    exact real test ``u n - i < step_p``. ``off[j]`` packs the successor row offsets ``s' n`` of
-    column j (low 32 bits) and of its alias (high 32 bits). Pair entry ``2 j`` is column j itself,
-    ``2 j + 1`` its alias: packed word ``s' | a << 32 | terminal(s') << 63``, and R[s, a].
-    """
-    S, n = step_p.shape
-    if S * n >= 2 ** 32 or R.shape[1] >= 2 ** 31:
-        raise PGBenchError(f"problem too large for the sampling tables (S={S}, A={R.shape[1]}, slots={n})")
-    thr = _thresholds(step_p.reshape(-1))
-    rows = np.arange(S)[:, None]
-    acts = np.broadcast_to(slot_act, (S, n))
-
-    def pair(col, ali):
-        return np.ascontiguousarray(np.stack([col, ali], axis=-1).reshape(-1))
-
-    def word(nxt, act):
-        nxt = nxt.astype(np.uint64)
-        return nxt | (act.astype(np.uint64) << np.uint64(32)) | (terminal[nxt].astype(np.uint64) << np.uint64(63))
-
-    off = ((slot_next.astype(np.uint64) * np.uint64(n))
-           | ((alias_next.astype(np.uint64) * np.uint64(n)) << np.uint64(32))).reshape(-1)
-    return (np.ascontiguousarray(thr), np.ascontiguousarray(off), pair(word(slot_next, acts), word(alias_next, alias_act)),
-            pair(R[rows, acts], R[rows, alias_act]).astype(np.float64))
-
-
-def oracle_tables(gt: GroundTruth):
-    """V per step with a zero row after the horizon (finite) or one row (unbounded); Q likewise."""
-    if gt.V.ndim == 2:
-        V = np.vstack([gt.V, np.zeros((1, gt.V.shape[1]))])
-        Q = gt.Q
-    else:
-        V = gt.V[None, :]
-        Q = gt.Q[None, :, :]
-    return np.ascontiguousarray(V), np.ascontiguousarray(Q)
-
-
-def perturbed_critic(V: np.ndarray, terminal: np.ndarray, scale: float, seed: int, finite: bool) -> np.ndarray:
-    """Exact V plus a fixed N(0, scale^2) error per (t, s) from ``seed`` (zero where V is fixed at 0)."""
-    err = np.random.default_rng(int(seed)).normal(size=V.shape) * scale
-    out = V + err
-    out[:, terminal] = 0.0
-    if finite:
-        out[-1] = 0.0
-    return out
-
-
-def kernel_parameters(specs, V: np.ndarray, terminal: np.ndarray, finite: bool, opt_b=None):
-    """What pass 2 reads per estimator: codes, scalar parameters ``fpar`` (b, lambda, weighted
-    flag, beta), the critic index ``crit`` (-1: fitted from the batch) and the stacked critics
-    (exact V first, then one perturbed V per estimator that asks for one)."""
-    codes = np.array([q.info.code for q in specs], dtype=np.int64)
-    fpar = np.zeros((len(specs), 2))
-    crit = np.full(len(specs), -1, dtype=np.int64)
-    critics = [V]
-    for e, q in enumerate(specs):
-        p = q.p
-        if q.name == "const_baseline":
-            fpar[e, 0] = p["b"]
-        elif q.name == "optimal_const_baseline":
-            fpar[e, 0] = opt_b
-        elif q.name in ("gae", "td0"):
-            fpar[e, 0] = p.get("lambda", 0.0)
-            if p["critic"] == "exact":
-                crit[e] = 0
-            elif p["critic"] == "perturbed":
-                critics.append(perturbed_critic(V, terminal, p["scale"], p["seed"], finite))
-                crit[e] = len(critics) - 1
-        elif q.name == "importance_sampling":
-            fpar[e, 0] = 1.0 if p["weighted"] else 0.0
-        elif q.name == "entropy_bonus":
-            fpar[e, 0] = p["beta"]
-    return codes, fpar, crit, np.ascontiguousarray(np.stack(critics))
 
 
 @dataclass
@@ -305,7 +133,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     n_k = len(kspecs)
     C_all = np.zeros((K, n_k, mdp.S, mdp.A))
     n_chunks = n_chunks_for(N)
-    item_bytes = max(1, n_k * mdp.S * mdp.A * 8)
+    # per item: the batch statistics, and the weight accumulators unless they go straight into C_all
+    item_bytes = 8 * (K_.N_STATS + (0 if n_chunks == 1 and len(groups) == 1 else n_k * mdp.S * mdp.A))
     block = int(max(1, min(K, ITEM_MEMORY_BUDGET // (n_chunks * item_bytes))))
     proxy_stats = np.zeros((K, K_.N_PROXY)) if proxy else None
     episodes = 0
@@ -345,7 +174,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         Tfit = mdp.horizon if finite else 1
         if backend == "cpu":
             kb = K_
-            _warm(gtabs, seed64, cell64, N)
+            _warm(gtabs, seed64, cell64, N, need_pass1)
         else:
             from pgbench.kernels import cuda as kb
         for k0 in range(0, K, block):
@@ -374,7 +203,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                     with np.errstate(invalid="ignore", divide="ignore"):
                         fit = np.where(fcnt > 0, fsum / np.maximum(fcnt, 1.0), 0.0)
                     b_fitV[:, :Tfit, :] = fit
-            outC = np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
+            direct = n_chunks == 1 and members == list(range(n_k))  # one item per trial: accumulate in place
+            outC = C_all[k0:k0 + nb] if direct else np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
             out_proxy = np.zeros((n_items, K_.N_PROXY if want_proxy else 0))
             kb._score_weights(seed64, cell64, k0, nb, N, n_chunks, *gtabs.sampler(), gtabs.pi, gtabs.logpi,
                               gtabs.pi2sum, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
@@ -383,22 +213,22 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                               K_._log_inv_gamma(gtabs.gamma), outC, out_proxy)
             episodes += nb * N
             seconds += time.perf_counter() - t0
-            C_all[k0:k0 + nb][:, members] = _reduce(outC, nb, n_chunks)
+            if not direct:
+                C_all[k0:k0 + nb][:, members] = _reduce(outC, nb, n_chunks)
             if want_proxy:
                 proxy_stats[k0:k0 + nb] = _reduce(out_proxy, nb, n_chunks)
     C_all /= N
     pol = problem.policy
     d = int(np.prod(th.shape))
-    est = np.zeros((K, len(specs), d))
+    # tabular scores: a trial's gradient has the shape of its weights, so plain estimators in
+    # kernel order are contracted in place (block by block), without a second K x d array
+    in_place = (pol.kind == "tabular" and [j for _, j, _ in plan] == list(range(n_k))
+                and all(kind == "plain" for kind, _, _ in plan))
+    est = C_all.reshape(K, n_k, d) if in_place else np.zeros((K, len(specs), d))
     targets = np.zeros((len(specs), d))
     for r, (sp, (kind, j, jf)) in enumerate(zip(specs, plan)):
-        for k in range(K):
-            g = pol.contract(th, C_all[k, j]).reshape(-1)
-            if kind == "natural":
-                F = pol.fisher(th, C_all[k, jf])
-                g = pol.fisher_solve(th, F, g).reshape(-1)
-            est[k, r] = g
-        targets[r] = _target(problem, th, gt, sp)
+        _trial_gradients(pol, th, C_all[:, j], C_all[:, jf] if kind == "natural" else None, est[:, r])
+        targets[r] = estimator_target(problem, th, gt, sp)
     for r, (kind, j, _) in enumerate(plan):
         if j in direct:
             est[:, r] = direct[j]
@@ -411,33 +241,46 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     return SampleResult(specs, est, targets, seconds, episodes, N, K, extras)
 
 
+CONTRACT_BLOCK_BYTES = 2 ** 18
+
+
+def _trial_gradients(pol, th, Cg: np.ndarray, Cf, out: np.ndarray) -> None:
+    """Score weights (K, S, A) into gradients ``out`` (K, d), vectorised over trials in blocks
+    (bounded temporaries); the natural gradient ``F_k^+ g_k`` where Fisher weights ``Cf`` are given."""
+    K = Cg.shape[0]
+    per = 8 * max(Cg[0].size, out.shape[1]) * (1 if Cf is None else 4 * max(pol.A, out.shape[1]))
+    block = max(1, CONTRACT_BLOCK_BYTES // per)
+    for k0 in range(0, K, block):
+        k1 = min(K, k0 + block)
+        if Cf is None:
+            out[k0:k1] = pol.contract_trials(th, Cg[k0:k1])
+        else:
+            out[k0:k1] = pol.natural_trials(th, Cg[k0:k1], Cf[k0:k1])
+
+
 def _reduce(x: np.ndarray, nb: int, n_chunks: int) -> np.ndarray:
     """Sum item accumulators per trial, chunks in order (the fixed reduction order)."""
+    if n_chunks == 1:  # one item per trial: nothing to add (and no pass over the array)
+        return x
     return x.reshape((nb, n_chunks) + x.shape[1:]).sum(axis=1)
 
 
-def _target(problem, th, gt: GroundTruth, sp: EstimatorSpec) -> np.ndarray:
-    """What an estimator estimates: grad J, grad J_beta, or the natural gradient F^+ grad J."""
-    if sp.name == "entropy_bonus":
-        return exact(problem, th, beta=sp.p["beta"]).grad.reshape(-1)
-    if sp.name == "natural":
-        # F^+ applied to whatever the base estimates (grad J, or grad J_beta for entropy_bonus)
-        base = _target(problem, th, gt, sp.base).reshape(th.shape)
-        return problem.policy.fisher_solve(th, gt.fisher(), base).reshape(-1)
-    return gt.grad.reshape(-1)
-
+_target = estimator_target  # the former private name
 
 _WARMED: set = set()
 
 
-def _warm(t: Tables, seed64, cell64, N) -> None:
-    """Compile (or load from cache) the kernels for these argument types outside the timed region."""
-    key = (t.linear, t.noise_kind)
-    if key in _WARMED:
+def _warm(t: Tables, seed64, cell64, N, pass1: bool = True) -> None:
+    """Compile (or load from cache) the kernels for these argument types outside the timed region;
+    pass 1 only for cells that run it (a cold start compiles only what the cell uses)."""
+    key = (t.linear, t.noise_kind, pass1)
+    if key in _WARMED or (not pass1 and key[:2] + (True,) in _WARMED):
         return
     z = np.zeros
-    K_._batch_stats(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite, t.linear,
-                    t.score, False, t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0, 0)), z((0, 0)))
+    if pass1:
+        K_._batch_stats(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite, t.linear,
+                        t.score, False, t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0, 0)),
+                        z((0, 0)))
     K_._score_weights(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.logpi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite,
                       t.linear, t.score, z(1, np.int64), z((1, 2)), z(1, np.int64), z((1, 1, 1)), z((1, 1)),
                       z((1, 1, 1)), t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0)), False, False,

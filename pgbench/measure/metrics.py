@@ -96,7 +96,8 @@ Test of ``H0: E g_k = g`` (``p_value``, ``test``)
   test; ``unobserved`` counts them and
   ``unobserved_grad_norm`` is the exact gradient's norm there (their bias is in ``bias_norm``).
 
-Cost: the SVD of the centred ``K x d`` trial matrix, ``O(K d min(K, d))``.
+Cost: the SVD of the centred ``K x d`` trial matrix, ``O(K d min(K, d))`` (for large K through
+its Gram matrix, summed trial by trial, so no K x d temporary is made), and ``O(B min(K, 1024) d)`` for the bootstrap.
 """
 from __future__ import annotations
 
@@ -208,6 +209,8 @@ def _check_samples(samples: Any, name: str = "samples") -> np.ndarray:
     if d < 1:
         raise PGBenchError(f"{name} has no coordinates: shape {arr.shape}")
     arr = arr.reshape(K, d)
+    if np.isfinite(arr.sum()):  # the common case, without a K x d mask
+        return arr
     finite = np.isfinite(arr)
     if not finite.all():
         k, j = np.argwhere(~finite)[0]
@@ -290,6 +293,40 @@ def _svd_residuals(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import scipy.linalg as sla
         _, s, Vt = sla.svd(R, full_matrices=False, lapack_driver="gesvd")
     return s, Vt
+
+
+SVD_DIRECT_ELEMENTS = 2 ** 17
+"""Up to this many trial coordinates (1 MB) the SVD runs directly on the centred trials (no
+compiled kernel to build on a cold start); beyond, through the Gram matrix."""
+GRAM_REFINE = 1e-6
+"""Directions whose Gram eigenvalue is below this fraction of the largest get their spread recomputed."""
+
+
+def _svd_centred(X: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_svd_residuals` of ``R = X - m`` without a K x d temporary (or left singular vectors)
+    when K is large against d.
+
+    The Gram matrix ``R^T R`` (summed trial by trial in compiled code) has the right singular vectors of R
+    as eigenvectors and the squared singular values as eigenvalues. Its eigenvalues carry an
+    absolute error of about ``eps lambda_max``, too coarse for the rank decisions on directions
+    whose spread is tiny (tabular scores make exact null directions), so the singular values of
+    those directions are recomputed directly as ``||R v||`` (accurate to ``eps sigma_max``, like
+    the SVD's)."""
+    K, d = X.shape
+    if K <= 8 * d or K * d <= SVD_DIRECT_ELEMENTS:
+        return _svd_residuals(X - m)
+    from pgbench.kernels.bootstrap import direction_norms, gram_centred
+    X = np.ascontiguousarray(X)
+    m = np.ascontiguousarray(m, dtype=float)
+    lam, V = np.linalg.eigh(gram_centred(X, m))
+    lam, V = lam[::-1], V[:, ::-1]
+    s = np.sqrt(np.maximum(lam, 0.0))
+    small = lam < GRAM_REFINE * max(float(lam[0]), 0.0)
+    if small.any():
+        s[small] = direction_norms(X, m, np.ascontiguousarray(V[:, small]))
+        order = np.argsort(-s, kind="stable")
+        s, V = s[order], V[:, order]
+    return s, np.ascontiguousarray(V.T)
 
 
 def _principal_mask(sd_dir: np.ndarray, K: int, d: int, tol: float) -> np.ndarray:
@@ -396,7 +433,7 @@ def _mean_test(X: np.ndarray, target: np.ndarray, scale: float, rtol: float,
     K, d = X.shape
     m = X.mean(axis=0)
     b = m - target
-    s, Vt = svd if svd is not None else _svd_residuals(X - m)
+    s, Vt = svd if svd is not None else _svd_centred(X, m)
     sd_dir = s / math.sqrt(K - 1)  # standard deviations along the principal directions
     tol = rtol * scale
     keep = _principal_mask(sd_dir, K, d, tol)
@@ -430,57 +467,85 @@ def _mean_test(X: np.ndarray, target: np.ndarray, scale: float, rtol: float,
     return float(holm[0]), "holm", r
 
 
+BOOTSTRAP_MAX_ROWS = 1024
+"""The bootstrap resamples at most this many rows: beyond, it resamples group means (below)."""
+
+
+def bootstrap_rows(X: np.ndarray, max_rows: int = BOOTSTRAP_MAX_ROWS) -> np.ndarray:
+    """The rows the bootstrap resamples: the trials themselves when ``K <= max_rows``, else the
+    means of ``G = K // s`` consecutive groups of ``s = ceil(K / max_rows)`` trials (the last
+    ``K - G s < s`` trials left out).
+
+    Group means are iid with the trials' mean, so the test stays exact under H0; the studentised
+    mean of G group means of size s has the same leading skewness term ``gamma / sqrt(G s)`` as
+    that of the ``G s`` trials, so the bootstrap's second-order correction is kept, at a cost
+    ``O(B max_rows d)`` whatever K.
+    """
+    K = X.shape[0]
+    if K <= max_rows:
+        return X
+    s = -(-K // max_rows)
+    G = K // s
+    return X[:G * s].reshape(G, s, X.shape[1]).mean(axis=1)
+
+
 def bootstrap_max_t(X, target, reference=None, B: int = 1999, seed: int = 0, rtol: float = 1e-8,
                     min_observed: int = MIN_OBSERVED) -> dict:
     """Bootstrap max-t test of ``H0: E X_k = target`` for K iid trial estimates ``X`` (K, d).
 
-    ``T = max_j |m_j - target_j| / (s_j / sqrt(K))`` over the tested coordinates; its null
-    distribution is that of ``T* = max_j |m*_j - m_j| / (s*_j / sqrt(K))`` over B resamples of the
-    trials (multinomial weights, so each resample costs two matrix products); ``p = (1 + #{T* >= T})
-    / (B + 1)``. Coordinates where fewer than ``min_observed`` trials of ``X`` (and of
-    ``reference``, trial estimates of a reference estimator on the same episodes, when given) are
-    non-zero are left out (``unobserved``). An observed coordinate with zero spread is known
-    exactly: if its mean misses the target by more than ``rtol * scale`` that is a certain
-    violation (``p = 0``); that catches an estimator that never moves a coordinate the reference's
-    episodes visit.
+    ``T = max_j |m_j - target_j| / (s_j / sqrt(n))`` over the tested coordinates of the n rows
+    of :func:`bootstrap_rows` (the K trials, or group means of them when K is large); its null
+    distribution is that of ``T* = max_j |m*_j - m_j| / (s*_j / sqrt(n))`` over B multinomial
+    resamples of the rows, drawn on the fly in compiled code
+    (:func:`pgbench.kernels.bootstrap.max_t_resamples`: O(B + d) memory, the same result
+    whatever the thread count); ``p = (1 + #{T* >= T}) / (B + 1)``. Coordinates where fewer than
+    ``min_observed`` trials of ``X`` (and of ``reference``, trial estimates of a reference
+    estimator on the same episodes, when given) are non-zero are left out (``unobserved``). An
+    observed coordinate with zero spread is known exactly: if its mean misses the target by more
+    than ``rtol * scale`` that is a certain violation (``p = 0``); that catches an estimator that
+    never moves a coordinate the reference's episodes visit.
     """
-    X = np.asarray(X, dtype=float)
+    from pgbench.kernels.bootstrap import column_moments, max_t_resamples
+    from pgbench.kernels.rng import seed_u64
+    X = np.ascontiguousarray(X, dtype=float)
     K, d = X.shape
     g = np.asarray(target, dtype=float).reshape(d)
-    m = X.mean(axis=0)
+    m, m2, nz, row_max = column_moments(X, g)
     b = m - g
-    sd = X.std(axis=0, ddof=1)
-    scale = max(float(np.linalg.norm(g)), float(np.sqrt((X * X).sum(axis=1)).max()))
+    sd = np.sqrt(m2 / (K - 1))
+    scale = max(float(np.linalg.norm(g)), math.sqrt(row_max))
     tol = rtol * scale + 16 * np.finfo(float).eps * scale
     need = min(min_observed, K)
-    observed = np.count_nonzero(X, axis=0) >= need
+    observed = nz >= need
     if reference is not None:
-        observed |= np.count_nonzero(np.asarray(reference, dtype=float).reshape(K, d), axis=0) >= need
+        ref = np.ascontiguousarray(reference, dtype=float).reshape(K, d)
+        observed |= column_moments(ref, g)[2] >= need
     flat = sd <= rtol * scale
     out = {"test": "bootstrap-max-t", "B": int(B), "unobserved": int((~observed).sum()),
            "unobserved_grad_norm": float(np.linalg.norm(g[~observed]))}
     if np.any(observed & flat & (np.abs(b) > tol)):
         return {**out, "p_value": 0.0, "stat": math.inf, "tested": int((observed & ~flat).sum())}
     tested = observed & ~flat
-    n = int(tested.sum())
-    if n == 0:
+    n_tested = int(tested.sum())
+    if n_tested == 0:
         return {**out, "p_value": 1.0, "stat": 0.0, "tested": 0}
-    se = sd[tested] / math.sqrt(K)
-    t_obs = float(np.max(np.abs(b[tested]) / se))
-    C = X[:, tested] - m[tested]
-    C2 = C * C
-    rng = np.random.default_rng(seed)
-    exceed = 0
-    for b0 in range(0, B, 500):
-        nb = min(500, B - b0)
-        W = rng.multinomial(K, np.full(K, 1.0 / K), size=nb).astype(float)
-        mean = W @ C / K
-        var = (W @ C2 / K - mean * mean) * (K / (K - 1))
-        sd_b = np.sqrt(np.maximum(var, 0.0))
+    Y = bootstrap_rows(X)
+    if Y is not X:  # group means: the statistic and its resamples on the same rows
+        Y = np.ascontiguousarray(Y[:, tested])
+        n = Y.shape[0]
+        mY = Y.mean(axis=0)
+        se = Y.std(axis=0, ddof=1) / math.sqrt(n)
+        bt = mY - g[tested]
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(sd_b > 0, np.abs(mean) / (sd_b / math.sqrt(K)), 0.0)
-        exceed += int(np.sum(t.max(axis=1) >= t_obs * (1 - 1e-12)))
-    return {**out, "p_value": (1 + exceed) / (B + 1), "stat": t_obs, "tested": n}
+            t_obs = float(np.max(np.where(se > 0, np.abs(bt) / se, np.where(np.abs(bt) > tol, np.inf, 0.0))))
+        C = Y - mY
+    else:
+        se = sd[tested] / math.sqrt(K)
+        t_obs = float(np.max(np.abs(b[tested]) / se))
+        C = X[:, tested] - m[tested]
+    t_star = max_t_resamples(np.ascontiguousarray(C), seed_u64(seed), int(B))
+    exceed = int(np.sum(t_star >= t_obs * (1 - 1e-12)))
+    return {**out, "p_value": (1 + exceed) / (B + 1), "stat": t_obs, "tested": n_tested, "rows": int(C.shape[0])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,34 +585,30 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     K, d = X.shape
     g = _check_exact(exact, np.shape(samples)[1:], d)
 
-    m = X.mean(axis=0)
+    # per-column and per-trial sums in compiled loops: no K x d temporary, no per-trial array
+    from pgbench.kernels.bootstrap import column_moments, row_sums
+    X = np.ascontiguousarray(X)
+    m, m2, nz, _ = column_moments(X, g)
     b = m - g
-    R = X - m
-    E = X - g
-    q = np.einsum("kj,kj->k", R, R)  # ||g_k - m||^2
-    err2 = np.einsum("kj,kj->k", E, E)  # ||g_k - g||^2
     norm_g = float(np.linalg.norm(g))
-    norms = np.sqrt(np.einsum("kj,kj->k", X, X))
-    scale = max(norm_g, float(norms.max()))
+    sq, se_, sc, dq, de, dc, srb2, nmax = row_sums(X, m, g, norm_g)
+    scale = max(norm_g, math.sqrt(nmax))
 
-    variance = float(q.sum() / (K - 1))
-    variance_se = _variance_se(q)
-    mse = float(err2.mean())
-    mse_se = _mean_se(err2)
-
-    denom = norms * norm_g
-    safe = np.where(denom > 0.0, denom, 1.0)
-    cos = np.clip(np.where(denom > 0.0, (X @ g) / safe, 0.0), -1.0, 1.0)
-    cosine = float(cos.mean())
-    cosine_se = _mean_se(cos)
+    # q_k = ||g_k - m||^2, err2_k = ||g_k - g||^2, cos_k = cos(g_k, g): means and spreads
+    variance = float(sq / (K - 1))
+    variance_se = math.sqrt(K * dq / ((K - 1) * (K - 2) ** 2)) if K >= 3 else math.nan
+    mse = float(se_ / K)
+    mse_se = math.sqrt(de / (K - 1)) / math.sqrt(K)
+    cosine = float(sc / K)
+    cosine_se = math.sqrt(dc / (K - 1)) / math.sqrt(K)
     lo_c, hi_c = _t_ci(cosine, cosine_se, K, level)
 
     # bias norm: second-order delta method on ||b||^2, and the inverted CI
-    s, Vt = _svd_residuals(R)
+    s, Vt = _svd_centred(X, m)
     bias_norm = float(np.linalg.norm(b))
     tr_Sm = variance / K
     tr_Sm2 = _trace_sigma_sq(s, K) / (K * K)
-    bSb = float(np.sum((R @ b) ** 2)) / ((K - 1) * K)  # b^T S_m b
+    bSb = float(srb2) / ((K - 1) * K)  # b^T S_m b
     sd_sq = math.sqrt(max(4.0 * bSb - 2.0 * tr_Sm2, 2.0 * tr_Sm2))  # sd of ||b||^2
     mean_sq = max(bias_norm ** 2, tr_Sm)  # E ||b||^2
     bias_norm_se = sd_sq / (2.0 * math.sqrt(mean_sq)) if mean_sq > 0.0 else 0.0
@@ -568,7 +629,7 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     # no sampling information and a t-test on a handful of non-zeros is meaningless (it turns a
     # rare state into a certain "rejection"); they are left out of the test and reported
     # instead (the bias norm still includes them).
-    observed = np.count_nonzero(X, axis=0) >= min(MIN_OBSERVED, K)
+    observed = nz >= min(MIN_OBSERVED, K)
     if observed.all():
         p_value, test, rank = _mean_test(X, g, scale, rtol, svd=(s, Vt))
     elif observed.any():
@@ -592,7 +653,7 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
         "level": level,
         "rank": rank,
         "mean": m,
-        "mean_se": X.std(axis=0, ddof=1) / math.sqrt(K),
+        "mean_se": np.sqrt(m2 / (K - 1)) / math.sqrt(K),
         "bias": b,
         "grad_norm": norm_g,
         "bias_norm": bias_norm,
@@ -655,8 +716,11 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
     g = _check_exact(exact, shape_a[1:], d)
     z = _z(level)
 
-    ea = np.einsum("kj,kj->k", A - g, A - g)
-    eb = np.einsum("kj,kj->k", B - g, B - g)
+    from pgbench.kernels.bootstrap import column_moments, row_terms
+    A, B = np.ascontiguousarray(A), np.ascontiguousarray(B)
+    ta = row_terms(A, column_moments(A, g)[0], g)  # per trial, no K x d temporaries
+    tb = row_terms(B, column_moments(B, g)[0], g)
+    ea, eb = ta[1], tb[1]
     delta = ea - eb
     mse_diff = float(delta.mean())
     mse_diff_se = _mean_se(delta)
@@ -665,9 +729,7 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
     else:
         mse_diff_p = 1.0 if mse_diff == 0.0 else 0.0
 
-    Ra, Rb = A - A.mean(axis=0), B - B.mean(axis=0)
-    qa = np.einsum("kj,kj->k", Ra, Ra)
-    qb = np.einsum("kj,kj->k", Rb, Rb)
+    qa, qb = ta[0], tb[0]
     va, vb = float(qa.sum() / (K - 1)), float(qb.sum() / (K - 1))
     if vb > 0.0:
         ratio = va / vb
@@ -689,8 +751,7 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
         ratio_ci, ratio_p = (math.nan, math.nan), math.nan
 
     D = A - B
-    scale = max(float(np.linalg.norm(g)), float(np.sqrt(np.einsum("kj,kj->k", A, A)).max()),
-                float(np.sqrt(np.einsum("kj,kj->k", B, B)).max()))
+    scale = max(float(np.linalg.norm(g)), math.sqrt(float(ta[2].max())), math.sqrt(float(tb[2].max())))
     p_value, test, rank = _mean_test(D, np.zeros(d), scale, rtol)
     mean_diff = D.mean(axis=0)
 

@@ -80,6 +80,16 @@ class SoftmaxPolicy:
         """The Fisher from :meth:`fisher` as a dense (d, d) matrix (tests, small problems)."""
         raise NotImplementedError
 
+    def contract_trials(self, theta, C: np.ndarray) -> np.ndarray:
+        """:meth:`contract` of each of K weight tables ``C`` (K, S, A), as one (K, d) array."""
+        return np.stack([self.contract(theta, c).reshape(-1) for c in C]).reshape(len(C), self.dim)
+
+    def natural_trials(self, theta, Cg: np.ndarray, Cf: np.ndarray) -> np.ndarray:
+        """``F_k^+ g_k`` per trial, with ``g_k`` from weights ``Cg[k]`` and the Fisher ``F_k`` from
+        ``Cf[k]`` (both (K, S, A)); (K, d)."""
+        return np.stack([self.fisher_solve(theta, self.fisher(theta, f), self.contract(theta, c)).reshape(-1)
+                         for c, f in zip(Cg, Cf)]).reshape(len(Cg), self.dim)
+
 
 class TabularSoftmax(SoftmaxPolicy):
     """``pi(a|s) = softmax(theta[s])``; score ``e_a - pi(.|s)`` in row s (zero elsewhere)."""
@@ -123,6 +133,22 @@ class TabularSoftmax(SoftmaxPolicy):
         g = np.asarray(g).reshape(self.S, self.A)
         # per-state blocks are tiny (A x A): a batched pseudo-inverse is exact and cheap
         return np.einsum("sab,sb->sa", np.linalg.pinv(F, rcond=1e-10, hermitian=True), g)
+
+    def contract_trials(self, theta, C):
+        pi = self.probs(theta)
+        return (C - pi * C.sum(axis=2, keepdims=True)).reshape(C.shape[0], -1)
+
+    def natural_trials(self, theta, Cg, Cf):
+        # the per-state blocks of fisher and fisher_solve, stacked over the trials
+        p = self.probs(theta)
+        g = Cg - p * Cg.sum(axis=2, keepdims=True)
+        c = Cf.sum(axis=2)
+        F = -Cf[:, :, :, None] * p[:, None, :]
+        F = F + np.swapaxes(F, 2, 3)
+        F += c[:, :, None, None] * p[:, :, None] * p[:, None, :]
+        idx = np.arange(self.A)
+        F[:, :, idx, idx] += Cf
+        return np.einsum("ksab,ksb->ksa", np.linalg.pinv(F, rcond=1e-10, hermitian=True), g).reshape(len(Cg), -1)
 
     def fisher_dense(self, F):
         S, A = self.S, self.A
@@ -172,6 +198,16 @@ class LinearSoftmax(SoftmaxPolicy):
 
     def fisher_solve(self, theta, F, g):
         return np.linalg.pinv(F, rcond=1e-10, hermitian=True) @ np.asarray(g).reshape(self.d)
+
+    def contract_trials(self, theta, C):
+        pi = self.probs(theta)
+        return (np.einsum("ksa,sad->kd", C, self.features)
+                - np.einsum("ks,sa,sad->kd", C.sum(axis=2), pi, self.features))
+
+    def natural_trials(self, theta, Cg, Cf):
+        g = self.score_table(theta)
+        F = np.einsum("ksa,sad,sae->kde", Cf, g, g)
+        return np.einsum("kde,ke->kd", np.linalg.pinv(F, rcond=1e-10, hermitian=True), self.contract_trials(theta, Cg))
 
     def fisher_dense(self, F):
         return F
