@@ -33,6 +33,14 @@ P_MIN = 1e-6
 # comparisons per full run, so 6 standard errors is a Bonferroni bound at a family-wise 1e-6 under
 # normality (a failure means the sampler, the estimator code or the exact moments are wrong).
 Z_EXACT = 6.0
+# The z-score of a measured variance is only as good as its standard error, which comes from the
+# sample's own fourth moment. Heavy-tailed trial estimates (rare large returns: chain, importance
+# weights) hide their tail from K trials: the sample variance then lies below the exact one and
+# its standard error is too small by the same cause, so the z-score says nothing. Such samples
+# announce themselves by a relative standard error far above the light-tailed sqrt(2/K)
+# (chi-square with one degree of freedom, a light-tailed worst case); past HEAVY_TAIL times that,
+# the comparison is not asserted (the record and the report keep both values side by side).
+HEAVY_TAIL = 2.0
 
 FINITE = ("bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se", "exact_grad_norm", "p_value")
 
@@ -65,7 +73,8 @@ def test_cell(pgbench_cell, suite_cell):
                             f"({r['p_test']}; |bias| = {r['bias_norm']:.3g} ± {r['bias_norm_se']:.2g})")
         for col in ("variance", "mse"):
             ex, v, se = r.get(f"exact_{col}"), r.get(col), r.get(f"{col}_se")
-            if _finite(ex) and _finite(v) and _finite(se) and abs(v - ex) > Z_EXACT * se:
+            heavy = _finite(v) and _finite(se) and v > 0 and se / v > HEAVY_TAIL * (2.0 / rec["K"]) ** 0.5
+            if _finite(ex) and _finite(v) and _finite(se) and abs(v - ex) > Z_EXACT * se and not heavy:
                 problems.append(f"{r['estimator']}: measured {col} {v:.6g} is {abs(v - ex) / se:.1f} standard errors "
                                 f"from the exact {ex:.6g}")
     assert not problems, f"{rec['cell']} (K={rec['K']}, seed={rec['seed']}):\n  " + "\n  ".join(problems)

@@ -654,7 +654,7 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
 
 def _critics(prob, specs, V) -> dict:
     """The critic table of every gae/td0 estimator (by its index): exact V or the engine's perturbed V."""
-    from pgbench.measure.engine import perturbed_critic
+    from pgbench.kernels.tables import perturbed_critic
     mdp = prob.mdp
     return {j: V if sp.p["critic"] == "exact" else
             perturbed_critic(V, mdp.terminal, sp.p["scale"], sp.p["seed"], mdp.horizon is not None)
@@ -663,7 +663,7 @@ def _critics(prob, specs, V) -> dict:
 
 def _behaviours(prob, specs, th) -> dict:
     """The behaviour policy mu of every importance_sampling estimator (by its index)."""
-    from pgbench.measure.engine import behaviour_policy
+    from pgbench.kernels.tables import behaviour_policy
     pi = prob.policy.probs(th)
     return {j: behaviour_policy(pi, sp) for j, sp in enumerate(specs) if sp.name == "importance_sampling"}
 
@@ -672,7 +672,7 @@ def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments
     """:func:`exact_moments` by the dynamic programme of :mod:`pgbench.exact.dp`."""
     from pgbench.exact import exact
     from pgbench.exact import dp
-    from pgbench.measure.engine import oracle_tables
+    from pgbench.kernels.tables import oracle_tables
 
     for sp in specs:
         why = dp.why_not(sp)
@@ -712,7 +712,7 @@ def variance_decomposition(problem, estimators, batch: int = 1, theta=None, max_
     import pandas as pd
 
     from pgbench.exact import dp, exact
-    from pgbench.measure.engine import oracle_tables
+    from pgbench.kernels.tables import oracle_tables
     from pgbench.problems.registry import make
 
     prob = make(problem) if isinstance(problem, str) else problem
