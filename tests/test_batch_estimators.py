@@ -175,6 +175,68 @@ def _count_ends_py(b):
     return psi
 
 
+def test_psi_fold_is_bincount_bit_for_bit():
+    """The compiled fold of a block's psi into score weights against np.bincount over each
+    trial's flattened steps (the former per-trial path): the same bits; NaN on padded steps is
+    ignored, NaN on a step taken flags that trial only."""
+    from pgbench.kernels.mdp import _psi_weights
+    rng = np.random.default_rng(5)
+    n, N, T, S, A = 6, 7, 9, 5, 3
+    lengths = rng.integers(0, T + 1, (n, N))
+    states = rng.integers(0, S, (n, N, T + 1))
+    actions = rng.integers(0, A, (n, N, T))
+    pad = np.arange(T)[None, None, :] >= lengths[:, :, None]
+    actions[pad] = -1
+    psi = rng.normal(size=(n, N, T)) * 10.0 ** rng.integers(-8, 8, (n, N, T))
+    psi[pad] = np.nan
+    C = np.full((n, S, A), 7.0)
+    bad = _psi_weights(states, actions, lengths, psi, C)
+    assert not bad.any()
+    for k in range(n):
+        slot = np.where(actions[k] >= 0, states[k, :, :T] * A + actions[k], S * A)
+        ref = np.bincount(slot.ravel(), weights=np.where(pad[k], 0.0, psi[k]).ravel(), minlength=S * A + 1)
+        assert np.array_equal(C[k], ref[:S * A].reshape(S, A))
+    k_nan = int(np.argmax(lengths.max(axis=1) > 0))
+    i, = np.nonzero(lengths[k_nan] > 0)
+    psi[k_nan, i[0], 0] = np.inf
+    assert list(np.nonzero(_psi_weights(states, actions, lengths, psi, C))[0]) == [k_nan]
+
+
+def test_earliest_trial_at_fault_is_reported(registered):
+    """psi is checked for NaN a block at a time: a NaN in trial 1 is still reported before a later
+    trial's exception or wrong shape."""
+    def faulty(later):
+        calls = []
+
+        def f(batch):
+            calls.append(None)
+            if len(calls) == 2:
+                return np.full(batch.actions.shape, np.nan)
+            if len(calls) == 4:
+                return later(batch)
+            return np.zeros(batch.actions.shape)
+        return f
+
+    def boom(batch):
+        raise ZeroDivisionError("later bug")
+
+    for name, later in (("t_late_raise", boom), ("t_late_shape", lambda b: np.zeros((b.N, 1)))):
+        registered(name, faulty(later))
+        with pytest.raises(PGBenchError, match=rf"'{name}' on problem 'three_step_bandit' returned a non-finite "
+                                               r"psi \(NaN or inf\) in trial 1$"):
+            sample_mdp(make("three_step_bandit"), [name], N=3, K=6, seed=0)
+    calls = []
+
+    def late_only(batch):  # without the NaN, the later exception surfaces as itself
+        calls.append(None)
+        return boom(batch) if len(calls) == 4 else np.zeros(batch.actions.shape)
+
+    registered("t_late_alone", late_only)
+    with pytest.raises(ZeroDivisionError, match="later bug"):
+        sample_mdp(make("three_step_bandit"), ["t_late_alone"], N=3, K=6, seed=0)
+
+
+
 def _end_counts(problem, N=300):
     """Episodes per end code seen by a 10-argument numba function and by a Python batch estimator."""
     from pgbench.exact import exact

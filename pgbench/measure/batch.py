@@ -3,8 +3,8 @@
 Episodes are materialised per block of trials by :func:`pgbench.kernels.mdp._episodes` (the
 built-ins' streams, in parallel, into buffers reused from block to block); the user's function
 then runs on this thread for trial 0, 1, 2, ... in order, so its output does not depend on the
-numba thread count. ``psi`` weights are folded into score weights ``C[s, a]`` in a fixed
-order (``np.bincount``).
+numba thread count. The psi of a block of trials are folded into score weights ``C[s, a]`` by
+one compiled call, each trial's steps added in a fixed order (``np.bincount``'s).
 """
 from __future__ import annotations
 
@@ -14,27 +14,33 @@ from pgbench.errors import PGBenchError
 from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, as_array
 from pgbench.kernels import mdp as K_
 
-BLOCK_BYTES = 32 * 2 ** 20  # padded episode arrays of one block (few large parallel regions: each waits for its slowest thread)
+BLOCK_BYTES = 4 * 2 ** 20
+"""Padded episode arrays (and psi) of one block of trials: small enough to stay in cache between
+the sampler writing them and the user's function reading them (32 MiB blocks were 2x slower a
+trial), large enough that the parallel launches are few."""
 
 
-def episode_blocks(t, seed64, cell64, N: int, K: int):
-    """Yield ``(k0, states, actions, rewards, lengths, terminated, slot)`` for blocks of trials
-    (the arrays are overwritten by the next block: copy what must outlive it)."""
+def episode_blocks(t, seed64, cell64, N: int, K: int, block: int | None = None):
+    """Yield ``(k0, states, actions, rewards, lengths, terminated)`` for blocks of trials, as
+    read-only views (overwritten by the next block: copy what must outlive it)."""
     cap = t.cap
-    S, A = t.pi.shape
-    block = int(max(1, min(K, BLOCK_BYTES // (N * (4 * cap + 3) * 8))))
+    if block is None:
+        block = block_size(N, cap, K)
     states = np.empty((block, N, cap + 1), np.int64)
     actions = np.empty((block, N, cap), np.int64)
     rewards = np.empty((block, N, cap))
-    slot = np.empty((block, N, cap), np.int64)
     lengths = np.empty((block, N), np.int64)
     ended = np.empty((block, N), np.int64)
     for k0 in range(0, K, block):
         nb = min(block, K - k0)
-        K_._episodes(seed64, cell64, k0, nb, N, *t.sampler(), t.terminal, cap, A, states, actions, rewards,
-                     lengths, ended, slot)
-        yield (k0, *(_read_only(x[:nb]) for x in (states, actions, rewards, lengths)), ended[:nb].astype(bool),
-               slot[:nb])
+        K_._episodes(seed64, cell64, k0, nb, N, *t.sampler(), t.terminal, cap, states, actions, rewards,
+                     lengths, ended)
+        yield (k0, *(_read_only(x[:nb]) for x in (states, actions, rewards, lengths)), ended[:nb].astype(bool))
+
+
+def block_size(N: int, cap: int, K: int) -> int:
+    """Trials per block: states, actions, rewards and psi of N episodes padded to cap steps."""
+    return int(max(1, min(K, BLOCK_BYTES // (N * (4 * cap + 3) * 8))))
 
 
 def _read_only(x: np.ndarray) -> np.ndarray:
@@ -52,20 +58,17 @@ def batch_function(spec):
     return function(spec)
 
 
-def checked_estimate(res, returns: str, actions, slot, S: int, A: int, d: int, where: str, k: int) -> np.ndarray:
-    """The user's output as score weights C (S, A) summed over the batch (``psi``) or as the
-    gradient (d,) (``grad``), after checking its type, shape and finiteness."""
+def checked_output(res, returns: str, shape: tuple, d: int, where: str, k: int) -> np.ndarray:
+    """The user's output as a float64 array after checking its type and shape: psi (N, T), or
+    the gradient (d,) (also checked finite; psi's finiteness is checked on the steps taken, by
+    :func:`psi_weights`)."""
     arr = as_array(res)
     if arr is None:
         raise PGBenchError(f"{where} returned {type(res).__name__}, not an array")
     if returns == "psi":
-        if arr.shape != actions.shape:
-            raise PGBenchError(f"{where} returned psi of shape {arr.shape}; expected (N, T) = {actions.shape}")
-        # padded steps land in the spare bin S A, dropped: whatever psi holds there is ignored
-        C = np.bincount(slot.reshape(-1), weights=arr.reshape(-1), minlength=S * A + 1)[:S * A]
-        if not np.all(np.isfinite(C)) and not np.all(np.isfinite(arr[actions >= 0])):
-            raise PGBenchError(f"{where} returned a non-finite psi (NaN or inf) in trial {k}")
-        return C.reshape(S, A)
+        if arr.shape != shape:
+            raise PGBenchError(f"{where} returned psi of shape {arr.shape}; expected (N, T) = {shape}")
+        return arr
     if arr.size != d or arr.ndim not in (1, 2):
         raise PGBenchError(f"{where} returned a gradient of shape {arr.shape}; expected ({d},)")
     if not np.all(np.isfinite(arr)):
@@ -73,28 +76,74 @@ def checked_estimate(res, returns: str, actions, slot, S: int, A: int, d: int, w
     return arr.reshape(-1)
 
 
+def psi_weights(states, actions, lengths, psi, C, where: str, k0: int) -> None:
+    """Fold the per-step weights psi (n, N, T) of trials ``k0 ..`` into score weights C (n, S, A)
+    summed over each batch (padded steps ignored); a non-finite psi on a step taken is an error
+    naming the first such trial."""
+    if len(psi) == 0:
+        return
+    bad = K_._psi_weights(states, actions, lengths, psi, C)
+    if bad.any():
+        raise PGBenchError(f"{where} returned a non-finite psi (NaN or inf) in trial {k0 + int(np.argmax(bad))}")
+
+
+class _Trials:
+    """Batches of one block's trials: the fields shared by every trial are filled once, the
+    per-trial views are swapped in (a fresh Batch each call, so one kept by the user stays valid)."""
+
+    def __init__(self, **common):
+        self.common = common
+
+    def batch(self, states, actions, rewards, lengths, terminated, truncated) -> Batch:
+        b = object.__new__(Batch)  # a frozen dataclass: fill its __dict__ without 13 checked setattrs
+        d = b.__dict__
+        d.update(self.common)
+        d["states"], d["actions"], d["rewards"] = states, actions, rewards
+        d["lengths"], d["terminated"], d["truncated"] = lengths, terminated, truncated
+        return b
+
+
 def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizon=None):
     """``(kind, out)``: kind ``"psi"`` with score weights (K, S, A) summed over the batch (not yet
-    divided by N), or ``"grad"`` with the estimates (K, d)."""
+    divided by N), or ``"grad"`` with the estimates (K, d).
+
+    The user's function runs trial after trial on this thread; its psi are gathered for a block of
+    trials and folded into score weights in one compiled call (each trial in a fixed order). An
+    error is raised for the earliest trial at fault (a non-finite psi of an earlier trial of the
+    block is reported before a later trial's wrong output or exception)."""
     fn, returns = batch_function(spec)
     S, A = t.pi.shape
     d = int(th.size)
     want_psi = returns == "psi"
     out = np.zeros((K, S, A)) if want_psi else np.zeros((K, d))
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
-    pi, V, Q = _read_only(t.pi), _read_only(V), _read_only(Q)
-    for k0, states, actions, rewards, lengths, term, slot in episode_blocks(t, seed64, cell64, N, K):
-        for b in range(states.shape[0]):
-            k = k0 + b
-            batch = Batch(states=states[b], actions=actions[b], rewards=rewards[b], lengths=lengths[b],
-                          terminated=term[b], truncated=~term[b], gamma=t.gamma, pi=pi, V=V, Q=Q, theta=th,
-                          policy=problem.policy, horizon=horizon)
-            try:
-                res = fn(batch)
-            except Exception as exc:
-                exc.add_note(f"raised by {where} (trial {k})")
-                raise
-            out[k] = checked_estimate(res, returns, actions[b], slot[b], S, A, d, where, k)
+    trials = _Trials(gamma=t.gamma, pi=_read_only(t.pi), V=_read_only(V), Q=_read_only(Q), theta=th,
+                     policy=problem.policy, horizon=horizon)
+    block = block_size(N, t.cap, K)
+    psi = np.empty((block, N, t.cap)) if want_psi else None
+    shape = (N, t.cap)
+    for k0, states, actions, rewards, lengths, term in episode_blocks(t, seed64, cell64, N, K, block):
+        nb = states.shape[0]
+        trunc = ~term
+        b = 0
+        try:
+            for b in range(nb):
+                batch = trials.batch(states[b], actions[b], rewards[b], lengths[b], term[b], trunc[b])
+                try:
+                    res = fn(batch)
+                except Exception as exc:
+                    exc.add_note(f"raised by {where} (trial {k0 + b})")
+                    raise
+                if want_psi:
+                    psi[b] = checked_output(res, returns, shape, d, where, k0 + b)
+                else:
+                    out[k0 + b] = checked_output(res, returns, shape, d, where, k0 + b)
+        except Exception:
+            if want_psi:  # the earlier trials' errors first
+                psi_weights(states[:b], actions[:b], lengths[:b], psi[:b], out[k0:k0 + b], where, k0)
+            raise
+        if want_psi:
+            psi_weights(states, actions, lengths, psi[:nb], out[k0:k0 + nb], where, k0)
     return returns, out
 
 
@@ -204,10 +253,10 @@ def _evaluate_once(spec, problem, th, pi, V, Q, states, actions, rewards, length
     fn, returns = batch_function(spec)
     batch = Batch(states=states, actions=actions, rewards=rewards, lengths=lengths, terminated=term,
                   truncated=~term, gamma=gamma, pi=pi, V=V, Q=Q, theta=th, policy=problem.policy, horizon=horizon)
-    S, A = pi.shape
-    slot = np.where(actions >= 0, np.maximum(states[:, :-1], 0) * A + actions, S * A)
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
-    out = checked_estimate(fn(batch), returns, actions, slot, S, A, int(th.size), where, 0)
+    out = checked_output(fn(batch), returns, actions.shape, int(th.size), where, 0)
     if returns == "grad":
         return out
-    return problem.policy.contract(th, out / states.shape[0]).reshape(-1)
+    C = np.zeros((1,) + pi.shape)
+    psi_weights(states[None], actions[None], lengths[None], out[None], C, where, 0)
+    return problem.policy.contract(th, C[0] / states.shape[0]).reshape(-1)
