@@ -612,8 +612,57 @@ def horizon(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict
     return fig
 
 
+# ----------------------------------------------------------------------------- exact variance decomposition
+
+DECOMPOSITION_PARTS = (("state", "start state and transitions", "#4c72b0"),
+                       ("action", "action sampling", "#dd8452"),
+                       ("noise", "reward noise", "#55a868"))
+
+
+def variance_decomposition(parts: list, suite: Optional[str] = None, cell: Optional[str] = None) -> Figure:
+    """The exact variance of each estimator split into start state and transitions, action
+    sampling and reward noise (``pgbench.exact.moments.variance_decomposition``): left, the
+    parts stacked as shares of each estimator's variance; right, the
+    total exact variance on a log axis, so that estimators of very different variance compare."""
+    rows = [r for r in (parts or []) if isinstance(r, dict)
+            and all(_is_finite(r.get(k)) for k in ("variance", "state", "action", "noise"))]
+    if not rows:
+        raise PGBenchError("variance_decomposition needs rows with finite 'variance', 'state', 'action', 'noise'")
+    labels = [str(r["estimator"]) for r in rows]
+    total = np.array([float(r["variance"]) for r in rows])
+    fig = _new_figure(11.0, 0.9 + 0.42 * len(rows))
+    ax, ax2 = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
+    y = np.arange(len(rows))[::-1]
+    left = np.zeros(len(rows))
+    for key, name, colour in DECOMPOSITION_PARTS:
+        share = np.array([max(float(r[key]), 0.0) for r in rows]) / np.where(total > 0, total, 1.0)
+        ax.barh(y, share, left=left, color=colour, label=name, height=0.7)
+        left += share
+    ax.set_xlim(0, 1)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel("share of the exact variance")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
+    ax2.barh(y, np.where(total > 0, total, np.nan), color="dimgrey", height=0.7)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("exact variance  tr Cov(g_hat)")
+    ax2.grid(True, axis="x", which="both", alpha=0.3)
+    head = _title(suite or "", "exact variance decomposition") + (f"  [{cell}]" if cell else "")
+    fig.suptitle(head, fontsize=12)
+    return fig
+
+
+def _is_finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
 FIGURES = {"variance_vs_N": variance_vs_n, "bias_variance": bias_variance, "efficiency": efficiency,
-           "gae_lambda": gae_lambda, "proxy": proxy_scatter, "horizon": horizon}
+           "gae_lambda": gae_lambda, "proxy": proxy_scatter, "horizon": horizon,
+           "variance_decomposition": variance_decomposition}
 """The figure names suites list in ``Suite.figures`` and the functions that draw them."""
 
 

@@ -594,6 +594,15 @@ def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: p
                                  lambda r=r, corr=corr: F.proxy_scatter(r["scatter"], corr, sid, r["cell"])))
             if not jobs:
                 doc.p(Inline(f"Figure 'proxy': no per-episode scatter data in this suite's cells."))
+        elif name == "variance_decomposition":
+            for r in recs:
+                if r.get("variance_decomposition"):
+                    jobs.append((f"{_slug(r['cell'])}-variance_decomposition.png",
+                                 f"{r['cell']}: exact variance decomposition",
+                                 lambda r=r: F.variance_decomposition(r["variance_decomposition"], sid, r["cell"])))
+            if not jobs:
+                doc.p(Inline("Figure 'variance_decomposition': no exact decomposition in this suite's cells "
+                             "(cells run before it existed, or no per-step estimator the moment DP covers)."))
         elif name in F.FAMILY_FIGURES:
             fam = sid.rsplit("/", 1)[0]
             members = [s for s in (suites or [sid]) if s.rsplit("/", 1)[0] == fam]
