@@ -26,7 +26,7 @@ DP_PER_EPISODE = ["reinforce", "reinforce_rtg", "rtg_no_gamma_t", "const_baselin
                   "gae:lambda=1.0,critic=perturbed,scale=0.5", "td0:critic=perturbed,scale=0.3,seed=2",
                   "geometric_termination", "entropy_bonus:beta=0.1", "importance_sampling",
                   "importance_sampling:mu=mix,eps=0.3"]
-DP_IN_BATCH = ["rloo", "batch_mean_baseline"]
+DP_IN_BATCH = ["rloo", "batch_mean_baseline", "time_baseline_loo"]
 UNBIASED = [n for n in DP_PER_EPISODE if n != "rtg_no_gamma_t" and "perturbed" not in n]
 
 
@@ -71,7 +71,8 @@ def test_dp_agrees_with_enumeration_for_every_per_episode_estimator(key):
 @pytest.mark.parametrize("key, N", [(k, 2) for k in TINY] + [("three_step_bandit", 3), ("dag_unbounded", 3),
                                                              ("three_step_bandit", 4)])
 def test_dp_in_batch_estimators_agree_with_enumeration_over_batches(key, N):
-    """rloo and batch_mean_baseline at batch N from per-episode joint moments (U-statistics)."""
+    """rloo and batch_mean_baseline at batch N from per-episode joint moments (U-statistics);
+    time_baseline_loo from per-step moments and sums over pairs of steps."""
     prob = problem(key)
     en = M.exact_moments(prob, DP_IN_BATCH, batch=N, method="enumerate", limit=10 ** 6)
     em = M.exact_moments(prob, DP_IN_BATCH, batch=N, method="dp")
@@ -82,6 +83,19 @@ def test_dp_in_batch_estimators_agree_with_enumeration_over_batches(key, N):
     gt = exact(prob).grad.reshape(-1)
     assert _close(em.mean[0], gt)  # rloo: unbiased
     assert _close(em.mean[1], (1 - 1 / N) * gt)  # batch mean: shrunk by exactly 1 - 1/N
+    assert _close(em.mean[2], gt)  # time_baseline_loo: unbiased
+
+
+@pytest.mark.parametrize("key", ["capped", "terminal_finite_linear", "dag_unbounded_linear"])
+def test_time_baseline_loo_agrees_with_enumeration_with_a_cap_terminal_states_and_linear_softmax(key):
+    """The leave-one-out time baseline sums G_t = 0 after an episode ends, as the sampling kernel
+    does; a cap that cuts episodes, terminal states and linear scores change no formula."""
+    prob = _get(key)
+    en = M.exact_moments(prob, ["time_baseline_loo"], batch=2, method="enumerate", limit=10 ** 6)
+    em = M.exact_moments(prob, ["time_baseline_loo"], batch=2, method="dp")
+    assert _close(em.mean[0], en.mean[0])
+    assert _close(em.variance[0], en.variance[0]), (em.variance[0], en.variance[0])
+    assert _close(em.mse[0], en.mse[0])
 
 
 def test_auto_prefers_the_dp_and_falls_back_to_enumeration():
@@ -183,7 +197,7 @@ def test_measure_gets_exact_columns_from_the_dp_on_problems_too_big_to_enumerate
 @pytest.mark.parametrize("est, words", [("w_baseline", "ratio of batch sums"),
                                         ("importance_sampling:weighted=1", "batch sums"),
                                         ("gae:critic=fitted", "fitted critic"),
-                                        ("time_baseline_loo", "pairs of times")])
+                                        ("w_baseline_loo", "ratio of batch sums")])
 def test_estimators_outside_the_dp_are_refused_clearly(est, words):
     with pytest.raises(PGBenchError, match=words):
         M.exact_moments("three_step_bandit", [est], batch=2, method="dp")

@@ -78,7 +78,7 @@ def synthetic_records() -> list[dict]:
     for N in (1, 16, 256):
         ests = [("reinforce", 3.0), ("reinforce_rtg", 1.7), ("value_baseline", 0.7)]
         ests += [("rloo", 1.0)] if N > 1 else []
-        rows = [_row(e, N, var=v, exact=(1.0 if e != "rloo" else 0.0), rng=rng) for e, v in ests]
+        rows = [_row(e, N, var=v, exact=(1.03 if e != "rloo" else 0.0), rng=rng) for e, v in ests]
         recs.append(_record("ladder/three-step-bandit", N, rows, ["variance_vs_N", "bias_variance"]))
     # baselines: a claimed-unbiased estimator with detected bias, a biased one (expected), proxy + scatter
     rows = [_row("reinforce", 16, var=16.0, rng=rng),
@@ -103,7 +103,13 @@ def synthetic_records() -> list[dict]:
         var = 30.0 if lab == "reinforce_rtg" else 0.25 + lam ** 4
         rows.append(_row(lab, 16, K=80, unbiased=not biased, bias=bias, var=var, p=1e-9 if bias > 0.02 else 0.4,
                          rng=rng))
-    recs.append(_record("gae/garnet-10", 16, rows, ["gae_lambda"], K=80))
+    decomposition = [{"estimator": "reinforce_rtg", "N": 16, "variance": 2.0, "state": 1.5, "action": 0.3, "noise": 0.2},
+                     {"estimator": "gae:lambda=0.5", "N": 16, "variance": 0.04, "state": 0.01, "action": 0.01,
+                      "noise": 0.02},
+                     {"estimator": "gae:lambda=0.9,critic=fitted", "N": 16, "variance": 0.05, "state": None,
+                      "action": None, "noise": None}]  # no split: left out of the figure
+    recs.append(_record("gae/garnet-10", 16, rows, ["gae_lambda", "variance_decomposition"], K=80,
+                        variance_decomposition=decomposition))
     # a suite this pgbench does not know, asking for an unknown figure too
     rows = [_row("naive", 10, unbiased=False, bias=2.0, var=4.0, p=1e-50, rng=rng),
             _row("score_function", 10, var=40.0, rng=rng)]
@@ -204,7 +210,10 @@ def test_every_figure_function_gives_a_readable_png(synthetic_run):
     figs = {"variance_vs_N": F.variance_vs_n(ladder), "bias_variance": F.bias_variance(ladder),
             "efficiency": F.efficiency(base, "baselines/garnet-20"), "gae_lambda": F.gae_lambda(gae),
             "proxy": F.proxy_scatter(rec["scatter"], rec["proxy"]["corr_W_znorm2"], rec["suite"], rec["cell"]),
-            "horizon": F.horizon(_horizon_rows())}
+            "horizon": F.horizon(_horizon_rows()),
+            "variance_decomposition": F.variance_decomposition(
+                next(c for c in RunDir(synthetic_run).cells() if "variance_decomposition" in c)["variance_decomposition"],
+                "gae/garnet-10", "gae/garnet-10/N=16")}
     assert set(figs) == set(F.FIGURES)
     for name, fig in figs.items():
         assert_png(F.png_bytes(fig))
@@ -261,10 +270,67 @@ def test_variance_vs_n_has_one_over_n_reference(synthetic_run):
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
-    assert len(dashed) == 4
+    assert len(dashed) == 1  # only rloo has no exact variance in the synthetic ladder
     for ln in dashed:  # v(N) * N is constant along the reference: anchored at the smallest N, slope -1
         x, y = np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)
         assert np.allclose(x * y, x[0] * y[0])
+
+
+def test_variance_vs_n_lines_are_the_exact_ones(synthetic_run):
+    from pgbench.reports import figures as F
+    res, _ = RunDir(synthetic_run).tables()
+    ladder = res[res["suite"] == "ladder/three-step-bandit"]
+    ax = F.variance_vs_n(ladder).axes[0]
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) >= 2]
+    # rloo (no exact values) joins its measured points; every other estimator's line is the exact one
+    measured = [ln for ln in solid if ln.get_markerfacecolor() != "none"]
+    solid = [ln for ln in solid if ln.get_markerfacecolor() == "none"]
+    assert len(measured) == 1 and np.allclose(measured[0].get_ydata(),
+                                              ladder[ladder["estimator"] == "rloo"].sort_values("N")["variance"])
+    assert len(solid) == 3
+    for ln in solid:
+        x, y = np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)
+        match = [e for e in ("reinforce", "reinforce_rtg", "value_baseline")
+                 if np.allclose(ladder[ladder["estimator"] == e].sort_values("N")["exact_variance"], y)]
+        assert len(match) == 1 and list(x) == [1, 16, 256]
+        assert not np.allclose(ladder[ladder["estimator"] == match[0]].sort_values("N")["variance"], y)
+
+
+def test_variance_decomposition_figure_stacks_the_shares_and_shows_the_totals(synthetic_run):
+    from pgbench.reports import figures as F
+    rec = next(c for c in RunDir(synthetic_run).cells() if "variance_decomposition" in c)
+    fig = F.variance_decomposition(rec["variance_decomposition"], rec["suite"], rec["cell"])
+    shares, totals = fig.axes[0], fig.axes[1]
+    # two estimators with a split (the third has none); three parts each, stacked to 1
+    assert len(shares.patches) == 6 and len(totals.patches) == 2
+    ends = {}
+    for p in shares.patches:
+        y = round(p.get_y(), 6)
+        ends[y] = max(ends.get(y, 0.0), p.get_x() + p.get_width())
+    assert np.allclose(sorted(ends.values()), [1.0, 1.0])
+    widths = sorted(p.get_width() for p in shares.patches)
+    assert np.allclose(widths, sorted([0.75, 0.15, 0.1, 0.25, 0.25, 0.5]))  # e.g. rtg: 1.5 / 2 state
+    assert np.allclose(sorted(p.get_width() for p in totals.patches), [0.04, 2.0])
+    assert [t.get_text() for t in shares.get_yticklabels()] == ["reinforce_rtg", "gae:lambda=0.5"]
+    with pytest.raises(PGBenchError, match="finite"):
+        F.variance_decomposition([{"estimator": "x", "variance": 1.0}])
+
+
+def test_suite_cells_carry_the_exact_decomposition_of_the_per_step_estimators():
+    from pgbench.exact.moments import exact_moments
+    from pgbench.problems.registry import make
+    from pgbench.suites.runner import exact_decomposition
+    prob = make("garnet:S=5,A=2,b=2,seed=3,gamma=0.9,horizon=6,noise=0.5")
+    theta = np.random.default_rng(0).normal(size=prob.policy.theta_shape)
+    rows = exact_decomposition(prob, ["reinforce", "reinforce_rtg", "gae:lambda=0.5", "rloo", "td0:critic=fitted"],
+                               4, theta)
+    assert [r["estimator"] for r in rows] == ["reinforce_rtg", "gae:lambda=0.5"]  # per-step, DP-split ones only
+    em = exact_moments(prob, ["reinforce_rtg", "gae:lambda=0.5"], batch=4, theta=theta, method="dp")
+    for r, v in zip(rows, em.variance):
+        assert r["variance"] == pytest.approx(v, rel=1e-12)
+        assert r["state"] + r["action"] + r["noise"] == pytest.approx(v, rel=1e-9)
+        assert min(r["state"], r["action"], r["noise"]) > 0
+    assert exact_decomposition(prob, ["rloo", "natural"], 4, theta) == []
 
 
 def test_parse_gae_label():
@@ -295,8 +361,8 @@ def test_report_files_and_markdown_links(synthetic_run, written_report):
     assert html_path == os.path.join(synthetic_run, "report.html") and os.path.isfile(html_path)
     md = open(md_path).read()
     links = md_image_links(md)
-    # ladder: 2, baselines: 3 (bias_variance, efficiency, proxy), gae: 1, unknown suite: 1
-    assert len(links) == 7
+    # ladder: 2, baselines: 3 (bias_variance, efficiency, proxy), gae: 2 (+ decomposition), unknown suite: 1
+    assert len(links) == 8
     for rel in links:
         assert not os.path.isabs(rel) and rel.startswith("figures/")
         with open(os.path.join(synthetic_run, rel), "rb") as f:
@@ -316,7 +382,7 @@ def test_html_is_well_formed_and_self_contained(written_report):
     p.close()
     assert not p.errors and not p.stack, (p.errors, p.stack)
     assert {"html", "head", "body", "style", "table", "img"} <= set(p.tags)
-    assert len(p.imgs) == 7
+    assert len(p.imgs) == 8
     for img in p.imgs:
         src = img["src"]
         assert src.startswith("data:image/png;base64,")
@@ -324,7 +390,7 @@ def test_html_is_well_formed_and_self_contained(written_report):
         assert img.get("alt")
     # XHTML-style: it parses as XML too
     root = ET.fromstring(text.split("\n", 1)[1] if text.startswith("<!DOCTYPE") else text)
-    assert root.tag == "html" and len(root.findall(".//img")) == 7
+    assert root.tag == "html" and len(root.findall(".//img")) == 8
 
 
 def test_report_content(synthetic_run, written_report):
@@ -363,11 +429,24 @@ def test_report_content(synthetic_run, written_report):
     ladder = md.split("## Suite ladder/three-step-bandit", 1)[1].split("## Suite", 1)[0]
     gae = md.split("## Suite gae/garnet-10", 1)[1].split("## Suite", 1)[0]
     assert "exact variance" in ladder and "exact MSE" in ladder
-    assert "exact variance" not in gae
+    assert "| exact variance |" not in gae  # no column (the decomposition figure is named "exact variance ...")
+    # an estimator without exact moments is marked, with the reason, where the column exists
+    assert "MC only" in ladder and "rloo: exact moments not computed for this cell" in ladder
+    assert "MC only" not in gae
+    assert "figures/gae_garnet-10_N=16-variance_decomposition.png" in gae
+
     # paired table against the reference
     assert "Paired against the reference `reinforce`" in md
     # W proxy diagnostics
     assert "corr(W, ||z||^2)" in html_text and "mean W" in md
+
+
+def test_why_no_exact_names_the_dp_reason():
+    from pgbench.reports.report import _why_no_exact
+    assert "pseudo-inverse" in _why_no_exact("natural")
+    assert "fitted critic" in _why_no_exact("td0:critic=fitted")
+    assert "ratio of batch sums" in _why_no_exact("w_baseline_loo")
+    assert "not computed" in _why_no_exact("no_such_estimator:x=1")
 
 
 def test_report_of_a_real_cell(real_run):

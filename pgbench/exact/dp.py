@@ -48,6 +48,13 @@ constant baseline's moments, the exact ``b* = E[R ||z||^2] / E[||z||^2]`` and pe
 running ratio ``w_k``: ``Y_k = gamma^k w_k z_k = rho_k (gamma Y_(k-1) + gamma^k w_(k-1) u_k)``, so its
 pass also carries ``E[w]``, ``E[w^2]``, ``E[w Y]`` and ``E[w h]``.
 
+*Leave-one-out time baseline* (time_baseline_loo at batch N): episode i's term is
+``X_i - (1/(N-1)) sum_(j != i) sum_t G_t^j gamma^t u_t^i`` (X the reward-to-go estimate,
+``G_t = 0`` after an episode ends). Scores have mean zero given the past, so the products of
+two episodes' sums reduce to per-step moments and to sums over pairs of steps
+``E[<u_b, psi_a(s_a)>]`` (b < a), each done by one backward pass in NumPy
+(:func:`time_baseline_loo_moments`).
+
 *Variance split* (SPEC 8): given the state sequence, actions are independent with posterior
 ``pi(a|s) P(s'|s, a) / P_pi(s'|s)``, so ``E[g | states]`` is again a sum over steps whose second
 moment a pass over (t, s, s') gives; ``Var(E[g | states])`` is the start-state and transition
@@ -59,6 +66,7 @@ the probability mass the cap cuts off.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -74,12 +82,13 @@ TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "
          "all_action", "geometric_termination")
 RETURN = ("reinforce", "const_baseline", "optimal_const_baseline")
 RETURN_BATCH = ("rloo", "batch_mean_baseline")
+TIME_BATCH = ("time_baseline_loo",)
+_RTG = SimpleNamespace(name="reinforce_rtg", p={})  # the reward-to-go inside time_baseline_loo
 
 DP_UNSUPPORTED = {
     "w_baseline": "the weighted in-batch baseline is a ratio of batch sums (no finite set of per-episode moments)",
     "w_baseline_loo": "the leave-one-out weighted baseline is a ratio of batch sums",
     "score_norm_baseline": "the baseline is a ratio of batch sums",
-    "time_baseline_loo": "needs the joint moments of G_t and z over pairs of times (not done yet)",
     "natural": "a pseudo-inverse of the batch Fisher per batch",
 }
 
@@ -789,10 +798,92 @@ def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=
                 mean[j], m2[j] = 0.0, 0.0
             else:
                 mean[j], m2[j] = rm.in_batch(sp.name, N)
+        elif sp.name in TIME_BATCH:
+            batch[j] = True
+            _, rtg_zz, _ = trace_moments(ch, _RTG, V, Q)
+            mean[j], m2[j] = time_baseline_loo_moments(ch, N, float(rtg_zz.sum()))
         else:
             raise PGBenchError(f"no dynamic programme for {sp.label}: {why_not(sp)}")
     cut = _cut_mass(ch)
     return mean, m2, batch, cut, rm
+
+
+# ----------------------------------------------------------------------------------------- time_baseline_loo
+
+def _next_expect(ch: _Chain, C: np.ndarray) -> np.ndarray:
+    """``E[C(s') 1{s' not terminal} | s, a]`` for a per-state table C (S, ...): shape (S, A, ...)."""
+    Cm = np.where(ch.terminal.reshape((-1,) + (1,) * (C.ndim - 1)), 0.0, C)
+    return np.einsum("sak,sak...->sa...", ch.nprob, Cm[ch.nidx])
+
+
+def _score_pairs(ch: _Chain, occ: np.ndarray, f: np.ndarray, g: np.ndarray, psi) -> float:
+    """``sum_(b < a) f(b) g(a) E[<u_b, psi_a(s_a)> 1{alive at a}]`` by one backward pass:
+    ``C_a(s) = g(a) psi_a(s) + E[C_(a+1)(s') | s]`` is what the steps after b contribute.
+    ``psi(a)``: the (S, d) table of step a (made on demand: no (cap, S, d) array)."""
+    C = np.zeros((ch.S, ch.d))
+    total = 0.0
+    for b in range(ch.cap - 1, -1, -1):
+        nxt = _next_expect(ch, C)  # (S, A, d): E[C_(b+1)(s_(b+1)) | s_b, a_b]
+        total += f[b] * np.einsum("s,sa,sad,sad->", occ[b], ch.pi, ch.u, nxt)
+        C = g[b] * psi(b) + np.einsum("sa,sad->sd", ch.pi, nxt)
+    return float(total)
+
+
+def time_baseline_loo_moments(ch: _Chain, N: int, XX: float):
+    """Mean (d,) and ``E||g_batch||^2`` of ``time_baseline_loo`` at batch N >= 2.
+
+    Episode i's term is ``X_i - (1/(N-1)) sum_(j != i) sum_t G_t^j gamma^t u_t^i`` with X the
+    reward-to-go estimate and ``G_t = 0`` once an episode has ended (as the sampling kernel sums
+    it). Scores have mean zero given the past, so ``E<u_t, u_t'> = 0`` for t != t', and the
+    expectations reduce to per-step moments: ``m_t = E[G_t]``, ``E[G_t^2]``,
+    ``P_t = gamma^(2t) E||u_t||^2``, ``e_t = E[G_t u_t]``, and two sums over pairs of steps
+    ``E[<u_b, psi_a(s_a)>]`` (b < a) done by backward passes (:func:`_score_pairs`):
+
+    ``E||g_1||^2 = E||X||^2 - 2 E<X, W> + sum_t P_t (E[G_t^2] + (N-2) m_t^2) / (N-1)``,
+    ``W = sum_t gamma^t m_t u_t``; ``E<g_1, g_2> = ||E X||^2 + sum_(a,b) <r_ab, r_ba> / (N-1)^2``,
+    ``r_ab = E[G_a gamma^b u_b]``; the batch mean has ``E||g||^2 = (E||g_1||^2 + (N-1) E<g_1, g_2>) / N``.
+    ``XX = E||X||^2`` comes from the reward-to-go's trace pass; the mean is X's (the baseline
+    term has mean zero)."""
+    if N < 2:
+        raise PGBenchError("time_baseline_loo needs a batch of N >= 2 episodes")
+    S, A, cap = ch.S, ch.A, ch.cap
+    gp = ch.gamma ** np.arange(cap, dtype=np.float64)
+    alive = ~ch.terminal
+    occ = np.zeros((cap, S))  # Pr(s_t = s, episode still running)
+    occ[0] = ch.rho0
+    for t in range(1, cap):
+        w = occ[t - 1][:, None, None] * ch.pi[:, :, None] * ch.nprob
+        np.add.at(occ[t], ch.nidx.ravel(), w.ravel())
+        occ[t] *= alive
+    Q = np.zeros((cap, S, A))  # E[G_t | s_t, a_t] of the capped episode (discounted return from t)
+    Q2 = np.zeros((cap, S, A))  # E[G_t^2 | s_t, a_t], reward noise included
+    V, V2 = np.zeros(S), np.zeros(S)
+    for t in range(cap - 1, -1, -1):
+        nV, nV2 = _next_expect(ch, V), _next_expect(ch, V2)
+        Q[t] = ch.R + ch.gamma * nV
+        Q2[t] = ch.var + ch.R ** 2 + 2 * ch.gamma * ch.R * nV + ch.gamma ** 2 * nV2
+        V, V2 = (ch.pi * Q[t]).sum(1), (ch.pi * Q2[t]).sum(1)
+    Vt = (ch.pi[None] * Q).sum(2)  # (cap, S)
+    m = np.einsum("ts,ts->t", occ, Vt)
+    M2 = np.einsum("ts,sa,tsa->t", occ, ch.pi, Q2)
+    uu = np.einsum("sad,sad->sa", ch.u, ch.u)
+    P = gp ** 2 * np.einsum("ts,sa,sa->t", occ, ch.pi, uu)
+    def phi(t):  # E[G_t u_t | s_t]: (S, d)
+        return np.einsum("sa,sa,sad->sd", ch.pi, Q[t], ch.u)
+    e = np.einsum("sa,tsa,sad->td", ch.pi, occ[:, :, None] * Q, ch.u)  # E[G_t u_t]
+    H = np.einsum("ts,sa,tsa,sa->t", occ, ch.pi, Q, uu)  # E[G_t ||u_t||^2]
+    mu = np.einsum("t,td->d", gp, e)
+
+    # E<X, W>: pairs (k, t) of E[G_k <u_k, u_t>] weighted gamma^(k+t) m_t; k < t reduces to
+    # gamma^(t-k) E[G_t <u_k, u_t>]
+    XW = (np.sum(gp ** 2 * m * H) + _score_pairs(ch, occ, gp * m, gp, phi)
+          + _score_pairs(ch, occ, np.ones(cap), gp ** 2 * m, phi))
+    g11 = XX - 2 * XW + np.sum(P * (M2 + (N - 2) * m ** 2)) / (N - 1)
+    # sum_(a,b) <r_ab, r_ba>: a = b gives gamma^(2a) ||e_a||^2; a > b twice gamma^(2a) E[<u_b, V_a(s_a) e_a>]
+    Sr = (np.sum(gp ** 2 * np.einsum("td,td->t", e, e))
+          + 2 * _score_pairs(ch, occ, np.ones(cap), gp ** 2, lambda a: np.outer(Vt[a], e[a])))
+    g12 = mu @ mu + Sr / (N - 1) ** 2
+    return mu, float((g11 + (N - 1) * g12) / N)
 
 
 def dp_decomposition(problem, specs, th, cap: int, V, Q, critics: dict) -> np.ndarray:

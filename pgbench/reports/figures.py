@@ -165,14 +165,17 @@ def _legend_outside(ax, handles=None, labels=None, title=None) -> None:
 # ----------------------------------------------------------------------------- variance against N
 
 def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None) -> Figure:
-    """Variance (``tr Cov``) of each estimator against the batch size N on log-log axes, with
-    its confidence interval and a dashed ``1/N`` reference anchored at the smallest N."""
+    """Variance (``tr Cov``) of each estimator against the batch size N on log-log axes. Where
+    the rows carry ``exact_variance`` the estimator's line is the exact one (solid, through the
+    exact values) and the measured values are points with their confidence intervals on it;
+    without exact values the line joins the measured points and a dashed ``1/N`` reference is
+    anchored at the smallest N."""
     _require(df, ["estimator", "N", "variance"], "variance_vs_n")
     suite = _suite_name(df, suite)
     st = _styles(df, styles)
     fig = _new_figure(10.0, 5.0)
     ax = fig.add_subplot()
-    has_exact = False
+    has_exact = has_mc_only = False
     n_values = sorted(set(int(n) for n in df["N"]))
     for est in _order(df["estimator"]):
         d = df[df["estimator"] == est].sort_values("N")
@@ -184,16 +187,20 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
         lo = _num(d["variance_lo"])[ok] if "variance_lo" in d else np.full_like(v, np.nan)
         hi = _num(d["variance_hi"])[ok] if "variance_hi" in d else np.full_like(v, np.nan)
         colour, marker = st[est]
-        ax.errorbar(N, v, yerr=_log_err(v, lo, hi, v.min() * 1e-3), color=colour, marker=marker, ms=5, lw=1.6,
-                    capsize=3, label=est)
-        if len(N) >= 2:
-            ax.plot(N, v[0] * N[0] / N, ls="--", lw=1.0, color=colour, alpha=0.6)
         ex = _exact_col(d, "exact_variance")
-        if ex is not None:
-            ex = ex[ok]
-            m = np.isfinite(ex) & (ex > 0)
-            ax.plot(N[m], ex[m], ls="none", marker=marker, ms=9, mfc="none", mec="black", mew=1.0)
+        ex = ex[ok] if ex is not None else np.full_like(v, np.nan)
+        m = np.isfinite(ex) & (ex > 0)
+        exact_line = m.any()
+        ax.errorbar(N, v, yerr=_log_err(v, lo, hi, v.min() * 1e-3), color=colour, marker=marker, ms=5,
+                    lw=1.6, capsize=3, ls="none" if exact_line else "-", label=est)
+        if exact_line:  # the exact variance is the line; black-edged markers where it is known
+            ax.plot(N[m], ex[m], ls="-", lw=1.6, color=colour, marker=marker, ms=9, mfc="none", mec="black",
+                    mew=1.0)
             has_exact = True
+        else:
+            has_mc_only = True
+            if len(N) >= 2:
+                ax.plot(N, v[0] * N[0] / N, ls="--", lw=1.0, color=colour, alpha=0.6)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(n_values)
@@ -205,15 +212,15 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     fig.suptitle(_title(suite, "variance against batch size N"), fontsize=12)
     handles, labels = ax.get_legend_handles_labels()
     labels = _with_class(labels, estimator_classes(df))
-    if len(n_values) >= 2:
+    if len(n_values) >= 2 and has_mc_only:
         handles.append(Line2D([], [], ls="--", color="grey"))
-        labels.append("1/N from smallest N")
+        labels.append("1/N from smallest N (no exact variance)")
     else:
         ax.text(0.02, 0.02, f"one batch size only (N = {n_values[0]}): no slope to show", transform=ax.transAxes,
                 fontsize=8, color="dimgrey")
     if has_exact:
-        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=9))
-        labels.append("exact variance")
+        handles.append(Line2D([], [], ls="-", color="grey", marker="o", mfc="none", mec="black", ms=9))
+        labels.append("exact variance (line); measured: points with 95% CI")
     _legend_outside(ax, handles, labels)
     return fig
 
@@ -595,8 +602,8 @@ def horizon(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict
     handles, labels = axes[-1].get_legend_handles_labels()
     labels = _with_class(labels, classes)
     if has_exact:
-        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=9))
-        labels.append("exact variance")
+        handles.append(Line2D([], [], ls="-", color="grey", marker="o", mfc="none", mec="black", ms=9))
+        labels.append("exact variance (line); measured: points with 95% CI")
     _legend_outside(axes[-1], handles, labels)
     Ns = sorted(set(int(n) for n in d["N"])) if "N" in d else []
     fam = (_suite_name(df, suite) or str(df["suite"].iloc[0])).split("/")[0]
@@ -605,8 +612,57 @@ def horizon(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict
     return fig
 
 
+# ----------------------------------------------------------------------------- exact variance decomposition
+
+DECOMPOSITION_PARTS = (("state", "start state and transitions", "#4c72b0"),
+                       ("action", "action sampling", "#dd8452"),
+                       ("noise", "reward noise", "#55a868"))
+
+
+def variance_decomposition(parts: list, suite: Optional[str] = None, cell: Optional[str] = None) -> Figure:
+    """The exact variance of each estimator split into start state and transitions, action
+    sampling and reward noise (``pgbench.exact.moments.variance_decomposition``): left, the
+    parts stacked as shares of each estimator's variance; right, the
+    total exact variance on a log axis, so that estimators of very different variance compare."""
+    rows = [r for r in (parts or []) if isinstance(r, dict)
+            and all(_is_finite(r.get(k)) for k in ("variance", "state", "action", "noise"))]
+    if not rows:
+        raise PGBenchError("variance_decomposition needs rows with finite 'variance', 'state', 'action', 'noise'")
+    labels = [str(r["estimator"]) for r in rows]
+    total = np.array([float(r["variance"]) for r in rows])
+    fig = _new_figure(11.0, 0.9 + 0.42 * len(rows))
+    ax, ax2 = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
+    y = np.arange(len(rows))[::-1]
+    left = np.zeros(len(rows))
+    for key, name, colour in DECOMPOSITION_PARTS:
+        share = np.array([max(float(r[key]), 0.0) for r in rows]) / np.where(total > 0, total, 1.0)
+        ax.barh(y, share, left=left, color=colour, label=name, height=0.7)
+        left += share
+    ax.set_xlim(0, 1)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel("share of the exact variance")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
+    ax2.barh(y, np.where(total > 0, total, np.nan), color="dimgrey", height=0.7)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("exact variance  tr Cov(g_hat)")
+    ax2.grid(True, axis="x", which="both", alpha=0.3)
+    head = _title(suite or "", "exact variance decomposition") + (f"  [{cell}]" if cell else "")
+    fig.suptitle(head, fontsize=12)
+    return fig
+
+
+def _is_finite(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
 FIGURES = {"variance_vs_N": variance_vs_n, "bias_variance": bias_variance, "efficiency": efficiency,
-           "gae_lambda": gae_lambda, "proxy": proxy_scatter, "horizon": horizon}
+           "gae_lambda": gae_lambda, "proxy": proxy_scatter, "horizon": horizon,
+           "variance_decomposition": variance_decomposition}
 """The figure names suites list in ``Suite.figures`` and the functions that draw them."""
 
 
@@ -677,8 +733,8 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
     ax.set_title(_title(suite or "", f"variance against {param} ({nlab})"))
     handles, labels = ax.get_legend_handles_labels()
     if has_exact:
-        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=9))
-        labels.append("exact variance")
+        handles.append(Line2D([], [], ls="-", color="grey", marker="o", mfc="none", mec="black", ms=9))
+        labels.append("exact variance (line); measured: points with 95% CI")
     _legend_outside(ax, handles, labels)
     return fig
 

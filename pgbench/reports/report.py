@@ -403,6 +403,25 @@ def _winners(rows: list[dict], cls: Optional[str] = None) -> dict:
     return {"mse": best("mse"), "cost": best(_cost_key(rows))}
 
 
+MC_ONLY = "MC only"
+"""Shown in the exact-variance column for an estimator whose exact moments are not available:
+its Monte-Carlo interval (the measured column) is all there is."""
+
+
+def _why_no_exact(label: str) -> str:
+    """Why a row has no exact variance: the moment DP's reason for that estimator (in-batch ratio
+    baselines, a critic fitted on the same batch, the natural gradient's pseudo-inverse...), else
+    that this cell's exact moments were not computed (over the DP / enumeration budget, or not an MDP)."""
+    try:
+        from pgbench.estimators.catalogue import parse
+        from pgbench.exact.dp import DP_UNSUPPORTED, why_not
+        sp = parse(label)
+        reason = DP_UNSUPPORTED.get(sp.name) or why_not(sp)
+    except Exception:  # a label this pgbench cannot parse (another version's, a custom one)
+        reason = None
+    return reason or "exact moments not computed for this cell (over the DP / enumeration budget, or not an MDP)"
+
+
 def _cell_table(doc: Doc, rec: dict) -> None:
     rows = rec["rows"]
     ex_var, ex_mse = _has_exact(rows, "exact_variance"), _has_exact(rows, "exact_mse")
@@ -430,11 +449,11 @@ def _cell_table(doc: Doc, rec: dict) -> None:
         line += [fmt(r.get("exact_bias_norm"))] if ex_bias else []
         line += [fmt_ci(r.get("variance"), r.get("variance_lo"), r.get("variance_hi"))]
         if ex_var:
-            line.append(fmt(r.get("exact_variance")))
+            line.append(fmt(r.get("exact_variance")) if _finite(r.get("exact_variance")) else MC_ONLY)
         mse = fmt_ci(r.get("mse"), r.get("mse_lo"), r.get("mse_hi"))
         line.append(B(mse) if r["estimator"] in best_mse else mse)
         if ex_mse:
-            line.append(fmt(r.get("exact_mse")))
+            line.append(fmt(r.get("exact_mse")) if _finite(r.get("exact_mse")) else MC_ONLY)
         p, test = _p_and_test(r)
         line += [fmt(r.get("cosine")), fmt_p(p), test, verdict(r.get("unbiased"), p),
                  fmt(r.get("seconds")), fmt(r.get("episodes_per_second"))]
@@ -443,6 +462,10 @@ def _cell_table(doc: Doc, rec: dict) -> None:
             line += [fmt(r.get("own_seconds")), B(cost) if r["estimator"] in best_cost else cost]
         out.append(line)
     doc.table(headers, out, numeric)
+    mc_only = [r["estimator"] for r in rows if ex_var and not _finite(r.get("exact_variance"))]
+    if mc_only:
+        doc.p(Inline(f"{MC_ONLY}: no exact variance; the Monte-Carlo interval is the only one shown. "
+                     + "; ".join(f"{e}: {_why_no_exact(e)}" for e in mc_only) + "."))
 
 
 def _paired_table(doc: Doc, rec: dict) -> None:
@@ -571,6 +594,15 @@ def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: p
                                  lambda r=r, corr=corr: F.proxy_scatter(r["scatter"], corr, sid, r["cell"])))
             if not jobs:
                 doc.p(Inline(f"Figure 'proxy': no per-episode scatter data in this suite's cells."))
+        elif name == "variance_decomposition":
+            for r in recs:
+                if r.get("variance_decomposition"):
+                    jobs.append((f"{_slug(r['cell'])}-variance_decomposition.png",
+                                 f"{r['cell']}: exact variance decomposition",
+                                 lambda r=r: F.variance_decomposition(r["variance_decomposition"], sid, r["cell"])))
+            if not jobs:
+                doc.p(Inline("Figure 'variance_decomposition': no exact decomposition in this suite's cells "
+                             "(cells run before it existed, or no per-step estimator the moment DP covers)."))
         elif name in F.FAMILY_FIGURES:
             fam = sid.rsplit("/", 1)[0]
             members = [s for s in (suites or [sid]) if s.rsplit("/", 1)[0] == fam]

@@ -82,7 +82,7 @@ SUITES = {s.id: s for s in [
           "gae:lambda=0.9,critic=fitted"), (16,), 300, tags=("gae", "critic"), theta="random:4",
           description="GAE lambda sweep with the exact critic (unbiased for every lambda) and a perturbed one "
                       "(bias shrinking as lambda -> 1, variance growing).",
-          quick_trials=80, figures=("gae_lambda",)),
+          quick_trials=80, figures=("gae_lambda", "variance_decomposition")),
     Suite("discount/chain-6", "chain:n=6,gamma=0.8", ("reinforce_rtg", "rtg_no_gamma_t", "geometric_termination"),
           (16, 64), 1000, tags=("discount", "bias"), theta="random:5",
           description="Dropping gamma^t (common practice) is biased (Thomas 2014); geometric termination is not.",

@@ -85,11 +85,27 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
         gt = exact(prob, theta)
         rec["exact"] = {"J": gt.J, "grad_norm": gt.grad_norm, "truncated_mass": gt.truncated_mass,
                        "truncated_J": gt.truncated_J}
+    if "variance_decomposition" in suite.figures and prob.kind == "mdp":
+        rec["variance_decomposition"] = exact_decomposition(prob, ests, N, theta)
     if "proxy" in df.attrs:
         rec["proxy"] = df.attrs["proxy"]
         from pgbench.measure.engine import episode_samples
         rec["scatter"] = episode_samples(prob, theta, n=SCATTER_EPISODES, seed=seed)
     return to_jsonable(rec)
+
+
+def exact_decomposition(prob, estimators, N: int, theta) -> list:
+    """The exact variance split (state, action, noise) of the estimators the moment DP splits
+    (the per-step ones), as JSON-ready rows; [] when none applies or the DP is over its budget."""
+    from pgbench.estimators.catalogue import parse
+    from pgbench.exact import dp
+    from pgbench.exact.moments import variance_decomposition
+    from pgbench.measure.measure import EXACT_DP_WORK
+    specs = [parse(e) for e in estimators]
+    ok = [sp.label for sp in specs if sp.name in dp.TRACE and dp.dp_supports(sp)]
+    if not ok or len(ok) * dp.dp_work(prob) > EXACT_DP_WORK:
+        return []
+    return variance_decomposition(prob, ok, batch=N, theta=theta).to_dict(orient="records")
 
 
 def kernels_cached() -> bool:
