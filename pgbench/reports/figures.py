@@ -261,7 +261,14 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
         pos = allv[np.isfinite(allv) & (allv > 0)]
         vmax = pos.max() if pos.size else 1.0
         use_log = pos.size > 0 and vmax / max(pos.min(), vmax * 1e-12) > 100.0
-        left = max(pos.min(), vmax * 1e-6) / 2 if use_log else 0.0
+        # the axis starts six decades below the largest value, but never cuts a variance or MSE
+        # bar (a small one is news); tiny squared biases of unbiased estimators may start off-axis
+        vm = np.concatenate([comp["variance"][0], comp["mse"][0]])
+        vm = vm[np.isfinite(vm) & (vm > 0)]
+        base = max(pos.min(), vmax * 1e-6) if pos.size else 1.0
+        if vm.size:
+            base = min(base, vm.min())
+        left = max(base, vmax * 1e-12) / 2 if use_log else 0.0
         for i, est in enumerate(d["estimator"]):
             colour, _ = st[est]
             y = -all_ests.index(est)
