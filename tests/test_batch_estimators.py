@@ -1,6 +1,7 @@
 """Python batch estimators: same episodes as the built-ins, deterministic, clear errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -368,6 +369,26 @@ def test_rlax_adapter_reproduces_builtin_gae():
             np.testing.assert_allclose(res.estimates[:, 1], ref, rtol=0, atol=1e-11 * np.abs(ref).max())
     finally:
         unregister_batch_estimator("rlax_gae")
+
+
+def test_tianshou_adapter_reproduces_builtin_gae():
+    """Finite horizon (the horizon's V row is 0) and frozen_lake (terminal holes and goal: V(next) = 0;
+    episodes cut by the sampling cap bootstrap: frozen_lake capped at 5 steps), trial by trial
+    against the built-in gae."""
+    pytest.importorskip("tianshou")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_ex_ts", os.path.join(os.path.dirname(EXAMPLE), "tianshou_gae.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        lake = make("frozen_lake")
+        capped = dataclasses.replace(lake, mdp=dataclasses.replace(lake.mdp, max_steps=5, _cache={}))
+        for problem in (make("garnet:S=6,A=3,b=3,seed=1,horizon=8"), lake, capped):
+            res = sample_mdp(problem, ["gae:lambda=0.95", "tianshou_gae"], N=6, K=10, seed=3)
+            ref = res.estimates[:, 0]
+            np.testing.assert_allclose(res.estimates[:, 1], ref, rtol=0, atol=1e-11 * np.abs(ref).max())
+    finally:
+        unregister_batch_estimator("tianshou_gae")
 
 
 def test_batch_arrays_are_read_only(registered):
