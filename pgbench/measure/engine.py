@@ -203,8 +203,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                     with np.errstate(invalid="ignore", divide="ignore"):
                         fit = np.where(fcnt > 0, fsum / np.maximum(fcnt, 1.0), 0.0)
                     b_fitV[:, :Tfit, :] = fit
-            direct = n_chunks == 1 and members == list(range(n_k))  # one item per trial: accumulate in place
-            outC = C_all[k0:k0 + nb] if direct else np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
+            in_trials = n_chunks == 1 and members == list(range(n_k))  # one item per trial: accumulate in place
+            outC = C_all[k0:k0 + nb] if in_trials else np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
             out_proxy = np.zeros((n_items, K_.N_PROXY if want_proxy else 0))
             kb._score_weights(seed64, cell64, k0, nb, N, n_chunks, *gtabs.sampler(), gtabs.pi, gtabs.logpi,
                               gtabs.pi2sum, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
@@ -213,7 +213,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                               K_._log_inv_gamma(gtabs.gamma), outC, out_proxy)
             episodes += nb * N
             seconds += time.perf_counter() - t0
-            if not direct:
+            if not in_trials:
                 C_all[k0:k0 + nb][:, members] = _reduce(outC, nb, n_chunks)
             if want_proxy:
                 proxy_stats[k0:k0 + nb] = _reduce(out_proxy, nb, n_chunks)
