@@ -181,6 +181,8 @@ def _check_resume(rd: RunDir, meta: dict, suite_ids, quick: bool, seed: int) -> 
 
 
 def _run_cells(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend) -> str:
+    from pgbench.kernels import mdp
+    mdp.PER_BRANCH = False  # many cells, many branch sets: one pass-2 kernel with every branch compiles faster
     cells = [c for c in plan([get_suite(s) for s in suite_ids], quick) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
     quiet = progress is False
     lines = progress is None and not sys.stderr.isatty()  # no terminal: a line per cell instead of a bar
