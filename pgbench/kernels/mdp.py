@@ -281,6 +281,19 @@ def _geometric_horizon(u_geo, gamma, lg, cap):
     return cap
 
 
+# Pass 2's estimator branches, each behind a module-level switch. Numba reads globals as
+# compile-time constants and prunes a branch whose switch is False, so :func:`score_weights_for`
+# compiles, per set of branches a cell uses, a kernel with only those (compiling every branch
+# took most of a cold `measure`). Here, for the CPU kernel of every estimator, the GPU port and
+# the exact enumeration, all are on.
+_BRANCH_OF = {RTG: "RTG", RTG_NO_GAMMA: "RTG_NO_GAMMA", VALUE_B: "VALUE_B", TIME_B_LOO: "TIME_B_LOO",
+              TRUE_ADV: "TRUE_ADV", ALL_ACTION: "ALL_ACTION", GAE: "GAE", GEOMETRIC: "GEOMETRIC", IS_PD: "IS_PD",
+              ENTROPY: "ENTROPY", FISHER: "FISHER"}  # any other code: an episode-level baseline
+_BRANCHES = tuple(_BRANCH_OF.values()) + ("EPISODE",)
+_B_RTG = _B_RTG_NO_GAMMA = _B_VALUE_B = _B_TIME_B_LOO = _B_TRUE_ADV = _B_ALL_ACTION = True
+_B_GAE = _B_GEOMETRIC = _B_IS_PD = _B_ENTROPY = _B_FISHER = _B_EPISODE = True
+
+
 @njit(inline="always", cache=True)
 def _episode_weights(row, k, N, L, u_geo, ep, Rep, W, Z, env, est, batch, need_rho, want_proxy, outC, out_proxy):
     """Pass 2 for one episode: ``outC[row, e, s_t, a_t] += psi^e_t`` for every estimator e.
@@ -325,40 +338,40 @@ def _episode_weights(row, k, N, L, u_geo, ep, Rep, W, Z, env, est, batch, need_r
         _acc2(out_proxy, row, PX_N, 1.0)
     for e in range(n_est):
         code = codes[e]
-        if code == RTG:
+        if _B_RTG and code == RTG:
             G = 0.0
             for t in range(L - 1, -1, -1):
                 G = buf_r[t] + gamma * G
                 _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t] * G)
-        elif code == RTG_NO_GAMMA:
+        elif _B_RTG_NO_GAMMA and code == RTG_NO_GAMMA:
             G = 0.0
             for t in range(L - 1, -1, -1):
                 G = buf_r[t] + gamma * G
                 _acc4(outC, row, e, buf_s[t], buf_a[t], G)
-        elif code == VALUE_B:
+        elif _B_VALUE_B and code == VALUE_B:
             G = 0.0
             for t in range(L - 1, -1, -1):
                 G = buf_r[t] + gamma * G
                 tv = t if finite else 0
                 _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t] * (G - Vtab[tv, buf_s[t]]))
-        elif code == TIME_B_LOO:
+        elif _B_TIME_B_LOO and code == TIME_B_LOO:
             G = 0.0
             for t in range(L - 1, -1, -1):
                 G = buf_r[t] + gamma * G
                 _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t] * (G - (b_SG[k, t] - G) / (N - 1)))
-        elif code == TRUE_ADV:
+        elif _B_TRUE_ADV and code == TRUE_ADV:
             for t in range(L - 1, -1, -1):
                 tv = t if finite else 0
                 s = buf_s[t]
                 a = buf_a[t]
                 _acc4(outC, row, e, s, a, gpow[t] * (Qtab[tv, s, a] - Vtab[tv, s]))
-        elif code == ALL_ACTION:
+        elif _B_ALL_ACTION and code == ALL_ACTION:
             for t in range(L - 1, -1, -1):
                 tv = t if finite else 0
                 s = buf_s[t]
                 for b in range(A):
                     _acc4(outC, row, e, s, b, gpow[t] * pi[s, b] * Qtab[tv, s, b])
-        elif code == GAE:
+        elif _B_GAE and code == GAE:
             ci = crit[e]
             lam = fpar[e, 0]
             adv = 0.0
@@ -378,7 +391,7 @@ def _episode_weights(row, k, N, L, u_geo, ep, Rep, W, Z, env, est, batch, need_r
                 delta = buf_r[t] + gamma * v_n - v_t
                 adv = delta + gamma * lam * adv
                 _acc4(outC, row, e, s, buf_a[t], gpow[t] * adv)
-        elif code == GEOMETRIC:
+        elif _B_GEOMETRIC and code == GEOMETRIC:
             # the episode of the process killed with probability 1 - gamma per step is the prefix t <= H
             H = _geometric_horizon(u_geo, gamma, lg, cap)
             acc = 0.0
@@ -386,7 +399,7 @@ def _episode_weights(row, k, N, L, u_geo, ep, Rep, W, Z, env, est, batch, need_r
                 if t <= H:
                     acc += buf_r[t]
                     _acc4(outC, row, e, buf_s[t], buf_a[t], acc)
-        elif code == IS_PD:
+        elif _B_IS_PD and code == IS_PD:
             weighted = fpar[e, 0] != 0.0
             acc = 0.0
             for t in range(L - 1, -1, -1):
@@ -395,7 +408,7 @@ def _episode_weights(row, k, N, L, u_geo, ep, Rep, W, Z, env, est, batch, need_r
                     wk = wk / b_rho[k, t] * N
                 acc += gpow[t] * wk * buf_r[t]
                 _acc4(outC, row, e, buf_s[t], buf_a[t], acc)
-        elif code == ENTROPY:
+        elif _B_ENTROPY and code == ENTROPY:
             beta = fpar[e, 0]
             acc = 0.0
             for t in range(L - 1, -1, -1):
@@ -403,10 +416,10 @@ def _episode_weights(row, k, N, L, u_geo, ep, Rep, W, Z, env, est, batch, need_r
                 a = buf_a[t]
                 acc = (buf_r[t] - beta * logpi[s, a]) + gamma * acc
                 _acc4(outC, row, e, s, a, gpow[t] * acc)
-        elif code == FISHER:
+        elif _B_FISHER and code == FISHER:
             for t in range(L - 1, -1, -1):
                 _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t])
-        else:
+        elif _B_EPISODE:
             # episode-level baselines: one weight for every step of the episode
             if code == REINFORCE:
                 psi = Rep
@@ -627,3 +640,38 @@ def _psi_weights(states, actions, lengths, psi, C):
                 C[k, states[k, i, t], actions[k, i, t]] += w
         bad[k] = nonfinite
     return bad
+
+
+_PASS2_VARIANTS: dict = {}
+# One `measure` compiles one variant (10.7 s instead of 18.6 s for every branch); a suite run
+# meets many branch sets, and compiling each set apart cost more than the one kernel with every
+# branch (quick start: over 4m30 of CPU against 4m13), so suite runs switch this off.
+PER_BRANCH = True
+
+
+def score_weights_for(codes):
+    """Pass 2 compiled with only the branches of these estimator codes: the same function (same
+    bytecode, hence the same arithmetic and bit-identical weights) over a copy of this module's
+    namespace whose switches are off for the other branches. Each variant has its own name, so
+    numba caches it on disk beside the full kernel."""
+    used = frozenset(_BRANCH_OF.get(int(c), "EPISODE") for c in codes)
+    if used == frozenset(_BRANCHES) or not PER_BRANCH:
+        return _score_weights
+    fn = _PASS2_VARIANTS.get(used)
+    if fn is None:
+        import types
+        tag = "_".join(b.lower() for b in _BRANCHES if b in used)
+        ns = dict(globals())
+        ns.update({"_B_" + b: b in used for b in _BRANCHES})
+
+        def variant(dispatcher, name, **options):
+            py = dispatcher.py_func
+            f = types.FunctionType(py.__code__, ns, name, py.__defaults__, py.__closure__)
+            f.__qualname__ = name
+            f.__doc__ = py.__doc__
+            ns[py.__name__] = njit(cache=True, **options)(f)
+            return ns[py.__name__]
+
+        variant(_episode_weights, "_episode_weights__" + tag, inline="always")
+        fn = _PASS2_VARIANTS[used] = variant(_score_weights, "_score_weights__" + tag, parallel=True)
+    return fn

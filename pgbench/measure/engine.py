@@ -174,9 +174,11 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         Tfit = mdp.horizon if finite else 1
         if backend == "cpu":
             kb = K_
-            _warm(gtabs, seed64, cell64, N, need_pass1)
+            score_weights = K_.score_weights_for(codes)  # only the branches these estimators use
+            _warm(gtabs, seed64, cell64, N, need_pass1, score_weights)
         else:
             from pgbench.kernels import cuda as kb
+            score_weights = kb._score_weights
         for k0 in range(0, K, block):
             nb = min(block, K - k0)
             n_items = nb * n_chunks
@@ -206,7 +208,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
             whole = n_chunks == 1 and members == list(range(n_k))  # one item per trial: accumulate in place
             outC = C_all[k0:k0 + nb] if whole else np.zeros((n_items, len(gspecs), mdp.S, mdp.A))
             out_proxy = np.zeros((n_items, K_.N_PROXY if want_proxy else 0))
-            kb._score_weights(seed64, cell64, k0, nb, N, n_chunks, *gtabs.sampler(), gtabs.pi, gtabs.logpi,
+            score_weights(seed64, cell64, k0, nb, N, n_chunks, *gtabs.sampler(), gtabs.pi, gtabs.logpi,
                               gtabs.pi2sum, gtabs.terminal, gtabs.gamma, gtabs.gpow, cap, finite, gtabs.linear,
                               gtabs.score, codes, fpar, crit, critics_arr, V, Q, gtabs.rho_ratio,
                               b_stats, b_SG, b_fitV, b_rho, need_z, want_proxy,
@@ -270,18 +272,20 @@ _target = estimator_target  # the former private name
 _WARMED: set = set()
 
 
-def _warm(t: Tables, seed64, cell64, N, pass1: bool = True) -> None:
+def _warm(t: Tables, seed64, cell64, N, pass1: bool = True, score_weights=None) -> None:
     """Compile (or load from cache) the kernels for these argument types outside the timed region;
-    pass 1 only for cells that run it (a cold start compiles only what the cell uses)."""
-    key = (t.linear, t.noise_kind, pass1)
-    if key in _WARMED or (not pass1 and key[:2] + (True,) in _WARMED):
+    pass 1 only for cells that run it and pass 2 with only the cell's branches (a cold start
+    compiles only what the cell uses)."""
+    score_weights = K_._score_weights if score_weights is None else score_weights
+    key = (t.linear, t.noise_kind, pass1, score_weights.py_func.__name__)
+    if key in _WARMED or (not pass1 and key[:2] + (True,) + key[3:] in _WARMED):
         return
     z = np.zeros
     if pass1:
         K_._batch_stats(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite, t.linear,
                         t.score, False, t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0, 0)),
                         z((0, 0)))
-    K_._score_weights(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.logpi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite,
+    score_weights(seed64, cell64, 0, 0, 1, 1, *t.sampler(), t.pi, t.logpi, t.pi2sum, t.terminal, t.gamma, t.gpow, t.cap, t.finite,
                       t.linear, t.score, z(1, np.int64), z((1, 2)), z(1, np.int64), z((1, 1, 1)), z((1, 1)),
                       z((1, 1, 1)), t.rho_ratio, z((0, K_.N_STATS)), z((0, 0)), z((0, 0, 0)), z((0, 0)), False, False,
                       0.0, z((0, 1, 1, 1)), z((0, 0)))
