@@ -332,3 +332,20 @@ def test_problems_too_big_for_the_dp_tables_are_refused_or_left_to_enumeration()
         M.exact_moments(big, ["reinforce_rtg"], method="dp")
     with pytest.raises(PGBenchError, match="trajectories"):  # auto falls back to enumeration, which refuses
         M.exact_moments(big, ["reinforce_rtg"])
+
+
+def test_dp_agrees_with_enumeration_for_a_logits_policy():
+    """A differentiable policy (logits = X theta, d = 6 != S A) goes through the DP by its score
+    table: the moments live in theta's space and agree with enumerating every trajectory."""
+    import pgbench
+    from pgbench.exact.moments import exact_moments
+    from pgbench.policies import LogitsPolicy
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    pol = LogitsPolicy(lambda t: X @ t.reshape(3, 2), lambda t, c: (X.T @ c).ravel(), theta=np.full(6, 0.1))
+    prob = pgbench.make("garnet:S=4,A=2,b=2,seed=3,horizon=3,noise=0.3").with_policy(pol)
+    ests = ["reinforce", "reinforce_rtg", "value_baseline", "gae:lambda=0.7"]
+    a = exact_moments(prob, ests, batch=1, method="dp")
+    b = exact_moments(prob, ests, batch=1, method="enumerate")
+    assert a.mean.shape == (4, 6)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(a.variance, b.variance, rtol=1e-10)
