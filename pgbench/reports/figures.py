@@ -83,6 +83,12 @@ def _with_class(labels: list, classes: dict) -> list:
     return [lab + (f" [{classes[lab]}]" if classes.get(lab, "practical") != "practical" else "") for lab in labels]
 
 
+def _interval(d: pd.DataFrame, col: str, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% interval (``col_lo``, ``col_hi``) of the rows ``ok``; NaN where the table has none."""
+    n = int(np.count_nonzero(ok))
+    return tuple(_num(d[f"{col}_{end}"])[ok] if f"{col}_{end}" in d else np.full(n, np.nan) for end in ("lo", "hi"))
+
+
 def _order(values) -> list:
     return list(dict.fromkeys(values))
 
@@ -184,8 +190,7 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
         if not ok.any():
             continue
         N, v = N[ok], v[ok]
-        lo = _num(d["variance_lo"])[ok] if "variance_lo" in d else np.full_like(v, np.nan)
-        hi = _num(d["variance_hi"])[ok] if "variance_hi" in d else np.full_like(v, np.nan)
+        lo, hi = _interval(d, "variance", ok)
         colour, marker = st[est]
         ex = _exact_col(d, "exact_variance")
         ex = ex[ok] if ex is not None else np.full_like(v, np.nan)
@@ -342,8 +347,7 @@ def efficiency(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[d
         ok = np.isfinite(s) & (s > 0) & np.isfinite(m) & (m > 0)
         if not ok.any():
             continue
-        lo = _num(d["mse_lo"])[ok] if "mse_lo" in d else np.full(ok.sum(), np.nan)
-        hi = _num(d["mse_hi"])[ok] if "mse_hi" in d else np.full(ok.sum(), np.nan)
+        lo, hi = _interval(d, "mse", ok)
         colour, marker = st[est]
         x = s[ok] * (dodge[est] if shared else 1.0)
         ax.errorbar(x, m[ok], yerr=_log_err(m[ok], lo, hi, m[ok].min() * 1e-3), color=colour, marker=marker,
@@ -580,8 +584,7 @@ def horizon(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict
             ok = np.isfinite(v) & (v > 0)
             if not ok.any():
                 continue
-            lo = _num(e["variance_lo"])[ok] if "variance_lo" in e else np.full(ok.sum(), np.nan)
-            hi = _num(e["variance_hi"])[ok] if "variance_hi" in e else np.full(ok.sum(), np.nan)
+            lo, hi = _interval(e, "variance", ok)
             colour, marker = st[est]
             ax.errorbar(x[ok], v[ok], yerr=_log_err(v[ok], lo, hi, v[ok].min() * 1e-3), color=colour,
                         marker=marker, ms=5, lw=1.4, capsize=3, label=est)
@@ -714,8 +717,7 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
             if not ok.any():
                 continue
             x, v = x[ok], v[ok]
-            lo = _num(d["variance_lo"])[ok] if "variance_lo" in d else np.full_like(v, np.nan)
-            hi = _num(d["variance_hi"])[ok] if "variance_hi" in d else np.full_like(v, np.nan)
+            lo, hi = _interval(d, "variance", ok)
             colour, marker = st[est]
             biased = classes.get(est) == "biased"
             label = _with_class([est], classes)[0] + (f", N={N}" if len(n_values) > 1 else "")
