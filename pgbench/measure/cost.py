@@ -17,25 +17,26 @@ import time
 import numpy as np
 
 OWN_COST_EPISODES = 20_000
-"""Episodes per timing run (fewer when the cell itself has fewer)."""
+"""Episodes per timing run at most; a cell with fewer episodes is timed at its own size (timing
+more episodes than the cell ran would cost more than the cell itself)."""
 OWN_COST_REPEATS = 3
 
 _CACHE: dict = {}
 
 
-def _key(prob, label: str, N: int, theta, backend: str) -> tuple:
+def _key(prob, label: str, N: int, theta, backend: str, trials: int) -> tuple:
     th = "" if theta is None else hashlib.sha1(np.ascontiguousarray(theta, dtype=float).tobytes()).hexdigest()
-    return (getattr(prob, "name", str(prob)), label, int(N), th, backend)
+    return (getattr(prob, "name", str(prob)), label, int(N), th, backend, int(trials))
 
 
 def own_seconds_per_episode(prob, label: str, N: int, theta=None, backend: str = "cpu",
                             episodes: int = OWN_COST_EPISODES, repeats: int = OWN_COST_REPEATS) -> float:
     """Seconds per episode of sampling with estimator ``label`` alone, at batch size ``N``
-    (cached per shape: problem, estimator, N, theta, backend)."""
+    (cached per shape: problem, estimator, N, theta, backend, and the number of timed trials)."""
     from pgbench.measure.measure import run_cell
-    key = _key(prob, label, N, theta, backend)
+    trials = max(2, math.ceil(episodes / N))
+    key = _key(prob, label, N, theta, backend, trials)
     if key not in _CACHE:
-        trials = max(2, math.ceil(episodes / N))
         best = math.inf
         for r in range(max(1, repeats)):
             t0 = time.perf_counter()
@@ -50,7 +51,7 @@ def own_seconds_per_episode(prob, label: str, N: int, theta=None, backend: str =
 def add_own_costs(df, prob, N: int, theta=None, backend: str = "cpu"):
     """``df`` (a frame of :func:`pgbench.measure.measure.measure`) with ``own_seconds`` and
     ``own_mse_x_seconds`` per estimator; returns the same frame (columns added in place)."""
-    own = [own_seconds_per_episode(prob, lab, N, theta, backend) * float(ep)
+    own = [own_seconds_per_episode(prob, lab, N, theta, backend, episodes=min(OWN_COST_EPISODES, int(ep))) * float(ep)
            for lab, ep in zip(df["estimator"], df["episodes"])]
     df["own_seconds"] = own
     df["own_mse_x_seconds"] = df["mse"].to_numpy(float) * np.asarray(own)
