@@ -400,3 +400,19 @@ def test_batch_arrays_are_read_only(registered):
     with pytest.raises(ValueError, match="read-only") as ei:
         sample_mdp(make("three_step_bandit"), ["t_scribble"], N=3, K=2, seed=0)
     assert any("t_scribble" in n for n in ei.value.__notes__)
+
+
+@pytest.mark.parametrize("T", [1, 7, 32, 33, 300])
+@pytest.mark.parametrize("factor", [0.0, 0.855, 1.0])
+def test_discounted_cumsum_matches_the_backward_recursion(T, factor):
+    """Both forms (matrix product for short rows, linear filter for long ones) against the loop."""
+    from pgbench.estimators.batch import discounted_cumsum
+    x = np.random.default_rng(T).normal(size=(5, T))
+    want = np.zeros_like(x)
+    acc = np.zeros(5)
+    for t in range(T - 1, -1, -1):
+        acc = x[:, t] + factor * acc
+        want[:, t] = acc
+    got = discounted_cumsum(x, factor)
+    assert got.shape == x.shape and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())

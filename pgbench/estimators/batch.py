@@ -87,17 +87,15 @@ class Batch:
 def discounted_cumsum(x: np.ndarray, factor: float) -> np.ndarray:
     """``y[:, t] = sum_{k >= t} factor^(k-t) x[:, k]`` along the rows of x (N, T).
 
-    One product with the (T, T) matrix ``M[k, t] = factor^(k-t)`` for k >= t when T is small (a
-    BLAS call beats T NumPy steps), the backward recursion ``y_t = x_t + factor y_(t+1)`` otherwise."""
+    One product with the (T, T) matrix ``M[k, t] = factor^(k-t)`` for k >= t when T is small, the
+    backward recursion ``y_t = x_t + factor y_(t+1)`` as a linear filter (``scipy.signal.lfilter``,
+    compiled) otherwise: at T = 220 the matrix product cost 0.6 ms a call, the filter 0.06 ms."""
     T = x.shape[1]
-    if T <= 256:
+    if T <= 32:
         return x @ _discount_matrix(float(factor), T)
-    y = np.empty_like(x, dtype=np.float64)
-    acc = np.zeros(x.shape[0])
-    for t in range(T - 1, -1, -1):
-        acc = x[:, t] + factor * acc
-        y[:, t] = acc
-    return y
+    from scipy.signal import lfilter
+    y = lfilter([1.0], [1.0, -float(factor)], np.asarray(x, dtype=np.float64)[:, ::-1], axis=1)
+    return np.ascontiguousarray(y[:, ::-1])
 
 
 @lru_cache(maxsize=16)

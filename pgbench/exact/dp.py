@@ -549,6 +549,12 @@ def _trace_tables(ch: _Chain, spec, V, Q, critic):
     raise PGBenchError(f"no dynamic programme for {name}")
 
 
+def _arg(x) -> np.ndarray:
+    """A writable C-contiguous float64 copy: numba compiles a separate pass for a read-only array
+    (a slice of the problem's frozen tables) and a writable one, so every table is passed writable."""
+    return np.array(x, dtype=np.float64, order="C")
+
+
 def trace_moments(ch: _Chain, spec, V, Q, critic=None):
     """Mean (d,) and coordinatewise ``E[g * g]`` (d,) of one episode's estimate (trace family)."""
     alpha, beta, omega, has_q, q0, q1, w_mode, cW = _trace_tables(ch, spec, V, Q, critic)
@@ -556,8 +562,8 @@ def trace_moments(ch: _Chain, spec, V, Q, critic=None):
     M2 = np.zeros(ch.d)
     Mn = np.zeros(ch.d)
     _trace_pass(ch.rho0, ch.pi, ch.u, ch.nidx, ch.nprob, ch.terminal, ch.var, ch.cap, float(alpha), beta, omega,
-                bool(has_q), np.ascontiguousarray(q0, dtype=np.float64), np.ascontiguousarray(q1, dtype=np.float64),
-                int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2, Mn, ch.tabular)
+                bool(has_q), _arg(q0), _arg(q1),
+                int(w_mode), _arg(cW), M1, M2, Mn, ch.tabular)
     return M1, M2, Mn
 
 
@@ -759,8 +765,8 @@ def state_mean_moments(ch: _Chain, spec, V, Q, critic=None, successors=None):
     M1 = np.zeros(ch.d)
     M2 = np.zeros(ch.d)
     _state_mean_pass(ch.rho0, ch.u, succ, psucc, post, ch.terminal, ch.cap, float(alpha), beta, omega, bool(has_q),
-                     np.ascontiguousarray(q0, dtype=np.float64), np.ascontiguousarray(q1, dtype=np.float64),
-                     int(w_mode), np.ascontiguousarray(cW, dtype=np.float64), M1, M2)
+                     _arg(q0), _arg(q1),
+                     int(w_mode), _arg(cW), M1, M2)
     return M1, M2
 
 

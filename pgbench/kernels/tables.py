@@ -18,7 +18,7 @@ from pgbench.problems.problem import MDPProblem
 
 def alias_tables(q: np.ndarray):
     """Alias tables (prob, alias) for each row of q."""
-    q = np.ascontiguousarray(q, dtype=np.float64)
+    q = np.array(q, dtype=np.float64, order="C")  # writable: a read-only row table would compile a second kernel
     prob = np.empty_like(q)
     alias = np.empty(q.shape, dtype=np.int64)
     K_.build_alias(q, prob, alias)
