@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from pgbench.errors import PGBenchError
 from pgbench.estimators.batch import discounted_cumsum
@@ -62,29 +63,48 @@ def gpomdp_baseline(batch) -> np.ndarray:
     N = batch.N
     if N < 2:
         raise PGBenchError("gpomdp_baseline needs batch size N >= 2 (leave-one-out)")
-    g = batch.policy.score_table(batch.theta)  # (S, A, d)
-    ok = batch.mask
-    s = np.where(ok, batch.states[:, :-1], 0)
-    a = np.where(ok, batch.actions, 0)
-    c = np.cumsum(np.where(ok[:, :, None], g[s, a], 0.0), axis=1)  # (N, T, d), frozen after the end
-    c2 = c * c
-    rc2 = batch.rewards[:, :, None] * c2
-    den = _sum_of_others(c2)
-    num = _sum_of_others(rc2)
-    b = np.divide(num, den, out=np.zeros_like(num), where=den > 0)  # a weighted mean of the others' r_t
-    w = batch.discount()[None, :, None]
-    return (w * (batch.rewards[:, :, None] - b) * c).sum(axis=(0, 1)) / N
-
-
-def _sum_of_others(x: np.ndarray) -> np.ndarray:
-    """``sum_{j != i} x[j]`` along axis 0, as (sum before i) + (sum after i): no subtraction, so a
-    leave-one-out sum of tiny terms is not lost to cancellation against the total."""
-    before = np.cumsum(x, axis=0)
-    after = np.cumsum(x[::-1], axis=0)[::-1]
-    out = np.zeros_like(x)
-    out[1:] += before[:-1]
-    out[:-1] += after[1:]
+    g = np.ascontiguousarray(batch.policy.score_table(batch.theta), dtype=np.float64)  # (S, A, d)
+    out = np.zeros(g.shape[2])
+    _gpomdp_baseline(batch.states, batch.actions, batch.rewards, batch.discount(), g, out)
     return out
+
+
+@njit(cache=True)
+def _gpomdp_baseline(states, actions, rewards, disc, g, out):
+    """One pass over t, the cumulative scores ``c`` (N, d) carried along (frozen after an episode's
+    end, where its reward is 0). The leave-one-out sums are (sum before i) + (sum after i), not
+    the total minus episode i: no cancellation when episode i holds most of the total."""
+    N, T = actions.shape
+    d = g.shape[2]
+    c = np.zeros((N, d))
+    pre_n = np.zeros(N + 1)
+    pre_d = np.zeros(N + 1)
+    suf_n = np.zeros(N + 1)
+    suf_d = np.zeros(N + 1)
+    for t in range(T):
+        for i in range(N):
+            a = actions[i, t]
+            if a >= 0:
+                s = states[i, t]
+                for k in range(d):
+                    c[i, k] += g[s, a, k]
+        for k in range(d):
+            for i in range(N):
+                c2 = c[i, k] * c[i, k]
+                pre_d[i + 1] = pre_d[i] + c2
+                pre_n[i + 1] = pre_n[i] + rewards[i, t] * c2
+            for i in range(N - 1, -1, -1):
+                c2 = c[i, k] * c[i, k]
+                suf_d[i] = suf_d[i + 1] + c2
+                suf_n[i] = suf_n[i + 1] + rewards[i, t] * c2
+            acc = 0.0
+            for i in range(N):
+                den = pre_d[i] + suf_d[i + 1]
+                b = (pre_n[i] + suf_n[i + 1]) / den if den > 0 else 0.0  # a weighted mean of the others' r_t
+                acc += (rewards[i, t] - b) * c[i, k]
+            out[k] += disc[t] * acc
+    for k in range(d):
+        out[k] /= N
 
 
 def function(spec):

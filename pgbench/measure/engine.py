@@ -292,6 +292,20 @@ def _warm(t: Tables, seed64, cell64, N, pass1: bool = True, score_weights=None) 
     _WARMED.add(key)
 
 
+def precompile(batch_path: bool = True) -> None:
+    """Compile (or load from numba's cache) the CPU sampler for the argument types every MDP
+    problem shares: pass 1 and the full pass 2 (every branch, as suite runs use it), and the
+    episode kernels of the Python batch path. A cold ``pgbench run`` calls this in a second
+    process while the first runs the cells that need none of it."""
+    from pgbench.problems.registry import make
+    prob = make("three_step_bandit")
+    th = prob.resolve_theta(None)
+    t = make_tables(prob, th)
+    _warm(t, seed_u64(0), np.uint64(1), 1, True, K_._score_weights)
+    if batch_path:
+        sample_mdp(prob, ["ppo_gae"], 2, 2)
+
+
 EXACT_BASELINE_LIMIT = 20_000
 
 

@@ -119,6 +119,11 @@ def kernels_cached() -> bool:
         return True
 
 
+def _is_mdp_suite(suite_id: str) -> bool:
+    from pgbench.problems import make
+    return make(get_suite(suite_id).problem).kind == "mdp"
+
+
 def _say(msg: str) -> None:
     print(f"pgbench: {msg}", file=sys.stderr, flush=True)
 
@@ -211,8 +216,14 @@ def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report,
     lines = progress is None and not sys.stderr.isatty()  # no terminal: a line per cell instead of a bar
     if progress is None:
         progress = sys.stderr.isatty()
-    if not quiet and cells and not kernels_cached():
-        _say("compiling kernels (first run only: a minute or two; cached afterwards)")
+    cold = None
+    if cells and not kernels_cached():
+        if not quiet:
+            _say("compiling kernels (first run only: a minute or two; cached afterwards)")
+        if executor is None:
+            from pgbench.suites.warmup import ColdStart
+            cold = ColdStart(cells, _is_mdp_suite)
+            cells = cold.cells
     from tqdm import tqdm
     bar = tqdm(total=len(cells), desc="pgbench run", unit="cell", disable=not progress, file=sys.stderr)
     if lines:
@@ -221,6 +232,8 @@ def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report,
         if executor is None:
             for sid, N in cells:
                 bar.set_postfix_str(f"{sid} N={N}")
+                if cold is not None:
+                    cold.before(sid)
                 rd.write_cell(run_cell_record(sid, N, quick, seed, backend))
                 bar.update()
         else:
@@ -232,6 +245,9 @@ def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report,
         print(f"pgbench: interrupted; finished cells are kept in {rd.path} (continue with --resume {rd.path})",
               file=sys.stderr)
         raise
+    finally:
+        if cold is not None:
+            cold.close()
     bar.close()
     if not report:
         rd.finalize()
