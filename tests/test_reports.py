@@ -670,3 +670,43 @@ def test_bad_run_directories_raise_pgbench_error(tmp_path, real_run):
         assert not os.path.exists(os.path.join(str(path), "report.md")), name
     with pytest.raises(PGBenchError):
         write_report(None)
+
+
+def _strip_written(md: str) -> str:
+    """The report without its clock times (each run directory was made at its own moment)."""
+    return re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", "TIME", md)
+
+
+def test_figures_drawn_in_worker_processes_equal_those_drawn_here(tmp_path, monkeypatch):
+    """Same PNG bytes and the same report with figure workers as without; a figure that fails
+    in a worker is a named 'Figure missing' note either way, and the rest of the report stands."""
+    from pgbench.reports.report import REPORT_WORKERS_ENV, write_report
+    recs = synthetic_records()
+    bad = [{"estimator": "reinforce_rtg", "N": 16, "variance": 1.0, "state": 0.5, "action": 0.5, "noise": 0.0}]
+    recs.append(_record("decomp/bad", 16, [_row("reinforce_rtg", 16)], ["variance_decomposition"],
+                        variance_decomposition=[{"estimator": "x", "variance": float("nan")}]))
+    recs.append(_record("decomp/good", 16, [_row("reinforce_rtg", 16)], ["variance_decomposition"],
+                        variance_decomposition=bad))
+    out = {}
+    for workers in ("1", "2"):
+        path = make_run(tmp_path / f"w{workers}" / "run", recs)
+        monkeypatch.setenv(REPORT_WORKERS_ENV, workers)
+        md_path, _ = write_report(path)
+        md = _strip_written(open(md_path).read())
+        figs = {f: open(os.path.join(path, "figures", f), "rb").read()
+                for f in sorted(os.listdir(os.path.join(path, "figures")))}
+        out[workers] = (md, figs)
+        assert re.search(r"Figure missing:\*\* figure decomp\S*bad\S*variance_decomposition\.png could not be drawn: "
+                         r"PGBenchError", md), md[-2000:]
+        assert any("decomp_good" in f for f in figs) and not any("decomp_bad" in f for f in figs)
+    assert out["1"][0] == out["2"][0]
+    assert out["1"][1].keys() == out["2"][1].keys() and len(out["1"][1]) >= 8
+    for f, data in out["1"][1].items():
+        assert data == out["2"][1][f], f
+
+
+def test_report_workers_setting_is_checked(tmp_path, monkeypatch, synthetic_run):
+    from pgbench.reports.report import REPORT_WORKERS_ENV, write_report
+    monkeypatch.setenv(REPORT_WORKERS_ENV, "two")
+    with pytest.raises(PGBenchError, match=REPORT_WORKERS_ENV):
+        write_report(synthetic_run)

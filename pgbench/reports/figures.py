@@ -106,6 +106,12 @@ def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
     return buf.getvalue()
 
 
+def render(fn, args: tuple = (), kwargs: Optional[dict] = None) -> bytes:
+    """``png_bytes(fn(*args, **kwargs))``: one figure drawn and rendered (a picklable unit of work
+    for the report's worker processes)."""
+    return png_bytes(fn(*args, **(kwargs or {})))
+
+
 def _suite_name(df: pd.DataFrame, suite: Optional[str]) -> str:
     if suite:
         return suite

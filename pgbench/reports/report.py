@@ -571,9 +571,8 @@ def _suite_description(sid: str) -> tuple[str, Optional[object]]:
     return s.description or "(no description)", s
 
 
-def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: pd.DataFrame,
-                       written: list, problems: list, df_all: Optional[pd.DataFrame] = None,
-                       suites: Optional[list] = None) -> None:
+def _figures_for_suite(doc: Doc, renderer: "_Renderer", sid: str, recs: list[dict], df: pd.DataFrame,
+                       df_all: Optional[pd.DataFrame] = None, suites: Optional[list] = None) -> None:
     from pgbench.reports import figures as F
     names = []
     for r in recs:
@@ -591,7 +590,7 @@ def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: p
                 if r.get("scatter"):
                     corr = (r.get("proxy") or {}).get("corr_W_znorm2")
                     jobs.append((f"{_slug(r['cell'])}-proxy.png", f"{r['cell']}: W(tau) against exact ||z||^2",
-                                 lambda r=r, corr=corr: F.proxy_scatter(r["scatter"], corr, sid, r["cell"])))
+                                 F.proxy_scatter, (r["scatter"], corr, sid, r["cell"]), {}))
             if not jobs:
                 doc.p(Inline(f"Figure 'proxy': no per-episode scatter data in this suite's cells."))
         elif name == "variance_decomposition":
@@ -599,7 +598,7 @@ def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: p
                 if r.get("variance_decomposition"):
                     jobs.append((f"{_slug(r['cell'])}-variance_decomposition.png",
                                  f"{r['cell']}: exact variance decomposition",
-                                 lambda r=r: F.variance_decomposition(r["variance_decomposition"], sid, r["cell"])))
+                                 F.variance_decomposition, (r["variance_decomposition"], sid, r["cell"]), {}))
             if not jobs:
                 doc.p(Inline("Figure 'variance_decomposition': no exact decomposition in this suite's cells "
                              "(cells run before it existed, or no per-step estimator the moment DP covers)."))
@@ -611,27 +610,92 @@ def _figures_for_suite(doc: Doc, run_dir: str, sid: str, recs: list[dict], df: p
                 continue
             fdf = df_all[df_all["suite"].isin(members)] if df_all is not None else df
             fn = F.FAMILY_FIGURES[name]
-            jobs.append((f"{_slug(fam)}-{name}.png", f"{fam}: {name}",
-                         lambda fn=fn, fdf=fdf: fn(fdf, fam, styles=F.estimator_styles(list(fdf["estimator"])))))
+            jobs.append((f"{_slug(fam)}-{name}.png", f"{fam}: {name}", fn, (fdf, fam),
+                         {"styles": F.estimator_styles(list(fdf["estimator"]))}))
         elif name in F.FIGURES:
             fn = F.FIGURES[name]
             kw = {} if name == "gae_lambda" else {"styles": styles}
-            jobs.append((f"{_slug(sid)}-{name}.png", f"{sid}: {name}", lambda fn=fn, kw=kw: fn(df, sid, **kw)))
+            jobs.append((f"{_slug(sid)}-{name}.png", f"{sid}: {name}", fn, (df, sid), kw))
         else:
             doc.p(Inline(f"Unknown figure '{name}' (known: {', '.join(F.FIGURES)})."))
-        for fname, alt, make in jobs:
+        for fname, alt, fn, args, kwargs in jobs:
+            doc.img(f"figures/{fname}", alt, renderer.submit(fn, args, kwargs))
+
+
+REPORT_WORKERS_ENV = "PGBENCH_REPORT_WORKERS"
+"""Worker processes that draw the report's figures (default: 2 where there are 2 CPUs or more;
+1 draws them in this process)."""
+
+
+class _Done:
+    """A figure already drawn in this process (or the error that stopped it)."""
+
+    def __init__(self, fn, args, kwargs):
+        from pgbench.reports.figures import render
+        self.data, self.exc = None, None
+        try:
+            self.data = render(fn, args, kwargs)
+        except Exception as exc:  # reported with the figure's name when the report resolves it
+            self.exc = exc
+
+    def result(self) -> bytes:
+        if self.exc is not None:
+            raise self.exc
+        return self.data
+
+
+class _Renderer:
+    """Draws figures while the tables are built: matplotlib's layout and rendering are most of a
+    report's time (about 0.65 s a figure), and figures are independent, so they go to worker
+    processes (spawned: no forked numba threads); each figure is the same PNG wherever it is drawn."""
+
+    def __init__(self):
+        try:
+            self.workers = int(os.environ.get(REPORT_WORKERS_ENV, "") or min(2, os.cpu_count() or 1))
+        except ValueError:
+            raise PGBenchError(f"{REPORT_WORKERS_ENV} must be an integer; got {os.environ[REPORT_WORKERS_ENV]!r}")
+        self.pool = None
+
+    def submit(self, fn, args, kwargs):
+        if self.workers > 1 and self.pool is None:
             try:
-                fig = make()
-                data = F.png_bytes(fig)
-            except Exception as exc:  # one bad figure must not cost the whole report
-                msg = f"figure {fname} could not be drawn: {type(exc).__name__}: {exc}"
-                problems.append(msg)
-                doc.p(B("Figure missing:"), Inline(" " + msg))
-                continue
-            rel = f"figures/{fname}"
-            atomic_write_bytes(os.path.join(run_dir, "figures", fname), data)
-            written.append(rel)
-            doc.img(rel, alt, data)
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            except (OSError, ImportError, NotImplementedError):  # no process pool here: draw in this process
+                self.workers = 1
+        if self.pool is None:
+            return _Done(fn, args, kwargs)
+        from pgbench.reports.figures import render
+        return self.pool.submit(render, fn, args, kwargs)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+def _resolve_figures(doc: Doc, run_dir: str, written: list, problems: list) -> None:
+    """Wait for every figure, write its PNG, and put a 'Figure missing' note where one failed
+    (one bad figure must not cost the whole report)."""
+    from concurrent.futures.process import BrokenProcessPool
+    for i, blk in enumerate(doc.blocks):
+        if blk[0] != "img" or isinstance(blk[3], bytes):
+            continue
+        rel, alt, job = blk[1], blk[2], blk[3]
+        try:
+            data = job.result()
+        except BrokenProcessPool as exc:
+            data, msg = None, f"figure {os.path.basename(rel)} could not be drawn: the worker process died ({exc})"
+        except Exception as exc:
+            data, msg = None, f"figure {os.path.basename(rel)} could not be drawn: {type(exc).__name__}: {exc}"
+        if data is None:
+            problems.append(msg)
+            doc.blocks[i] = ("p", (B("Figure missing:"), Inline(" " + msg)))
+            continue
+        atomic_write_bytes(os.path.join(run_dir, rel), data)
+        written.append(rel)
+        doc.blocks[i] = ("img", rel, alt, data)
 
 
 def _planned_missing(meta: dict, cells: list[dict]) -> list[str]:
@@ -647,6 +711,38 @@ def _planned_missing(meta: dict, cells: list[dict]) -> list[str]:
             if cid not in have:
                 missing.append(cid)
     return missing
+
+
+def _suites_and_figures(doc: Doc, renderer: _Renderer, cells: list, meta: dict, progress) -> None:
+    """One section per suite: its cells' tables, then its figures (handed to ``renderer``)."""
+    df_all = results_frame(cells)
+    suites = list(dict.fromkeys([s for s in (meta.get("suites") or []) if any(c["suite"] == s for c in cells)]
+                                + [c["suite"] for c in cells]))
+    for i, sid in enumerate(suites):
+        if progress is not None:
+            progress(f"report: suite {i + 1}/{len(suites)} {sid}")
+        recs = sorted([c for c in cells if c["suite"] == sid], key=lambda c: c["N"])
+        desc, suite = _suite_description(sid)
+        doc.h(2, f"Suite {sid}", _anchor(sid))
+        doc.p(Inline(desc))
+        if suite is not None:
+            bits = [f"problem {suite.problem}"]
+            if suite.theta:
+                bits.append(f"theta {suite.theta}")
+            if suite.tags:
+                bits.append("tags " + ", ".join(suite.tags))
+            doc.p(Inline("; ".join(bits) + "."))
+        for rec in recs:
+            _cell_header(doc, rec)
+            if rec["rows"]:
+                _cell_table(doc, rec)
+            else:
+                doc.p(Inline("No estimator rows in this cell."))
+            _paired_table(doc, rec)
+            _proxy_table(doc, rec)
+        df = df_all[df_all["suite"] == sid] if not df_all.empty else df_all
+        if not df.empty:
+            _figures_for_suite(doc, renderer, sid, recs, df, df_all, suites)
 
 
 def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
@@ -726,35 +822,12 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
                   + (["practical: lowest MSE x own seconds"] if any_cost else []), srows, {1})
 
     written, problems = [], []
-    df_all = results_frame(cells)
-    suites = list(dict.fromkeys([s for s in (meta.get("suites") or []) if any(c["suite"] == s for c in cells)]
-                                + [c["suite"] for c in cells]))
-    for i, sid in enumerate(suites):
-        if progress is not None:
-            progress(f"report: suite {i + 1}/{len(suites)} {sid}")
-        recs = sorted([c for c in cells if c["suite"] == sid], key=lambda c: c["N"])
-        desc, suite = _suite_description(sid)
-        doc.h(2, f"Suite {sid}", _anchor(sid))
-        doc.p(Inline(desc))
-        if suite is not None:
-            bits = [f"problem {suite.problem}"]
-            if suite.theta:
-                bits.append(f"theta {suite.theta}")
-            if suite.tags:
-                bits.append("tags " + ", ".join(suite.tags))
-            doc.p(Inline("; ".join(bits) + "."))
-        for rec in recs:
-            _cell_header(doc, rec)
-            if rec["rows"]:
-                _cell_table(doc, rec)
-            else:
-                doc.p(Inline("No estimator rows in this cell."))
-            _paired_table(doc, rec)
-            _proxy_table(doc, rec)
-        df = df_all[df_all["suite"] == sid] if not df_all.empty else df_all
-        if not df.empty:
-            _figures_for_suite(doc, run_dir, sid, recs, df, written, problems, df_all, suites)
-
+    renderer = _Renderer()
+    try:
+        _suites_and_figures(doc, renderer, cells, meta, progress)
+        _resolve_figures(doc, run_dir, written, problems)
+    finally:
+        renderer.close()
     doc.h(2, "Notes", "notes")
     doc.ul([f"Verdicts test H0: mean of the K trial estimates = exact gradient at level {ALPHA:g}, with the p "
             f"shown and the test named beside it: the larger of the normal-theory p (Hotelling T2, or Holm-"
