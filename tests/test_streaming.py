@@ -37,9 +37,9 @@ def test_compiled_resamples_equal_the_numpy_reference():
 
 
 def test_resamples_do_not_depend_on_the_thread_count():
-    C = np.ascontiguousarray(skewed(500, 4, 1))
+    from pgbench.kernels.bootstrap import GRAM_BLOCK, direction_norms, gram_centred
+    C = np.ascontiguousarray(skewed(2 * GRAM_BLOCK + 77, 4, 1))  # three blocks, the last one short
     C -= C.mean(axis=0)
-    from pgbench.kernels.bootstrap import direction_norms, gram_centred
     m, V = np.full(4, 0.1), np.linalg.qr(np.random.default_rng(0).normal(size=(4, 2)))[0]
     old = numba.get_num_threads()
     try:

@@ -109,6 +109,7 @@ from scipy import special, stats
 from scipy.optimize import brentq
 
 from pgbench.errors import PGBenchError
+from pgbench.threads import blas_single_threaded
 
 __all__ = ["summarize", "paired", "cost", "verdict_p", "BOOTSTRAP", "HOTELLING_MIN_DF", "HOTELLING_MIN_RATIO", "DEFAULT_RTOL"]
 
@@ -552,6 +553,7 @@ def bootstrap_max_t(X, target, reference=None, B: int = 1999, seed: int = 0, rto
 # public API
 
 
+@blas_single_threaded
 def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
               rtol: float = DEFAULT_RTOL, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
     """Bias, variance, MSE and cosine of ``K`` trial estimates against the exact gradient.
@@ -676,6 +678,7 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     }
 
 
+@blas_single_threaded
 def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
            level: float = 0.95, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
     """Compare two estimators computed on the same episodes (common random numbers).
