@@ -140,6 +140,7 @@ def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
                                    opt_b=extras.get("optimal_const_baseline_b"))
         out.update({lab: (float(v), float(m)) for lab, v, m in zip(em.labels, em.variance, em.mse)})
         ok = [s for s in ok if s.label not in out]
+    ok = [s for s in ok if s.info.code >= 0]  # enumeration runs the built-in kernels (ppo_gae: the DP only)
     if not ok:
         return out
     n = moments.count_trajectories(prob, stop_above=EXACT_LIMIT)
