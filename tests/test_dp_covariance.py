@@ -152,3 +152,10 @@ def test_monte_carlo_agrees_with_the_dp_for_ppo_gae_and_measure_reports_it():
     assert np.isnan(df["exact_variance"].iloc[3])  # batch normalisation: Monte-Carlo only
     em = M.exact_moments(prob, names[1:3], batch=4, theta=theta)
     np.testing.assert_allclose(df["exact_variance"].iloc[1:3], em.variance, rtol=1e-12)
+
+
+def test_report_marks_only_the_batch_normalised_and_ratio_baseline_practice_estimators_mc_only():
+    from pgbench.reports.report import _why_no_exact
+    assert "batch normalisation" in _why_no_exact("normalized_advantage")
+    assert "leave-one-out" in _why_no_exact("gpomdp_baseline")
+    assert dp.why_not(parse("ppo_gae:lambda=0.95")) is None  # exact: never listed as MC only
