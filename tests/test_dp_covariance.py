@@ -159,3 +159,30 @@ def test_report_marks_only_the_batch_normalised_and_ratio_baseline_practice_esti
     assert "batch normalisation" in _why_no_exact("normalized_advantage")
     assert "leave-one-out" in _why_no_exact("gpomdp_baseline")
     assert dp.why_not(parse("ppo_gae:lambda=0.95")) is None  # exact: never listed as MC only
+
+
+# ----------------------------------------------------------------------------- w_baseline_loo at N = 2
+
+@pytest.mark.parametrize("key", ["three_step_bandit", "garnet_finite_gaussian", "dag_unbounded", "dag_unbounded_linear"])
+def test_w_baseline_loo_at_two_episodes_is_rloo_and_agrees_with_enumeration(key):
+    """b_i = W_j R_j / W_j = R_j: the DP gives rloo's moments, enumeration runs the sampler's ratio."""
+    prob = _get(key)
+    assert M.dp_supports("w_baseline_loo", prob, 2) and not M.dp_supports("w_baseline_loo", prob, 3)
+    en = M.exact_moments(prob, ["w_baseline_loo", "rloo"], batch=2, method="enumerate", cov=True)
+    em = M.exact_moments(prob, ["w_baseline_loo"], batch=2, cov=True)
+    assert em.extras["method"] == "dp"
+    _cov_close(em.cov, en.cov[:1], _floor(en))
+    assert np.abs(em.mean[0] - en.mean[0]).max() <= 1e-10 * np.abs(en.mean[0]).max()
+    assert em.variance[0] == pytest.approx(en.variance[0], rel=1e-10)
+    assert en.variance[0] == pytest.approx(en.variance[1], rel=1e-10)  # the sampler's w_baseline_loo is rloo
+
+
+def test_w_baseline_loo_with_an_almost_certain_action_is_left_to_enumeration():
+    """W(tau) = sum_t ||e_a - pi||^2 vanishes for an episode whose actions all have probability 1
+    (then the baseline is 0, not R_j): a policy that close to deterministic is refused by the DP."""
+    prob = _get("three_step_bandit")
+    sharp = prob.with_theta(np.where(np.arange(prob.theta.size) % 3 == 0, 40.0, 0.0).reshape(prob.theta.shape))
+    assert not M.dp_supports("w_baseline_loo", sharp, 2)
+    with pytest.raises(PGBenchError, match="W can vanish"):
+        M.exact_moments(sharp, ["w_baseline_loo"], batch=2, method="dp")
+    assert "method" not in M.exact_moments(sharp, ["w_baseline_loo"], batch=2).extras  # auto: enumeration

@@ -61,6 +61,15 @@ two episodes' sums reduce to per-step moments and to sums over pairs of steps
 moment a pass over (t, s, s') gives; ``Var(E[g | states])`` is the start-state and transition
 part, the reward-noise part comes out of the main pass, and action sampling is the rest.
 
+*Full covariance* (:func:`dp_second_moments`): every estimator above is linear in the score
+table u once its constants are fixed (the optimal constant baseline's b* is computed once from
+the original scores), so the passes run on the widened scores ``u M``, ``M = [I | e_i + e_j for
+i < j]``, return ``E[g_i^2]`` and ``E[(g_i + g_j)^2]`` coordinatewise, and
+``E[g_i g_j] = (E[(g_i + g_j)^2] - E[g_i^2] - E[g_j^2]) / 2``.
+
+*w_baseline_loo at N = 2* is rloo at N = 2 (``b_i = W_j R_j / W_j = R_j``) when no episode can
+have ``W = 0`` (:func:`w_loo_is_rloo`).
+
 Unbounded problems run to the sampling cap (the law of the sampled, capped episodes) and report
 the probability mass the cap cuts off.
 """
@@ -78,7 +87,7 @@ from pgbench.errors import PGBenchError
 __all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
            "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments", "is_moments",
            "dp_table_size", "DP_TABLE_LIMIT", "check_table_size", "dp_second_moments", "pair_columns",
-           "time_baseline_loo_moments", "time_baseline_loo_coords"]
+           "time_baseline_loo_moments", "time_baseline_loo_coords", "w_loo_is_rloo"]
 
 TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
          "all_action", "geometric_termination", "ppo_gae")
@@ -89,7 +98,7 @@ _RTG = SimpleNamespace(name="reinforce_rtg", p={})  # the reward-to-go inside ti
 
 DP_UNSUPPORTED = {
     "w_baseline": "the weighted in-batch baseline is a ratio of batch sums (no finite set of per-episode moments)",
-    "w_baseline_loo": "the leave-one-out weighted baseline is a ratio of batch sums",
+    "w_baseline_loo": "the leave-one-out weighted baseline is a ratio of batch sums (at N = 2 it is rloo)",
     "score_norm_baseline": "the baseline is a ratio of batch sums",
     "natural": "a pseudo-inverse of the batch Fisher per batch",
     "normalized_advantage": "psi is normalised by the batch's own mean and standard deviation (batch normalisation)",
@@ -99,9 +108,34 @@ PYTHON_BATCH = ("ppo_gae",)
 """Python batch estimators (pgbench.estimators.practice) whose estimate is per-episode and in the trace family."""
 
 
-def why_not(spec) -> str | None:
-    """Why the DP cannot do this estimator (None when it can)."""
+W_LOO_MARGIN = 4e-6
+"""``w_baseline_loo`` at N = 2 goes to the DP as ``rloo`` when every step's ``W`` term is at least
+``W_LOO_MARGIN`` times the cap (see :func:`w_loo_is_rloo`)."""
+
+
+def w_loo_is_rloo(pi: np.ndarray, terminal: np.ndarray, cap: int) -> bool:
+    """Whether ``w_baseline_loo`` at N = 2 is ``rloo`` at N = 2 under ``pi`` (S, A).
+
+    With two episodes, episode i's baseline is ``W_j R_j / W_j = R_j`` when ``W_j > 0``, and
+    ``W(tau) = sum_t ||e_(a_t) - pi(.|s_t)||^2`` is 0 only for an episode whose every action has
+    probability 1 (then the sampler's baseline is 0, not R_j). Checked with a margin: every step's
+    term ``1 - 2 pi(a|s) + sum_b pi(b|s)^2`` (a taken with pi(a|s) > 0, s not terminal) at least
+    ``W_LOO_MARGIN cap``, so that ``W_j / W_i >= 2e-6`` and the sampler's float ratio
+    ``(W_i R_i + W_j R_j - W_i R_i) / (W_i + W_j - W_i)`` is ``R_j`` to about 1e-10."""
+    w = 1.0 - 2.0 * pi + (pi * pi).sum(axis=1, keepdims=True)
+    live = (pi > 0) & ~np.asarray(terminal, bool)[:, None]
+    return bool(np.all(w[live] >= W_LOO_MARGIN * cap))
+
+
+def why_not(spec, N: int | None = None, pi=None, terminal=None, cap: int | None = None) -> str | None:
+    """Why the DP cannot do this estimator (None when it can). ``w_baseline_loo`` is covered at
+    N = 2 when ``pi``, ``terminal`` and ``cap`` are given and :func:`w_loo_is_rloo` holds."""
+    if spec.name == "w_baseline_loo" and N == 2 and pi is not None and w_loo_is_rloo(pi, terminal, cap):
+        return None
     if spec.name in DP_UNSUPPORTED:
+        if spec.name == "w_baseline_loo" and N == 2 and pi is not None:
+            return ("at N = 2 it is rloo only when W(tau) > 0 for every episode; here an action is (almost) "
+                    "certain somewhere, so W can vanish")
         return DP_UNSUPPORTED[spec.name]
     if spec.info.target != "mdp" or (spec.info.code < 0 and spec.name not in PYTHON_BATCH):
         return "not a built-in MDP estimator"
@@ -112,9 +146,9 @@ def why_not(spec) -> str | None:
     return None
 
 
-def dp_supports(spec) -> bool:
-    """Whether :func:`dp_moments` handles this (parsed) estimator."""
-    return why_not(spec) is None
+def dp_supports(spec, N: int | None = None, pi=None, terminal=None, cap: int | None = None) -> bool:
+    """Whether :func:`dp_moments` handles this (parsed) estimator (at batch N under ``pi``: see :func:`why_not`)."""
+    return why_not(spec, N, pi, terminal, cap) is None
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -807,7 +841,7 @@ def _chain_moments(ch: _Chain, specs, N: int, V, Q, critics: dict, opt_b, behavi
     m2 = np.zeros((n, d))
     batch = np.zeros(n, bool)
     rm = None
-    if any(sp.name in RETURN + RETURN_BATCH for sp in specs):
+    if any(sp.name in RETURN + RETURN_BATCH + ("w_baseline_loo",) for sp in specs):
         rm = return_moments(ch)
     rtg_zz = None
     for j, sp in enumerate(specs):
@@ -823,6 +857,9 @@ def _chain_moments(ch: _Chain, specs, N: int, V, Q, critics: dict, opt_b, behavi
             batch[j] = True
             if N > 1:  # rloo needs N >= 2 (refused earlier); batch_mean at N = 1 is exactly zero
                 mean[j], m2[j] = rm.in_batch_coords(sp.name, N)
+        elif sp.name == "w_baseline_loo" and N == 2 and w_loo_is_rloo(ch.pi, ch.terminal, ch.cap):
+            batch[j] = True  # b_i = W_j R_j / W_j = R_j: rloo at N = 2
+            mean[j], m2[j] = rm.in_batch_coords("rloo", 2)
         elif sp.name in TIME_BATCH:
             batch[j] = True
             if rtg_zz is None:

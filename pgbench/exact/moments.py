@@ -510,10 +510,21 @@ def _groups(specs):
     return groups
 
 
-def dp_supports(spec) -> bool:
-    """Whether the dynamic programme (:mod:`pgbench.exact.dp`) gives this estimator's exact moments."""
+def dp_supports(spec, problem=None, batch: int = 1, theta=None, max_steps: Optional[int] = None) -> bool:
+    """Whether the dynamic programme (:mod:`pgbench.exact.dp`) gives this estimator's exact moments
+    (on ``problem`` at ``batch`` and ``theta`` when given: ``w_baseline_loo`` at N = 2 is ``rloo``
+    when no action is almost certain)."""
     from pgbench.exact.dp import dp_supports as ok
-    return ok(parse(spec))
+    return ok(parse(spec), *_dp_context(problem, batch, theta, max_steps))
+
+
+def _dp_context(problem, N: int, theta, max_steps) -> tuple:
+    """``(N, pi, terminal, cap)`` for :func:`pgbench.exact.dp.why_not` (empty without a problem)."""
+    if problem is None:
+        return ()
+    from pgbench.problems.registry import make
+    prob = make(problem) if isinstance(problem, str) else problem
+    return (N, prob.policy.probs(prob.resolve_theta(theta)), prob.mdp.terminal, _cap(prob, max_steps))
 
 
 def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = DEFAULT_LIMIT, cov: bool = False,
@@ -570,18 +581,20 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     th = prob.resolve_theta(theta)
     if method not in ("auto", "dp", "enumerate"):
         raise PGBenchError(f"method must be 'auto', 'dp' or 'enumerate'; got {method!r}")
+    from pgbench.exact import dp
     from pgbench.exact.dp import DP_TABLE_LIMIT, check_table_size, dp_table_size
     d = int(np.prod(prob.policy.theta_shape))
     widen = d + d * (d - 1) // 2 if cov else 1  # the covariance's DP carries the pairs of coordinates
     small = dp_table_size(prob) * widen <= DP_TABLE_LIMIT
     if method == "dp":
         check_table_size(prob)
-    if method == "dp" or (method == "auto" and small and all(dp_supports(sp) for sp in specs)):
+    ctx = _dp_context(prob, N, th, max_steps)
+    if method == "dp" or (method == "auto" and small and all(dp.dp_supports(sp, *ctx) for sp in specs)):
         return _exact_moments_dp(prob, specs, N, th, max_steps, opt_b, cov)
     dp_only = [sp.label for sp in specs if sp.info.code < 0]
     if dp_only:
         raise PGBenchError(f"{', '.join(dp_only)}: exact moments by the moment DP only, which does not cover "
-                           f"{', '.join(sp.label for sp in specs if not dp_supports(sp)) or 'this request'}: "
+                           f"{', '.join(sp.label for sp in specs if not dp.dp_supports(sp, *ctx)) or 'this request'}: "
                            "ask for them separately")
     trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
     n = len(trajs)
@@ -684,8 +697,9 @@ def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b, cov: bool = Fal
     from pgbench.exact import dp
     from pgbench.kernels.tables import oracle_tables
 
+    ctx = _dp_context(prob, N, th, max_steps)
     for sp in specs:
-        why = dp.why_not(sp)
+        why = dp.why_not(sp, *ctx)
         if why is not None:
             raise PGBenchError(f"no exact moments by dynamic programming for {sp.label}: {why}")
     cap = _cap(prob, max_steps)

@@ -134,7 +134,7 @@ def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
     ok = [s for s in specs if moments.supports(s) and not (N < 2 and s.name in ("rloo", "w_baseline_loo",
                                                                                      "time_baseline_loo"))]
     out: dict = {}
-    by_dp = [s for s in ok if dp.dp_supports(s)]
+    by_dp = [s for s in ok if moments.dp_supports(s, prob, N, theta)]  # (w_baseline_loo at N = 2: rloo)
     if by_dp and len(by_dp) * dp.dp_work(prob) <= EXACT_DP_WORK:
         em = moments.exact_moments(prob, by_dp, batch=N, theta=theta, method="dp",
                                    opt_b=extras.get("optimal_const_baseline_b"))
