@@ -7,6 +7,8 @@ critics and both forward passes included; the numba passes are compiled beforeha
 A=4, T=50 <= 1 s; S=100, A=4, T=50 <= 30 s; unbounded S=50, gamma=0.95 (449-step cap) <= 10 s.
 Peak traced memory (tracemalloc) goes to the notes. ``vs_enumeration`` times the DP and the
 trajectory enumeration on the same small problem in the same run (their ratio is the figure).
+``covariance`` times ``cov=True`` against the variance alone on the same problems in the same run
+(every DP estimator, tabular d = 80 and a linear softmax with d = 8).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pgbench import make
+from pgbench import MDPProblem, make
 from pgbench.exact import moments as M
 
 ESTIMATORS = ["reinforce", "reinforce_rtg", "rtg_no_gamma_t", "const_baseline:b=0.7", "optimal_const_baseline",
@@ -64,3 +66,30 @@ def test_vs_enumeration(benchmark, method):
     M.exact_moments(prob, names, method=method)  # compile
     benchmark.group = "DP vs enumeration, calibration garnet"
     benchmark(M.exact_moments, prob, names, method=method)
+
+
+COV_ESTIMATORS = ESTIMATORS + ["time_baseline_loo", "ppo_gae:lambda=0.95"]
+
+
+def _linear(spec, d):
+    p = make(spec)
+    rng = np.random.default_rng(1)
+    return MDPProblem.linear(p.mdp, rng.normal(size=(p.mdp.S, p.mdp.A, d)), theta=rng.normal(size=d))
+
+
+@pytest.mark.parametrize("cov", [False, True], ids=["variance", "covariance"])
+@pytest.mark.parametrize("case", ["tabular-S=20-T=50-d=80", "linear-S=50-T=50-d=8"])
+def test_covariance(benchmark, record_note, case, cov):
+    """The 19 DP estimators at N=4: the full covariance (d + d(d-1)/2 score coordinates) against the
+    variance alone."""
+    spec = "garnet:S=20,A=4,b=3,seed=0,gamma=0.99,horizon=50,noise=0.5"
+    prob = _problem(spec) if case.startswith("tabular") else _linear(spec.replace("S=20", "S=50"), 8)
+    M.exact_moments(_problem("garnet:S=3,A=2,b=2,seed=0,horizon=2"), COV_ESTIMATORS, batch=4, method="dp",
+                    cov=True)  # compile
+    benchmark.group = f"exact moments by DP, covariance vs variance, {case}"
+    em = benchmark.pedantic(M.exact_moments, (prob, COV_ESTIMATORS), dict(batch=4, method="dp", cov=cov),
+                            rounds=1 if cov and case.startswith("tabular") else 3, iterations=1)
+    assert np.isfinite(em.variance).all() and (em.cov is not None) == cov
+    if cov:
+        mib = _peak(lambda: M.exact_moments(prob, COV_ESTIMATORS, batch=4, method="dp", cov=True))
+        record_note(f"dp covariance {case}: peak traced memory {mib:.1f} MiB")

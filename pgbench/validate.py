@@ -342,7 +342,7 @@ def calibration(problem="three_step_bandit", unbiased=("reinforce_rtg", "rloo"),
       (``batch_mean_baseline`` at N has bias ``-grad/N``); ``rejection_rate_bootstrap`` the same
       for :func:`bootstrap_max_t` with ``bootstrap`` resamples (when ``bootstrap > 0``);
     - ``predicted_power``: for Hotelling's test, ``P(F(r, K - r, lambda) > F_crit)`` with the exact
-      noncentrality ``lambda = K b^T Sigma^+ b`` (exact bias and covariance by enumeration);
+      noncentrality ``lambda = K b^T Sigma^+ b`` (exact bias and covariance by the moment DP, else enumeration);
     - ``variance_coverage`` / ``mse_coverage`` / ``bias_norm_coverage``: how often the ``level``
       intervals contain the exact variance, MSE and bias norm (from :mod:`pgbench.exact.moments`).
     """
@@ -360,7 +360,7 @@ def calibration(problem="three_step_bandit", unbiased=("reinforce_rtg", "rloo"),
     specs = [parse(n) for n in names]
     t0 = time.perf_counter()
     res = sample_mdp(prob, specs, batch, reps * trials, seed=seed, theta=theta)
-    ems = []  # exact moments per estimator; None where enumeration is out of reach (in-batch at large N)
+    ems = []  # exact moments per estimator; None where neither the DP nor enumeration reaches
     for sp in specs:
         try:
             ems.append(exact_moments(prob, [sp], batch=batch, theta=theta, cov=True))

@@ -256,3 +256,40 @@ def importance_sampling_moments(ch: Chain, spec):
         EY, Eh, EYY, EhY, EwY, Ewh = (nx[:, k] for k in range(6))
     return M1, M2.sum()
 
+
+
+def ppo_gae_by_listing(problem, lam: float, theta=None):
+    """Mean (d,) and second moment ``E[g g^T]`` (d, d) of one episode of ``ppo_gae(lam)`` by listing
+    every trajectory and writing psi out by hand: ``delta_t = r_t + gamma V_(t+1)(s_(t+1)) - V_t(s_t)``
+    (V of a terminal state and the horizon's row 0; an unbounded episode cut by the cap bootstraps
+    on V of its last state), ``A_t = sum_l (gamma lam)^l delta_(t+l)``, ``g = sum_t A_t u_t`` with
+    no gamma^t. The reward noise adds ``sum_k Var(r_k) Y_k Y_k^T`` with ``Y_k = sum_(t <= k)
+    (gamma lam)^(k-t) u_t`` (the noise of r_k enters every A_t, t <= k)."""
+    from pgbench import exact
+    from pgbench.exact.moments import enumerate_trajectories
+    th = problem.resolve_theta(theta)
+    gt = exact(problem, th)
+    mdp = problem.mdp
+    V = np.vstack([gt.V, np.zeros((1, mdp.S))]) if gt.V.ndim == 2 else gt.V[None, :]
+    u = problem.policy.score_table(th)
+    var = mdp.reward_variance()
+    g, al = mdp.gamma, mdp.gamma * lam
+    tr = enumerate_trajectories(problem)
+    p = tr.probs(gt.pi)
+    d = u.shape[2]
+    mean, second = np.zeros(d), np.zeros((d, d))
+    for i in range(len(tr)):
+        L = int(tr.lengths[i])
+        s, a = tr.states[i, :L + 1], tr.actions[i, :L]
+
+        def v(t):
+            return 0.0 if mdp.terminal[s[t]] else V[min(t, V.shape[0] - 1), s[t]]
+        delta = [mdp.R[s[t], a[t]] + g * v(t + 1) - v(t) for t in range(L)]
+        adv = [sum(al ** (k - t) * delta[k] for k in range(t, L)) for t in range(L)]
+        est = sum((adv[t] * u[s[t], a[t]] for t in range(L)), np.zeros(d))
+        mean += p[i] * est
+        second += p[i] * np.outer(est, est)
+        for k in range(L):
+            Y = sum((al ** (k - t) * u[s[t], a[t]] for t in range(k + 1)), np.zeros(d))
+            second += p[i] * var[s[k], a[k]] * np.outer(Y, Y)
+    return mean, second

@@ -102,7 +102,8 @@ def test_auto_prefers_the_dp_and_falls_back_to_enumeration():
     prob = problem("three_step_bandit")
     assert M.exact_moments(prob, ["reinforce", "rloo"], batch=2).extras["method"] == "dp"
     assert "method" not in M.exact_moments(prob, ["reinforce", "w_baseline"], batch=2).extras
-    assert "method" not in M.exact_moments(prob, ["reinforce"], cov=True).extras
+    assert M.exact_moments(prob, ["reinforce"], cov=True).extras["method"] == "dp"  # the covariance too
+    assert "method" not in M.exact_moments(prob, ["reinforce", "w_baseline"], batch=2, cov=True).extras
 
 
 @pytest.mark.parametrize("key", ["three_step_bandit", "terminal_finite_linear", "dag_unbounded", "capped"])
@@ -199,16 +200,14 @@ def test_measure_gets_exact_columns_from_the_dp_on_problems_too_big_to_enumerate
                                         ("gae:critic=fitted", "fitted critic"),
                                         ("w_baseline_loo", "ratio of batch sums")])
 def test_estimators_outside_the_dp_are_refused_clearly(est, words):
-    with pytest.raises(PGBenchError, match=words):
-        M.exact_moments("three_step_bandit", [est], batch=2, method="dp")
+    with pytest.raises(PGBenchError, match=words):  # (w_baseline_loo at N = 2 is rloo: tests/test_dp_covariance.py)
+        M.exact_moments("three_step_bandit", [est], batch=3, method="dp")
     assert not M.dp_supports(est)
 
 
-def test_bad_method_and_covariance_requests_are_refused():
+def test_bad_method_requests_are_refused():
     with pytest.raises(PGBenchError, match="method must be"):
         M.exact_moments("three_step_bandit", ["reinforce"], method="quadrature")
-    with pytest.raises(PGBenchError, match="covariance"):
-        M.exact_moments("three_step_bandit", ["reinforce"], method="dp", cov=True)
     with pytest.raises(PGBenchError, match="method must be"):
         M.optimal_baselines("three_step_bandit", method="auto")
 
@@ -233,10 +232,12 @@ def _by_state_sequence(prob, name):
             G[t] = r[t] + gamma * G[t + 1]
         if name == "all_action":
             return sum(gamma ** t * np.einsum("b,b,bd->d", pi[st[t]], gt.Q[t, st[t]], g[st[t]]) for t in range(L))
-        if name == "gae:lambda=0.7":
+        if name in ("gae:lambda=0.7", "ppo_gae:lambda=0.7"):
             delta = [r[t] + gamma * (0.0 if term[st[t + 1]] else Vn[t + 1, st[t + 1]]) - Vn[t, st[t]]
                      for t in range(L)]
             psi = [sum((gamma * 0.7) ** (k - t) * delta[k] for k in range(t, L)) for t in range(L)]
+            if name.startswith("ppo_gae"):  # no gamma^t
+                return sum(psi[t] * g[st[t], a[t]] for t in range(L))
         else:
             psi = {"reinforce_rtg": G[:L], "value_baseline": G[:L] - Vn[np.arange(L), st[:L]],
                    "true_advantage": gt.Q[np.arange(L), st[:L], a] - gt.V[np.arange(L), st[:L]]}[name]
@@ -259,7 +260,7 @@ def _by_state_sequence(prob, name):
 @pytest.mark.parametrize("key", ["garnet_finite_gaussian", "terminal_finite_linear", "three_step_bandit"])
 def test_variance_decomposition_matches_grouping_the_enumeration_by_state_sequence(key):
     prob = problem(key)
-    names = ["reinforce_rtg", "value_baseline", "true_advantage", "all_action", "gae:lambda=0.7"]
+    names = ["reinforce_rtg", "value_baseline", "true_advantage", "all_action", "gae:lambda=0.7", "ppo_gae:lambda=0.7"]
     df = M.variance_decomposition(prob, names + ["reinforce"], batch=1)
     g2 = float(np.sum(exact(prob).grad ** 2))
     for j, name in enumerate(names):
@@ -282,7 +283,7 @@ def test_conditional_mean_pass_has_the_estimators_mean_and_nonnegative_parts(kin
     entropy bonus included), and no part of the split is negative."""
     from pgbench.exact import dp
     prob = _medium(kind)
-    names = [n for n in DP_PER_EPISODE if parse(n).name in dp.TRACE]
+    names = [n for n in DP_PER_EPISODE if parse(n).name in dp.TRACE] + ["ppo_gae:lambda=0.8"]
     df = M.variance_decomposition(prob, names)
     em = M.exact_moments(prob, names, method="dp")
     gt = exact(prob)
@@ -291,9 +292,9 @@ def test_conditional_mean_pass_has_the_estimators_mean_and_nonnegative_parts(kin
     for j, name in enumerate(names):
         sp = parse(name)
         critic = None
-        if sp.name in ("gae", "td0"):
-            critic = V if sp.p["critic"] == "exact" else perturbed_critic(V, prob.mdp.terminal, sp.p["scale"],
-                                                                          sp.p["seed"], prob.mdp.horizon is not None)
+        if sp.name in ("gae", "td0", "ppo_gae"):
+            critic = V if sp.p.get("critic", "exact") == "exact" else perturbed_critic(
+                V, prob.mdp.terminal, sp.p["scale"], sp.p["seed"], prob.mdp.horizon is not None)
         m1, _ = dp.state_mean_moments(ch, sp, V, Q, critic)
         assert _close(m1, em.mean[j]), name
         r = df.iloc[j]

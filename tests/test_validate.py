@@ -231,4 +231,8 @@ def test_bootstrap_test_holds_its_level_on_a_sparse_reward_problem():
                       reps=reps, alpha=0.05, seed=3, bootstrap=499)
     c = cal["estimators"]["reinforce_rtg"]
     assert c["rejection_rate_bootstrap"] <= stats.binom.ppf(1 - 1e-3, reps, 0.05) / reps
-    assert np.isnan(c["exact_variance"])  # too many trajectories to enumerate: no exact values, no coverage
+    # too many trajectories to enumerate, but the moment DP gives the exact covariance, hence coverage
+    from pgbench.exact.moments import exact_moments
+    em = exact_moments("frozen_lake", ["reinforce_rtg"], batch=10, method="dp")
+    assert c["exact_variance"] == pytest.approx(em.variance[0], rel=1e-10)
+    assert 0.0 <= c["variance_coverage"] <= 1.0 and c["rank"] > 0

@@ -8,7 +8,7 @@ estimator (K successor slots per action, d parameters), where enumeration grows 
 Every estimate is ``g = sum_t psi_t u_t`` with ``u_t = grad log pi(a_t|s_t)``. Two families:
 
 *Trace family* (reinforce_rtg, rtg_no_gamma_t, value_baseline, true_advantage, all_action,
-gae/td0 with a fixed critic, entropy_bonus, geometric_termination). Exchanging the sums,
+gae/td0 with a fixed critic, ppo_gae, entropy_bonus, geometric_termination). Exchanging the sums,
 
     g = sum_k (q_k Y_k + W_k),      Y_k = alpha Y_(k-1) + beta_k u_k
 
@@ -31,6 +31,7 @@ value_baseline         r_k                   gamma        gamma^k, -gamma^k V_k(
 entropy_bonus(beta)    r_k - beta log pi_k   gamma        gamma^k, 0
 gae(lambda, V~)        r_k + gamma V~(s')    gamma lam    gamma^k, 0
                        - V~(s_k)
+ppo_gae(lambda)        as gae, exact V       gamma lam    1, 0 (no gamma^t, as PPO code has it)
 true_advantage         (none)                -            gamma^k A_k(s_k, a_k) u_k
 all_action             (none)                -            gamma^k sum_b pi(b|s) Q_k(s, b) u(s, b)
 geometric_termination  r_k                   1            1, 0; each step's increments weighted
@@ -60,12 +61,21 @@ two episodes' sums reduce to per-step moments and to sums over pairs of steps
 moment a pass over (t, s, s') gives; ``Var(E[g | states])`` is the start-state and transition
 part, the reward-noise part comes out of the main pass, and action sampling is the rest.
 
+*Full covariance* (:func:`dp_second_moments`): every estimator above is linear in the score
+table u once its constants are fixed (the optimal constant baseline's b* is computed once from
+the original scores), so the passes run on the widened scores ``u M``, ``M = [I | e_i + e_j for
+i < j]``, return ``E[g_i^2]`` and ``E[(g_i + g_j)^2]`` coordinatewise, and
+``E[g_i g_j] = (E[(g_i + g_j)^2] - E[g_i^2] - E[g_j^2]) / 2``.
+
+*w_baseline_loo at N = 2* is rloo at N = 2 (``b_i = W_j R_j / W_j = R_j``) when no episode can
+have ``W = 0`` (:func:`w_loo_is_rloo`).
+
 Unbounded problems run to the sampling cap (the law of the sampled, capped episodes) and report
 the probability mass the cap cuts off.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -76,10 +86,11 @@ from pgbench.errors import PGBenchError
 
 __all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
            "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments", "is_moments",
-           "dp_table_size", "DP_TABLE_LIMIT", "check_table_size"]
+           "dp_table_size", "DP_TABLE_LIMIT", "check_table_size", "dp_second_moments", "pair_columns",
+           "time_baseline_loo_moments", "time_baseline_loo_coords", "w_loo_is_rloo"]
 
 TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
-         "all_action", "geometric_termination")
+         "all_action", "geometric_termination", "ppo_gae")
 RETURN = ("reinforce", "const_baseline", "optimal_const_baseline")
 RETURN_BATCH = ("rloo", "batch_mean_baseline")
 TIME_BATCH = ("time_baseline_loo",)
@@ -87,26 +98,57 @@ _RTG = SimpleNamespace(name="reinforce_rtg", p={})  # the reward-to-go inside ti
 
 DP_UNSUPPORTED = {
     "w_baseline": "the weighted in-batch baseline is a ratio of batch sums (no finite set of per-episode moments)",
-    "w_baseline_loo": "the leave-one-out weighted baseline is a ratio of batch sums",
+    "w_baseline_loo": "the leave-one-out weighted baseline is a ratio of batch sums (at N = 2 it is rloo)",
     "score_norm_baseline": "the baseline is a ratio of batch sums",
     "natural": "a pseudo-inverse of the batch Fisher per batch",
+    "normalized_advantage": "psi is normalised by the batch's own mean and standard deviation (batch normalisation)",
+    "gpomdp_baseline": "the per-coordinate leave-one-out baseline is a ratio of the other episodes' sums",
 }
+PYTHON_BATCH = ("ppo_gae",)
+"""Python batch estimators (pgbench.estimators.practice) whose estimate is per-episode and in the trace family."""
 
 
-def why_not(spec) -> str | None:
-    """Why the DP cannot do this estimator (None when it can)."""
-    if spec.info.target != "mdp" or spec.info.code < 0:
+W_LOO_MARGIN = 4e-6
+"""``w_baseline_loo`` at N = 2 goes to the DP as ``rloo`` when every step's ``W`` term is at least
+``W_LOO_MARGIN`` times the cap (see :func:`w_loo_is_rloo`)."""
+
+
+def w_loo_is_rloo(pi: np.ndarray, terminal: np.ndarray, cap: int) -> bool:
+    """Whether ``w_baseline_loo`` at N = 2 is ``rloo`` at N = 2 under ``pi`` (S, A).
+
+    With two episodes, episode i's baseline is ``W_j R_j / W_j = R_j`` when ``W_j > 0``, and
+    ``W(tau) = sum_t ||e_(a_t) - pi(.|s_t)||^2`` is 0 only for an episode whose every action has
+    probability 1 (then the sampler's baseline is 0, not R_j). Checked with a margin: every step's
+    term ``1 - 2 pi(a|s) + sum_b pi(b|s)^2`` (a taken with pi(a|s) > 0, s not terminal) at least
+    ``W_LOO_MARGIN cap``, so that ``W_j / W_i >= 2e-6`` and the sampler's float ratio
+    ``(W_i R_i + W_j R_j - W_i R_i) / (W_i + W_j - W_i)`` is ``R_j`` to about 1e-10."""
+    w = 1.0 - 2.0 * pi + (pi * pi).sum(axis=1, keepdims=True)
+    live = (pi > 0) & ~np.asarray(terminal, bool)[:, None]
+    return bool(np.all(w[live] >= W_LOO_MARGIN * cap))
+
+
+def why_not(spec, N: int | None = None, pi=None, terminal=None, cap: int | None = None) -> str | None:
+    """Why the DP cannot do this estimator (None when it can). ``w_baseline_loo`` is covered at
+    N = 2 when ``pi``, ``terminal`` and ``cap`` are given and :func:`w_loo_is_rloo` holds."""
+    if spec.name == "w_baseline_loo" and N == 2 and pi is not None and w_loo_is_rloo(pi, terminal, cap):
+        return None
+    if spec.name in DP_UNSUPPORTED:
+        if spec.name == "w_baseline_loo" and N == 2 and pi is not None:
+            return ("at N = 2 it is rloo only when W(tau) > 0 for every episode; here an action is (almost) "
+                    "certain somewhere, so W can vanish")
+        return DP_UNSUPPORTED[spec.name]
+    if spec.info.target != "mdp" or (spec.info.code < 0 and spec.name not in PYTHON_BATCH):
         return "not a built-in MDP estimator"
     if spec.name in ("gae", "td0") and spec.p["critic"] == "fitted":
         return "the fitted critic is estimated from the same batch"
     if spec.name == "importance_sampling" and spec.p["weighted"]:
         return "weighted importance sampling normalises by batch sums"
-    return DP_UNSUPPORTED.get(spec.name)
+    return None
 
 
-def dp_supports(spec) -> bool:
-    """Whether :func:`dp_moments` handles this (parsed) estimator."""
-    return why_not(spec) is None
+def dp_supports(spec, N: int | None = None, pi=None, terminal=None, cap: int | None = None) -> bool:
+    """Whether :func:`dp_moments` handles this (parsed) estimator (at batch N under ``pi``: see :func:`why_not`)."""
+    return why_not(spec, N, pi, terminal, cap) is None
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -221,11 +263,22 @@ class ReturnMoments:
 
     def const_baseline(self, b: float):
         """Mean (d,) and ``E||g||^2`` of one episode's ``(R - b) z``."""
-        Z = self.Z
-        return self.v[1] - b * self.v[0], float(Z[2] - 2 * b * Z[1] + b * b * Z[0])
+        mean, m2 = self.const_baseline_coords(b)
+        return mean, float(m2.sum())
+
+    def const_baseline_coords(self, b: float):
+        """Mean (d,) and coordinatewise ``E[g * g]`` (d,) of one episode's ``(R - b) z``."""
+        zz0, zz1, zz2 = self.zz
+        return self.v[1] - b * self.v[0], zz2 - 2 * b * zz1 + b * b * zz0
 
     def in_batch(self, name: str, N: int):
-        """Mean (d,) and ``E||g||^2`` of the batch-N estimate of rloo or batch_mean_baseline.
+        """Mean (d,) and ``E||g||^2`` of the batch-N estimate of rloo or batch_mean_baseline."""
+        mean, m2 = self.in_batch_coords(name, N)
+        return mean, float(m2.sum())
+
+    def in_batch_coords(self, name: str, N: int):
+        """Mean (d,) and coordinatewise ``E[g * g]`` (d,) of the batch-N estimate of rloo or
+        batch_mean_baseline.
 
         Both are ``a sum_i R_i z_i - c sum_(i != j) R_j z_i``; the expectations of the products of
         these double sums split over which episodes coincide (independent episodes factorise)."""
@@ -235,17 +288,17 @@ class ReturnMoments:
             a, c = 1.0 / N - 1.0 / N ** 2, 1.0 / N ** 2
         m1, m2 = self.m[1], self.m[2]
         v0, v1, v2 = self.v
-        Z0, Z1, Z2 = self.Z
+        zz0, zz1, zz2 = self.zz
         n2 = N * (N - 1)
         n3 = n2 * (N - 2)
         n4 = n3 * (N - 3)
         EX = N * v1
         EY = n2 * m1 * v0
-        XX = N * Z2 + n2 * (v1 @ v1)
-        XY = n2 * (Z1 * m1 + v2 @ v0) + n3 * m1 * (v1 @ v0)
-        YY = n2 * (m2 * Z0 + v1 @ v1) + n3 * (m1 * m1 * Z0 + m2 * (v0 @ v0) + 2 * m1 * (v1 @ v0)) \
-            + n4 * m1 * m1 * (v0 @ v0)
-        return a * EX - c * EY, float(a * a * XX - 2 * a * c * XY + c * c * YY)
+        XX = N * zz2 + n2 * v1 * v1
+        XY = n2 * (zz1 * m1 + v2 * v0) + n3 * m1 * v1 * v0
+        YY = n2 * (m2 * zz0 + v1 * v1) + n3 * (m1 * m1 * zz0 + m2 * v0 * v0 + 2 * m1 * v1 * v0) \
+            + n4 * m1 * m1 * v0 * v0
+        return a * EX - c * EY, a * a * XX - 2 * a * c * XY + c * c * YY
 
 
 @njit(cache=True)
@@ -534,12 +587,12 @@ def _trace_tables(ch: _Chain, spec, V, Q, critic):
         with np.errstate(divide="ignore"):  # an action of probability 0 is never taken: no -inf * 0
             soft = np.where(ch.pi > 0, ch.R - spec.p["beta"] * np.log(np.where(ch.pi > 0, ch.pi, 1.0)), 0.0)
         return g, disc, ones, True, soft[None], zq1, 0, nw
-    if name in ("gae", "td0"):
+    if name in ("gae", "td0", "ppo_gae"):  # ppo_gae: the exact critic, no gamma^t (beta_k = 1)
         lam = spec.p.get("lambda", 0.0)
         q0 = ch.R[None] - critic[:T, :, None]
         nxt = critic[1:T + 1] if ch.finite else critic[:1]
         q1 = g * np.where(ch.terminal[None, :], 0.0, nxt)
-        return g * lam, disc, ones, True, q0, q1, 0, nw
+        return g * lam, ones if name == "ppo_gae" else disc, ones, True, q0, q1, 0, nw
     if name == "true_advantage":
         return 0.0, disc, ones, False, nw, zq1, 1, Q[:T] - V[:T, :, None]
     if name == "all_action":
@@ -773,45 +826,97 @@ def state_mean_moments(ch: _Chain, spec, V, Q, critic=None, successors=None):
 # ----------------------------------------------------------------------------------------------- API
 
 
-def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=None, behaviours=None):
+def dp_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b=None, behaviours=None,
+               coords: bool = False):
     """Exact ``(mean (n, d), E||g_batch||^2 (n,), in_batch (n,), cut mass, ReturnMoments or None)``.
 
     ``E||g_batch||^2`` is that of one episode for per-episode estimators and of the batch-N
-    estimate for in-batch ones. ``critics``: the critic table per estimator index (gae/td0);
-    ``behaviours``: the behaviour policy per estimator index (importance_sampling)."""
+    estimate for in-batch ones; ``coords``: coordinatewise ``E[g_batch * g_batch]`` (n, d) instead.
+    ``critics``: the critic table per estimator index (gae/td0); ``behaviours``: the behaviour
+    policy per estimator index (importance_sampling)."""
     ch = chain(problem, th, cap)
+    mean, m2, batch, rm = _chain_moments(ch, specs, N, V, Q, critics, opt_b, behaviours)
+    return mean, (m2 if coords else m2.sum(axis=1)), batch, _cut_mass(ch), rm
+
+
+def _chain_moments(ch: _Chain, specs, N: int, V, Q, critics: dict, opt_b, behaviours):
+    """``(mean (n, d), coordinatewise E[g_batch * g_batch] (n, d), in_batch (n,), ReturnMoments or None)``
+    of every estimator on one chain (its score table may be a transformed one, see :func:`dp_second_moments`)."""
     n, d = len(specs), ch.d
     mean = np.zeros((n, d))
-    m2 = np.zeros(n)
+    m2 = np.zeros((n, d))
     batch = np.zeros(n, bool)
     rm = None
-    if any(sp.name in RETURN + RETURN_BATCH for sp in specs):
+    if any(sp.name in RETURN + RETURN_BATCH + ("w_baseline_loo",) for sp in specs):
         rm = return_moments(ch)
+    rtg_zz = None
     for j, sp in enumerate(specs):
         if sp.name in TRACE:
-            M1, M2, _ = trace_moments(ch, sp, V, Q, critics.get(j))
-            mean[j], m2[j] = M1, float(M2.sum())
+            mean[j], m2[j], _ = trace_moments(ch, sp, V, Q, critics.get(j))
         elif sp.name == "importance_sampling":
-            M1, M2 = is_moments(ch, behaviours[j])
-            mean[j], m2[j] = M1, float(M2.sum())
+            mean[j], m2[j] = is_moments(ch, behaviours[j])
         elif sp.name in RETURN:
             b = {"reinforce": 0.0, "const_baseline": sp.p.get("b", 0.0),
                  "optimal_const_baseline": rm.b_star if opt_b is None else opt_b}[sp.name]
-            mean[j], m2[j] = rm.const_baseline(float(b))
+            mean[j], m2[j] = rm.const_baseline_coords(float(b))
         elif sp.name in RETURN_BATCH:
             batch[j] = True
-            if N == 1:  # rloo needs N >= 2 (refused earlier); batch_mean at N = 1 is exactly zero
-                mean[j], m2[j] = 0.0, 0.0
-            else:
-                mean[j], m2[j] = rm.in_batch(sp.name, N)
+            if N > 1:  # rloo needs N >= 2 (refused earlier); batch_mean at N = 1 is exactly zero
+                mean[j], m2[j] = rm.in_batch_coords(sp.name, N)
+        elif sp.name == "w_baseline_loo" and N == 2 and w_loo_is_rloo(ch.pi, ch.terminal, ch.cap):
+            batch[j] = True  # b_i = W_j R_j / W_j = R_j: rloo at N = 2
+            mean[j], m2[j] = rm.in_batch_coords("rloo", 2)
         elif sp.name in TIME_BATCH:
             batch[j] = True
-            _, rtg_zz, _ = trace_moments(ch, _RTG, V, Q)
-            mean[j], m2[j] = time_baseline_loo_moments(ch, N, float(rtg_zz.sum()))
+            if rtg_zz is None:
+                _, rtg_zz, _ = trace_moments(ch, _RTG, V, Q)
+            mean[j], m2[j] = time_baseline_loo_coords(ch, N, rtg_zz)
         else:
             raise PGBenchError(f"no dynamic programme for {sp.label}: {why_not(sp)}")
-    cut = _cut_mass(ch)
-    return mean, m2, batch, cut, rm
+    return mean, m2, batch, rm
+
+
+def pair_columns(d: int) -> np.ndarray:
+    """``M = [I | e_i + e_j for i < j]`` (d, d + d(d-1)/2): the scores ``u M`` turn an estimate g
+    that is linear in u into ``g M``, whose coordinatewise second moments are ``E[g_i^2]`` and
+    ``E[(g_i + g_j)^2]``."""
+    i, j = np.triu_indices(d, 1)
+    M = np.zeros((d, d + i.size))
+    M[np.arange(d), np.arange(d)] = 1.0
+    cols = d + np.arange(i.size)
+    M[i, cols] = 1.0
+    M[j, cols] = 1.0
+    return M
+
+
+def dp_second_moments(problem, specs, th, N: int, cap: int, V, Q, critics: dict, opt_b, behaviours=None):
+    """Exact full second moments ``E[g_batch g_batch^T]`` (n, d, d) (one episode's for per-episode
+    estimators, the batch-N estimate's for in-batch ones) and the mean (n, d).
+
+    Every estimator the DP covers is linear in the score table u once its constants are fixed
+    (``opt_b``, the optimal constant baseline, must be the original chain's), so the pass over
+    the chain with scores ``u M`` (:func:`pair_columns`) gives ``E[g_i^2]`` and ``E[(g_i + g_j)^2]``
+    and ``E[g_i g_j] = (E[(g_i + g_j)^2] - E[g_i^2] - E[g_j^2]) / 2``: d + d(d-1)/2 coordinates
+    instead of d, about (d + 1) / 2 times the cost of the variance alone."""
+    ch = chain(problem, th, cap)
+    d = ch.d
+    dd = d + d * (d - 1) // 2
+    if dd * ch.S * ch.A > DP_TABLE_LIMIT:
+        raise PGBenchError(f"{problem.name}: the covariance by the moment DP carries d + d(d-1)/2 = {dd} coordinates "
+                           f"for d = {d} (score tables of {dd * ch.S * ch.A} entries, more than {DP_TABLE_LIMIT}); "
+                           "ask for the variance only (cov=False), or use fewer parameters")
+    if opt_b is None and any(sp.name == "optimal_const_baseline" for sp in specs):
+        opt_b = return_moments(ch).b_star
+    M = pair_columns(d)
+    wide = replace(ch, u=np.ascontiguousarray(ch.u @ M), d=dd, tabular=False)
+    mean, m2, _, _ = _chain_moments(wide, specs, N, V, Q, critics, opt_b, behaviours)
+    diag = m2[:, :d]
+    E = np.zeros((len(specs), d, d))
+    i, j = np.triu_indices(d, 1)
+    E[:, i, j] = (m2[:, d:] - diag[:, i] - diag[:, j]) / 2
+    E[:, j, i] = E[:, i, j]
+    E[:, np.arange(d), np.arange(d)] = diag
+    return mean[:, :d], E
 
 
 # ----------------------------------------------------------------------------------------- time_baseline_loo
@@ -822,21 +927,28 @@ def _next_expect(ch: _Chain, C: np.ndarray) -> np.ndarray:
     return np.einsum("sak,sak...->sa...", ch.nprob, Cm[ch.nidx])
 
 
-def _score_pairs(ch: _Chain, occ: np.ndarray, f: np.ndarray, g: np.ndarray, psi) -> float:
-    """``sum_(b < a) f(b) g(a) E[<u_b, psi_a(s_a)> 1{alive at a}]`` by one backward pass:
+def _score_pairs(ch: _Chain, occ: np.ndarray, f: np.ndarray, g: np.ndarray, psi) -> np.ndarray:
+    """``sum_(b < a) f(b) g(a) E[u_b * psi_a(s_a) 1{alive at a}]`` (d,, coordinatewise) by one backward pass:
     ``C_a(s) = g(a) psi_a(s) + E[C_(a+1)(s') | s]`` is what the steps after b contribute.
     ``psi(a)``: the (S, d) table of step a (made on demand: no (cap, S, d) array)."""
     C = np.zeros((ch.S, ch.d))
-    total = 0.0
+    total = np.zeros(ch.d)
     for b in range(ch.cap - 1, -1, -1):
         nxt = _next_expect(ch, C)  # (S, A, d): E[C_(b+1)(s_(b+1)) | s_b, a_b]
-        total += f[b] * np.einsum("s,sa,sad,sad->", occ[b], ch.pi, ch.u, nxt)
+        total += f[b] * np.einsum("s,sa,sad,sad->d", occ[b], ch.pi, ch.u, nxt)
         C = g[b] * psi(b) + np.einsum("sa,sad->sd", ch.pi, nxt)
-    return float(total)
+    return total
 
 
-def time_baseline_loo_moments(ch: _Chain, N: int, XX: float):
-    """Mean (d,) and ``E||g_batch||^2`` of ``time_baseline_loo`` at batch N >= 2.
+def time_baseline_loo_moments(ch: _Chain, N: int, XX):
+    """Mean (d,) and ``E||g_batch||^2`` of ``time_baseline_loo`` at batch N >= 2
+    (:func:`time_baseline_loo_coords` summed over the coordinates)."""
+    mu, m2 = time_baseline_loo_coords(ch, N, XX)
+    return mu, float(m2.sum())
+
+
+def time_baseline_loo_coords(ch: _Chain, N: int, XX: np.ndarray):
+    """Mean (d,) and coordinatewise ``E[g_batch * g_batch]`` (d,) of ``time_baseline_loo`` at batch N >= 2.
 
     Episode i's term is ``X_i - (1/(N-1)) sum_(j != i) sum_t G_t^j gamma^t u_t^i`` with X the
     reward-to-go estimate and ``G_t = 0`` once an episode has ended (as the sampling kernel sums
@@ -848,8 +960,8 @@ def time_baseline_loo_moments(ch: _Chain, N: int, XX: float):
     ``E||g_1||^2 = E||X||^2 - 2 E<X, W> + sum_t P_t (E[G_t^2] + (N-2) m_t^2) / (N-1)``,
     ``W = sum_t gamma^t m_t u_t``; ``E<g_1, g_2> = ||E X||^2 + sum_(a,b) <r_ab, r_ba> / (N-1)^2``,
     ``r_ab = E[G_a gamma^b u_b]``; the batch mean has ``E||g||^2 = (E||g_1||^2 + (N-1) E<g_1, g_2>) / N``.
-    ``XX = E||X||^2`` comes from the reward-to-go's trace pass; the mean is X's (the baseline
-    term has mean zero)."""
+    ``XX = E[X * X]`` (d,) comes from the reward-to-go's trace pass; the mean is X's (the baseline
+    term has mean zero). Every product above is taken coordinatewise (the norms are their sums)."""
     if N < 2:
         raise PGBenchError("time_baseline_loo needs a batch of N >= 2 episodes")
     S, A, cap = ch.S, ch.A, ch.cap
@@ -872,24 +984,24 @@ def time_baseline_loo_moments(ch: _Chain, N: int, XX: float):
     Vt = (ch.pi[None] * Q).sum(2)  # (cap, S)
     m = np.einsum("ts,ts->t", occ, Vt)
     M2 = np.einsum("ts,sa,tsa->t", occ, ch.pi, Q2)
-    uu = np.einsum("sad,sad->sa", ch.u, ch.u)
-    P = gp ** 2 * np.einsum("ts,sa,sa->t", occ, ch.pi, uu)
+    uu = ch.u * ch.u  # (S, A, d)
+    P = gp[:, None] ** 2 * np.einsum("ts,sa,sad->td", occ, ch.pi, uu)
     def phi(t):  # E[G_t u_t | s_t]: (S, d)
         return np.einsum("sa,sa,sad->sd", ch.pi, Q[t], ch.u)
     e = np.einsum("sa,tsa,sad->td", ch.pi, occ[:, :, None] * Q, ch.u)  # E[G_t u_t]
-    H = np.einsum("ts,sa,tsa,sa->t", occ, ch.pi, Q, uu)  # E[G_t ||u_t||^2]
+    H = np.einsum("ts,sa,tsa,sad->td", occ, ch.pi, Q, uu)  # E[G_t u_t * u_t]
     mu = np.einsum("t,td->d", gp, e)
 
     # E<X, W>: pairs (k, t) of E[G_k <u_k, u_t>] weighted gamma^(k+t) m_t; k < t reduces to
     # gamma^(t-k) E[G_t <u_k, u_t>]
-    XW = (np.sum(gp ** 2 * m * H) + _score_pairs(ch, occ, gp * m, gp, phi)
+    XW = ((gp ** 2 * m) @ H + _score_pairs(ch, occ, gp * m, gp, phi)
           + _score_pairs(ch, occ, np.ones(cap), gp ** 2 * m, phi))
-    g11 = XX - 2 * XW + np.sum(P * (M2 + (N - 2) * m ** 2)) / (N - 1)
+    g11 = np.asarray(XX, float) - 2 * XW + (M2 + (N - 2) * m ** 2) @ P / (N - 1)
     # sum_(a,b) <r_ab, r_ba>: a = b gives gamma^(2a) ||e_a||^2; a > b twice gamma^(2a) E[<u_b, V_a(s_a) e_a>]
-    Sr = (np.sum(gp ** 2 * np.einsum("td,td->t", e, e))
+    Sr = (gp ** 2 @ (e * e)
           + 2 * _score_pairs(ch, occ, np.ones(cap), gp ** 2, lambda a: np.outer(Vt[a], e[a])))
-    g12 = mu @ mu + Sr / (N - 1) ** 2
-    return mu, float((g11 + (N - 1) * g12) / N)
+    g12 = mu * mu + Sr / (N - 1) ** 2
+    return mu, (g11 + (N - 1) * g12) / N
 
 
 def dp_decomposition(problem, specs, th, cap: int, V, Q, critics: dict) -> np.ndarray:

@@ -483,9 +483,10 @@ class ExactMoments:
 
 
 def supports(spec) -> bool:
-    """Whether :func:`exact_moments` handles this estimator (every built-in MDP estimator but ``natural``)."""
+    """Whether :func:`exact_moments` handles this estimator (every built-in MDP estimator but ``natural``,
+    and ``ppo_gae`` by the moment DP)."""
     sp = parse(spec)
-    return sp.info.target == "mdp" and sp.info.code >= 0 and sp.name not in UNSUPPORTED
+    return sp.info.target == "mdp" and (sp.info.code >= 0 and sp.name not in UNSUPPORTED or dp_supports(sp))
 
 
 def enumeration_size(problem, estimators, batch: int = 1, max_steps=None, stop_above: float = math.inf) -> float:
@@ -509,10 +510,21 @@ def _groups(specs):
     return groups
 
 
-def dp_supports(spec) -> bool:
-    """Whether the dynamic programme (:mod:`pgbench.exact.dp`) gives this estimator's exact moments."""
+def dp_supports(spec, problem=None, batch: int = 1, theta=None, max_steps: Optional[int] = None) -> bool:
+    """Whether the dynamic programme (:mod:`pgbench.exact.dp`) gives this estimator's exact moments
+    (on ``problem`` at ``batch`` and ``theta`` when given: ``w_baseline_loo`` at N = 2 is ``rloo``
+    when no action is almost certain)."""
     from pgbench.exact.dp import dp_supports as ok
-    return ok(parse(spec))
+    return ok(parse(spec), *_dp_context(problem, batch, theta, max_steps))
+
+
+def _dp_context(problem, N: int, theta, max_steps) -> tuple:
+    """``(N, pi, terminal, cap)`` for :func:`pgbench.exact.dp.why_not` (empty without a problem)."""
+    if problem is None:
+        return ()
+    from pgbench.problems.registry import make
+    prob = make(problem) if isinstance(problem, str) else problem
+    return (N, prob.policy.probs(prob.resolve_theta(theta)), prob.mdp.terminal, _cap(prob, max_steps))
 
 
 def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = DEFAULT_LIMIT, cov: bool = False,
@@ -521,9 +533,9 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     """Exact mean, variance and MSE of batch-N estimates of ``estimators`` on ``problem``.
 
     ``method``: ``"dp"`` (dynamic programming over (t, s), :mod:`pgbench.exact.dp`: no
-    enumeration, any problem size), ``"enumerate"`` (trajectory enumeration, every estimator but
-    ``natural``, small problems only) or ``"auto"`` (the DP when it covers every estimator asked
-    for and no covariance is wanted, else enumeration).
+    enumeration, any problem size; also ``ppo_gae``), ``"enumerate"`` (trajectory enumeration,
+    every built-in estimator but ``natural``, small problems only) or ``"auto"`` (the DP when it
+    covers every estimator asked for, and with ``cov`` when its widened tables fit, else enumeration).
 
     Parameters
     ----------
@@ -532,7 +544,8 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     batch : the batch size N (in-batch estimators are enumerated over multisets of N trajectories)
     theta : parameters (default: the problem's)
     limit : refuse (PGBenchError) when more trajectories, or batches, would be listed
-    cov : also return the full covariance (n_est, d, d) (costs d^2 per trajectory)
+    cov : also return the full covariance (n_est, d, d) (enumeration: d^2 per trajectory; the DP:
+        one pass with d + d(d-1)/2 score coordinates, see :func:`pgbench.exact.dp.dp_second_moments`)
     max_steps : enumerate an unbounded problem up to this cap instead of the sampling cap
     opt_b : the constant used by ``optimal_const_baseline`` (default: the exact ``b*``)
     """
@@ -555,9 +568,12 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     for sp in specs:
         if sp.info.target != "mdp":
             raise PGBenchError(f"estimator {sp.name} is for stochastic objectives, not MDPs")
-        if sp.info.code < 0 and sp.name not in UNSUPPORTED:
+        if sp.info.code < 0 and sp.name not in UNSUPPORTED and not dp_supports(sp):
             raise PGBenchError(f"no exact moments for user estimator {sp.name!r} (enumeration runs the built-in "
                                f"kernels only)")
+        if sp.info.code < 0 and method == "enumerate" and dp_supports(sp):
+            raise PGBenchError(f"{sp.label}: exact moments by the moment DP only (method='dp' or 'auto'); "
+                               "enumeration runs the built-in kernels")
         if sp.name in UNSUPPORTED:
             raise PGBenchError(f"no exact moments for {UNSUPPORTED[sp.name]}")
         if N < 2 and sp.name in ("rloo", "w_baseline_loo", "time_baseline_loo"):
@@ -565,14 +581,21 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
     th = prob.resolve_theta(theta)
     if method not in ("auto", "dp", "enumerate"):
         raise PGBenchError(f"method must be 'auto', 'dp' or 'enumerate'; got {method!r}")
-    if method == "dp" and cov:
-        raise PGBenchError("the full covariance comes from enumeration only (method='enumerate')")
+    from pgbench.exact import dp
     from pgbench.exact.dp import DP_TABLE_LIMIT, check_table_size, dp_table_size
-    small = dp_table_size(prob) <= DP_TABLE_LIMIT
+    d = int(np.prod(prob.policy.theta_shape))
+    widen = d + d * (d - 1) // 2 if cov else 1  # the covariance's DP carries the pairs of coordinates
+    small = dp_table_size(prob) * widen <= DP_TABLE_LIMIT
     if method == "dp":
         check_table_size(prob)
-    if method == "dp" or (method == "auto" and small and not cov and all(dp_supports(sp) for sp in specs)):
-        return _exact_moments_dp(prob, specs, N, th, max_steps, opt_b)
+    ctx = _dp_context(prob, N, th, max_steps)
+    if method == "dp" or (method == "auto" and small and all(dp.dp_supports(sp, *ctx) for sp in specs)):
+        return _exact_moments_dp(prob, specs, N, th, max_steps, opt_b, cov)
+    dp_only = [sp.label for sp in specs if sp.info.code < 0]
+    if dp_only:
+        raise PGBenchError(f"{', '.join(dp_only)}: exact moments by the moment DP only, which does not cover "
+                           f"{', '.join(sp.label for sp in specs if not dp.dp_supports(sp, *ctx)) or 'this request'}: "
+                           "ask for them separately")
     trajs = enumerate_trajectories(prob, limit=limit, max_steps=max_steps)
     n = len(trajs)
     groups = _groups(specs)
@@ -653,12 +676,12 @@ def exact_moments(problem, estimators, batch: int = 1, theta=None, limit: int = 
 
 
 def _critics(prob, specs, V) -> dict:
-    """The critic table of every gae/td0 estimator (by its index): exact V or the engine's perturbed V."""
+    """The critic table of every gae/td0/ppo_gae estimator (by its index): exact V or the engine's perturbed V."""
     from pgbench.kernels.tables import perturbed_critic
     mdp = prob.mdp
-    return {j: V if sp.p["critic"] == "exact" else
+    return {j: V if sp.p.get("critic", "exact") == "exact" else
             perturbed_critic(V, mdp.terminal, sp.p["scale"], sp.p["seed"], mdp.horizon is not None)
-            for j, sp in enumerate(specs) if sp.name in ("gae", "td0")}
+            for j, sp in enumerate(specs) if sp.name in ("gae", "td0", "ppo_gae")}
 
 
 def _behaviours(prob, specs, th) -> dict:
@@ -668,22 +691,30 @@ def _behaviours(prob, specs, th) -> dict:
     return {j: behaviour_policy(pi, sp) for j, sp in enumerate(specs) if sp.name == "importance_sampling"}
 
 
-def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments:
+def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b, cov: bool = False) -> ExactMoments:
     """:func:`exact_moments` by the dynamic programme of :mod:`pgbench.exact.dp`."""
     from pgbench.exact import exact
     from pgbench.exact import dp
     from pgbench.kernels.tables import oracle_tables
 
+    ctx = _dp_context(prob, N, th, max_steps)
     for sp in specs:
-        why = dp.why_not(sp)
+        why = dp.why_not(sp, *ctx)
         if why is not None:
             raise PGBenchError(f"no exact moments by dynamic programming for {sp.label}: {why}")
     cap = _cap(prob, max_steps)
     gt = exact(prob, th)
     V, Q = oracle_tables(gt)
     critics = _critics(prob, specs, V)
-    mean, m2, is_batch, cut, rm = dp.dp_moments(prob, specs, th, N, cap, V, Q, critics, opt_b,
-                                                _behaviours(prob, specs, th))
+    behaviours = _behaviours(prob, specs, th)
+    mean, m2, is_batch, cut, rm = dp.dp_moments(prob, specs, th, N, cap, V, Q, critics, opt_b, behaviours)
+    cov_out = None
+    if cov:
+        if opt_b is None and rm is not None:
+            opt_b = rm.b_star  # fixed from the original scores: the widened pass must not recompute it
+        _, E = dp.dp_second_moments(prob, specs, th, N, cap, V, Q, critics, opt_b, behaviours)
+        C = E - np.einsum("ej,ek->ejk", mean, mean)
+        cov_out = np.where(is_batch[:, None, None], C, C / N)
     targets = np.stack([(exact(prob, th, beta=sp.p["beta"]) if sp.name == "entropy_bonus" else gt).grad.reshape(-1)
                         for sp in specs])
     bias = mean - targets
@@ -697,7 +728,7 @@ def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b) -> ExactMoments
     return ExactMoments(prob, th, [sp.label for sp in specs], N, mean, targets, variance, mse,
                         np.where(is_batch, np.nan, var_at), np.where(is_batch, np.nan, m2 - 2 * (mean * targets).sum(1)
                                                                      + (targets * targets).sum(1)),
-                        None, -1, cut, cap, extras)
+                        cov_out, -1, cut, cap, extras)
 
 
 def variance_decomposition(problem, estimators, batch: int = 1, theta=None, max_steps: Optional[int] = None):

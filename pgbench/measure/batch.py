@@ -157,7 +157,10 @@ functions) or ordered batches (Python batch estimators): each is one call of the
 def exact_user_columns(problem, specs, batch: int, theta, extras: dict) -> None:
     """Add user and practice estimators' exact moments (where cheap to enumerate) to a cell's
     ``extras``: ``exact_moments[label] = (variance, mse)`` and ``exact_mean[label]``."""
+    done = extras.get("exact_moments", {})
     for sp in specs:
+        if sp.label in done:  # already exact by the moment DP (ppo_gae)
+            continue
         got = exact_user_moments(problem, sp, batch, theta)
         if got is not None:
             mean, var, mse = got

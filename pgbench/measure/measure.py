@@ -134,12 +134,13 @@ def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
     ok = [s for s in specs if moments.supports(s) and not (N < 2 and s.name in ("rloo", "w_baseline_loo",
                                                                                      "time_baseline_loo"))]
     out: dict = {}
-    by_dp = [s for s in ok if dp.dp_supports(s)]
+    by_dp = [s for s in ok if moments.dp_supports(s, prob, N, theta)]  # (w_baseline_loo at N = 2: rloo)
     if by_dp and len(by_dp) * dp.dp_work(prob) <= EXACT_DP_WORK:
         em = moments.exact_moments(prob, by_dp, batch=N, theta=theta, method="dp",
                                    opt_b=extras.get("optimal_const_baseline_b"))
         out.update({lab: (float(v), float(m)) for lab, v, m in zip(em.labels, em.variance, em.mse)})
         ok = [s for s in ok if s.label not in out]
+    ok = [s for s in ok if s.info.code >= 0]  # enumeration runs the built-in kernels (ppo_gae: the DP only)
     if not ok:
         return out
     n = moments.count_trajectories(prob, stop_above=EXACT_LIMIT)
