@@ -250,6 +250,10 @@ def _trial_gradients(pol, th, Cg: np.ndarray, Cf, out: np.ndarray) -> None:
     """Score weights (K, S, A) into gradients ``out`` (K, d), vectorised over trials in blocks
     (bounded temporaries); the natural gradient ``F_k^+ g_k`` where Fisher weights ``Cf`` are given."""
     K = Cg.shape[0]
+    if Cf is None and pol.kind == "tabular":  # one compiled pass, no temporaries (in place when out is Cg)
+        from pgbench.kernels.contract import contract_tabular
+        contract_tabular(Cg, np.ascontiguousarray(pol.probs(th), dtype=np.float64), out)
+        return
     per = 8 * max(Cg[0].size, out.shape[1]) * (1 if Cf is None else 4 * max(pol.A, out.shape[1]))
     block = max(1, CONTRACT_BLOCK_BYTES // per)
     for k0 in range(0, K, block):

@@ -491,7 +491,7 @@ def bootstrap_rows(X: np.ndarray, max_rows: int = BOOTSTRAP_MAX_ROWS) -> np.ndar
 
 
 def bootstrap_max_t(X, target, reference=None, B: int = 1999, seed: int = 0, rtol: float = 1e-8,
-                    min_observed: int = MIN_OBSERVED) -> dict:
+                    min_observed: int = MIN_OBSERVED, moments=None) -> dict:
     """Bootstrap max-t test of ``H0: E X_k = target`` for K iid trial estimates ``X`` (K, d).
 
     ``T = max_j |m_j - target_j| / (s_j / sqrt(n))`` over the tested coordinates of the n rows
@@ -504,14 +504,15 @@ def bootstrap_max_t(X, target, reference=None, B: int = 1999, seed: int = 0, rto
     estimator on the same episodes, when given) are non-zero are left out (``unobserved``). An
     observed coordinate with zero spread is known exactly: if its mean misses the target by more
     than ``rtol * scale`` that is a certain violation (``p = 0``); that catches an estimator that
-    never moves a coordinate the reference's episodes visit.
+    never moves a coordinate the reference's episodes visit. ``moments``: X's
+    :func:`pgbench.kernels.bootstrap.column_moments` if the caller has them (one pass fewer).
     """
     from pgbench.kernels.bootstrap import column_moments, max_t_resamples
     from pgbench.kernels.rng import seed_u64
     X = np.ascontiguousarray(X, dtype=float)
     K, d = X.shape
     g = np.asarray(target, dtype=float).reshape(d)
-    m, m2, nz, row_max = column_moments(X, g)
+    m, m2, nz, row_max = column_moments(X, g) if moments is None else moments
     b = m - g
     sd = np.sqrt(m2 / (K - 1))
     scale = max(float(np.linalg.norm(g)), math.sqrt(row_max))
@@ -590,7 +591,8 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     # per-column and per-trial sums in compiled loops: no K x d temporary, no per-trial array
     from pgbench.kernels.bootstrap import column_moments, row_sums
     X = np.ascontiguousarray(X)
-    m, m2, nz, _ = column_moments(X, g)
+    moments = column_moments(X, g)
+    m, m2, nz, _ = moments
     b = m - g
     norm_g = float(np.linalg.norm(g))
     sq, se_, sc, dq, de, dc, srb2, nmax = row_sums(X, m, g, norm_g)
@@ -641,7 +643,8 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     unobserved = ~observed
     # the robust companion: a bootstrap max-t test (p_bootstrap); p_robust = max of the two
     # rejects only when both do, which holds its level where either is calibrated
-    p_boot = bootstrap_max_t(X, g, B=bootstrap, seed=seed, rtol=rtol)["p_value"] if bootstrap > 0 else math.nan
+    p_boot = (bootstrap_max_t(X, g, B=bootstrap, seed=seed, rtol=rtol, moments=moments)["p_value"] if bootstrap > 0
+              else math.nan)
     p_robust, p_test = verdict_p(p_value, test, p_boot, bootstrap)
 
     return {
