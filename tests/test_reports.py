@@ -710,3 +710,19 @@ def test_report_workers_setting_is_checked(tmp_path, monkeypatch, synthetic_run)
     monkeypatch.setenv(REPORT_WORKERS_ENV, "two")
     with pytest.raises(PGBenchError, match=REPORT_WORKERS_ENV):
         write_report(synthetic_run)
+
+
+def test_exact_values_outside_the_measured_interval_are_marked_and_counted(tmp_path):
+    """An exact variance outside its row's 95% interval is marked in the cell table, named in the
+    note under it, and counted in the summary; one inside is not marked."""
+    from pgbench.reports.report import OUTSIDE, write_report
+    rows = [_row("reinforce", 16, K=100, var=1.0, exact=1.02),   # inside: var*(1 +- ~0.27)
+            _row("reinforce_rtg", 16, K=100, var=1.0, exact=3.0),  # far above the interval
+            _row("rloo", 16, K=100, var=1.0)]                     # no exact value at all
+    path = make_run(tmp_path / "run", [_record("ladder/three-step-bandit", 16, rows, [])])
+    md = open(write_report(path)[0]).read()
+    table = [line for line in md.splitlines() if line.startswith("| `")]
+    marked = [line.split("|")[1].strip() for line in table if OUTSIDE in line]
+    assert marked == ["`reinforce_rtg`"]
+    assert "**Outside the interval:** the exact value lies outside the measured 95% interval (reinforce_rtg: variance and MSE)" in md
+    assert "Exact variances against the measured 95% intervals: 1 of 2 (50.0%) lie outside" in md
