@@ -67,12 +67,15 @@ def _row(X, k, m, g, norm_g):
 
 @njit(cache=True)
 def row_sums(X, m, g, norm_g):
-    """Sums over trials of the per-trial terms of :func:`_row`, in two passes (means, then
-    squared deviations about them), so no per-trial array is kept: ``out`` holds the sums of
-    q, e, cos, their squared deviations from their means, the sum of ``rb^2`` and ``max ||X_k||^2``."""
+    """Sums over trials of the per-trial terms of :func:`_row`, in one pass (running means and
+    sums of squared deviations, Welford's update, so no per-trial array is kept and no
+    cancellation): ``out`` holds the sums of q, e, cos, their squared deviations from their
+    means, the sum of ``rb^2`` and ``max ||X_k||^2``."""
     K = X.shape[0]
     sq = se = sc = srb2 = 0.0
     nmax = 0.0
+    mq = me = mc = 0.0
+    dq = de = dc = 0.0
     for k in range(K):
         q, e, n, c, rb = _row(X, k, m, g, norm_g)
         sq += q
@@ -80,13 +83,16 @@ def row_sums(X, m, g, norm_g):
         sc += c
         srb2 += rb * rb
         nmax = max(nmax, n)
-    mq, me, mc = sq / K, se / K, sc / K
-    dq = de = dc = 0.0
-    for k in range(K):
-        q, e, n, c, rb = _row(X, k, m, g, norm_g)
-        dq += (q - mq) ** 2
-        de += (e - me) ** 2
-        dc += (c - mc) ** 2
+        w = 1.0 / (k + 1)
+        t = q - mq
+        mq += t * w
+        dq += t * (q - mq)
+        t = e - me
+        me += t * w
+        de += t * (e - me)
+        t = c - mc
+        mc += t * w
+        dc += t * (c - mc)
     out = np.empty(8)
     out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7] = sq, se, sc, dq, de, dc, srb2, nmax
     return out
