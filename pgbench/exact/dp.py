@@ -54,7 +54,7 @@ pass also carries ``E[w]``, ``E[w^2]``, ``E[w Y]`` and ``E[w h]``.
 ``G_t = 0`` after an episode ends). Scores have mean zero given the past, so the products of
 two episodes' sums reduce to per-step moments and to sums over pairs of steps
 ``E[<u_b, psi_a(s_a)>]`` (b < a), each done by one backward pass in NumPy
-(:func:`time_baseline_loo_moments`).
+(:func:`time_baseline_loo_coords`).
 
 *Variance split* (SPEC 8): given the state sequence, actions are independent with posterior
 ``pi(a|s) P(s'|s, a) / P_pi(s'|s)``, so ``E[g | states]`` is again a sum over steps whose second
@@ -87,7 +87,7 @@ from pgbench.errors import PGBenchError
 __all__ = ["DP_UNSUPPORTED", "dp_supports", "why_not", "ReturnMoments", "chain", "return_moments", "trace_moments",
            "dp_moments", "dp_work", "dp_decomposition", "state_mean_moments", "is_moments",
            "dp_table_size", "DP_TABLE_LIMIT", "check_table_size", "dp_second_moments", "pair_columns",
-           "time_baseline_loo_moments", "time_baseline_loo_coords", "w_loo_is_rloo"]
+           "time_baseline_loo_coords", "w_loo_is_rloo"]
 
 TRACE = ("reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "entropy_bonus", "gae", "td0", "true_advantage",
          "all_action", "geometric_termination", "ppo_gae")
@@ -261,20 +261,10 @@ class ReturnMoments:
         Z = self.Z
         return float(Z[1] / Z[0]) if Z[0] > 0 else 0.0
 
-    def const_baseline(self, b: float):
-        """Mean (d,) and ``E||g||^2`` of one episode's ``(R - b) z``."""
-        mean, m2 = self.const_baseline_coords(b)
-        return mean, float(m2.sum())
-
     def const_baseline_coords(self, b: float):
         """Mean (d,) and coordinatewise ``E[g * g]`` (d,) of one episode's ``(R - b) z``."""
         zz0, zz1, zz2 = self.zz
         return self.v[1] - b * self.v[0], zz2 - 2 * b * zz1 + b * b * zz0
-
-    def in_batch(self, name: str, N: int):
-        """Mean (d,) and ``E||g||^2`` of the batch-N estimate of rloo or batch_mean_baseline."""
-        mean, m2 = self.in_batch_coords(name, N)
-        return mean, float(m2.sum())
 
     def in_batch_coords(self, name: str, N: int):
         """Mean (d,) and coordinatewise ``E[g * g]`` (d,) of the batch-N estimate of rloo or
@@ -938,13 +928,6 @@ def _score_pairs(ch: _Chain, occ: np.ndarray, f: np.ndarray, g: np.ndarray, psi)
         total += f[b] * np.einsum("s,sa,sad,sad->d", occ[b], ch.pi, ch.u, nxt)
         C = g[b] * psi(b) + np.einsum("sa,sad->sd", ch.pi, nxt)
     return total
-
-
-def time_baseline_loo_moments(ch: _Chain, N: int, XX):
-    """Mean (d,) and ``E||g_batch||^2`` of ``time_baseline_loo`` at batch N >= 2
-    (:func:`time_baseline_loo_coords` summed over the coordinates)."""
-    mu, m2 = time_baseline_loo_coords(ch, N, XX)
-    return mu, float(m2.sum())
 
 
 def time_baseline_loo_coords(ch: _Chain, N: int, XX: np.ndarray):
