@@ -9,13 +9,18 @@ reports too) and writes, each file atomically:
   ``data:`` URIs, no scripts and no external links; well-formed (XHTML-style void tags), so
   it parses as XML too.
 
-Content: the run's metadata; a summary (per cell, the winners of each estimator class:
-practical, biased by design, and oracle as a reference; and every estimator claimed unbiased
-whose test of ``mean = exact gradient`` gives ``p < ALPHA``); then per suite its description,
-per cell a table (class, claimed unbiasedness, bias norm, variance and MSE with their 95%
-intervals, exact values beside them when the rows carry ``exact_variance`` / ``exact_mse``,
-cosine, the verdict's p-value and the test it comes from, verdict, cost), the paired
-comparisons against the cell's reference estimator, and the suite's figures.
+Content, conclusions first: what was run; failures (unfinished cells, figures that could not
+be drawn, estimators claimed unbiased whose test of ``mean = exact gradient`` gives
+``p < ALPHA``); headlines (practical winners, the most biased estimators); every estimator
+biased by design with how biased it is (exact where the mean is known in closed form); the
+winners of each class (practical, biased by design whatever it reads, and oracle as a
+reference) per cell and target gradient; then :data:`EXTRA_SECTIONS`, the table of contents
+(folded in HTML), per suite its description, per cell a table (verdict, its p-value and test
+first; class, claimed unbiasedness, bias norm, variance and MSE with their 95% intervals,
+exact values beside them when the rows carry ``exact_variance`` / ``exact_mse`` /
+``exact_bias_norm``, cosine, costs), the paired comparisons against the cell's reference
+estimator (same target only; the test of equal means with the verdicts' p-value policy), and
+the suite's figures; how to read the report; and last the run's metadata.
 
 The p-value shown is the one the verdict uses (:func:`pgbench.measure.metrics.verdict_p`).
 Verdicts (``ALPHA = 0.001``): claimed unbiased and ``p < ALPHA`` -> **BIAS DETECTED**;
@@ -157,7 +162,7 @@ class Doc:
         self.blocks.append(("img", rel, alt, data))
 
     def toc(self):
-        """Where the table of contents goes (HTML: folded; Markdown: a list of the sections)."""
+        """Where the table of contents goes (HTML: folded; Markdown viewers make their own)."""
         self.blocks.append(("toc",))
 
     def fold(self, summary):
@@ -238,11 +243,7 @@ def render_markdown(doc: Doc) -> str:
             lines.append("")
         elif kind == "img":
             lines += [f"![{_md_inline(blk[2])}]({blk[1]})", ""]
-        elif kind == "toc":
-            toc = _toc(doc)
-            if toc:
-                lines += ["Contents: " + "; ".join(f"[{_md_inline(t)}](#{a})" for t, a in toc), ""]
-        elif kind == "fold":
+        elif kind == "fold":  # Markdown has no fold, and its viewers make their own contents
             lines += [_md_inline(blk[1]), ""]
     return "\n".join(lines).rstrip() + "\n"
 
