@@ -22,7 +22,7 @@ exact values beside them when the rows carry ``exact_variance`` / ``exact_mse`` 
 estimator (same target only; the test of equal means with the verdicts' p-value policy), and
 the suite's figures; how to read the report; and last the run's metadata.
 
-The p-value shown is the one the verdict uses (:func:`pgbench.measure.metrics.verdict_p`).
+The p-value shown is the one the verdict uses (:func:`pgbench.stats.metrics.verdict_p`).
 Verdicts (``ALPHA = 0.001``): claimed unbiased and ``p < ALPHA`` -> **BIAS DETECTED**;
 claimed unbiased otherwise -> ``consistent``; claimed biased and ``p < ALPHA`` ->
 ``biased (expected)``; claimed biased otherwise -> ``bias not resolved`` (too small to see
@@ -368,8 +368,8 @@ def _claim(v) -> Optional[bool]:
 
 def _p_and_test(r: dict) -> tuple:
     """``(p, test name)``: the p-value the verdict uses and the test it comes from
-    (:func:`pgbench.measure.metrics.verdict_p`; recomputed for rows written before ``p_test``)."""
-    from pgbench.measure.metrics import BOOTSTRAP, verdict_p
+    (:func:`pgbench.stats.metrics.verdict_p`; recomputed for rows written before ``p_test``)."""
+    from pgbench.stats.metrics import BOOTSTRAP, verdict_p
     if isinstance(r.get("p_test"), str) and _finite(r.get("p_robust")):
         return float(r["p_robust"]), r["p_test"]
     if not _finite(r.get("p_value")):
@@ -1203,7 +1203,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
 
 
 def _B() -> int:
-    from pgbench.measure.metrics import BOOTSTRAP
+    from pgbench.stats.metrics import BOOTSTRAP
     return BOOTSTRAP
 
 
