@@ -748,7 +748,7 @@ def render_of(doc):
 def test_paired_p_uses_the_verdicts_policy():
     """metrics.paired with a bootstrap: p_robust is verdict_p of the normal-theory p and the
     bootstrap max-t p of the paired differences, so the paired test and the verdicts agree."""
-    from pgbench.measure import metrics
+    from pgbench.stats import metrics
     rng = np.random.default_rng(3)
     K, d = 300, 3
     # skewed, heavy-tailed trials whose means agree: exponential noise shared and not shared
@@ -767,7 +767,7 @@ def test_paired_p_uses_the_verdicts_policy():
 
 
 def test_paired_table_shows_the_robust_p_and_names_its_test():
-    from pgbench.measure.metrics import TEST_NAMES
+    from pgbench.stats.metrics import TEST_NAMES
     rows = [_row("reinforce_rtg", 16), _row("gae", 16)]
     rec = _record("practice/chain-6", 16, rows, [])
     rec["paired"][0].update(p_value=4.0e-4, test="hotelling", p_bootstrap=0.21, p_robust=0.21,

@@ -413,15 +413,17 @@ def _exactly_unbiased(r: dict) -> bool:
     if _claim(r.get("unbiased")) is not True:
         return False
     label = str(r.get("estimator"))
-    try:
-        from pgbench.estimators.catalogue import parse
-        from pgbench.estimators.user import USER_ESTIMATORS
-        if label.split(":")[0] in USER_ESTIMATORS:
-            return False
-        sp = parse(label)
-    except Exception:  # not this pgbench's catalogue (a user estimator, another version's label)
+    from pgbench.estimators.catalogue import parse
+    from pgbench.estimators.user import USER_ESTIMATORS
+    if label.split(":")[0] in USER_ESTIMATORS:
         return False
-    return bool(sp.unbiased) and getattr(sp, "name", "") != "user"
+    for kind in ("mdp", "gaussian", "categorical", "lqg"):  # the catalogue's kinds of target
+        try:
+            sp = parse(label, kind)
+        except Exception:  # not this kind (or not this pgbench's catalogue: another version's label)
+            continue
+        return bool(sp.unbiased) and getattr(sp, "name", "") != "user"
+    return False
 
 
 def _exact_bias(r: dict) -> str:
@@ -615,13 +617,13 @@ def _cell_table(doc: Doc, rec: dict) -> None:
 
 def _paired_p(p: dict) -> tuple:
     """``(p, test name)`` of a paired row's test that the two means agree: the verdicts' policy
-    (normal theory and bootstrap max-t, :func:`pgbench.measure.metrics.verdict_p`); a record
+    (normal theory and bootstrap max-t, :func:`pgbench.stats.metrics.verdict_p`); a record
     written before paired rows had a bootstrap shows its normal-theory p, so named."""
     if isinstance(p.get("p_test"), str) and _finite(p.get("p_robust")):
         return float(p["p_robust"]), p["p_test"]
     if not _finite(p.get("p_value")):
         return None, "-"
-    from pgbench.measure.metrics import TEST_NAMES
+    from pgbench.stats.metrics import TEST_NAMES
     name = TEST_NAMES.get(str(p.get("test")), str(p.get("test") or "?"))
     return float(p["p_value"]), f"{name} only (no bootstrap in this record)"
 
