@@ -794,7 +794,8 @@ def test_interval_excluding_zero_beside_consistent_is_explained():
 
 def test_exact_bias_norm_is_zero_for_every_exactly_unbiased_estimator():
     rows = [_row("reinforce_rtg", 16), _row("gae", 16), _row("gpomdp_baseline", 16),
-            _row("ppo_gae", 16, unbiased=False, bias=0.4, p=1e-9), _row("my_user_thing", 16)]
+            _row("ppo_gae", 16, unbiased=False, bias=0.4, p=1e-9), _row("my_user_thing", 16),
+            _row("svg_inf", 16), _row("reparameterization", 16)]
     rows[2]["exact_bias_norm"], rows[3]["exact_bias_norm"] = 0.0, 0.376
     md = _md_of({"cell": "c", "N": 16, "rows": rows})
     header = next(ln for ln in md.splitlines() if ln.startswith("| estimator"))
@@ -804,6 +805,7 @@ def test_exact_bias_norm_is_zero_for_every_exactly_unbiased_estimator():
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| `{est}`"))
         return [c.strip() for c in line.strip("|").split("|")][col]
     assert exact_of("reinforce_rtg") == exact_of("gae") == exact_of("gpomdp_baseline") == "0"
+    assert exact_of("svg_inf") == exact_of("reparameterization") == "0"  # LQG and objective targets too
     assert exact_of("ppo_gae") == "0.376"
     assert exact_of("my_user_thing") == "-"  # not in the catalogue: its claim is what is tested
 
