@@ -909,7 +909,7 @@ def test_cold_cell_wall_time_excludes_compilation_and_report_time_is_when_writte
 
 def test_compile_timer_counts_numba_compilation():
     import numba
-    from pgbench.suites.runner import _compile_timer
+    from pgbench.suites.cell import _compile_timer
 
     @numba.njit(cache=False)
     def fresh(x):
