@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from pgbench.errors import PGBenchError
 from pgbench.estimators.batch import BATCH_CODE
 
+def _group_infos():
+    from pgbench.estimators.groups import infos
+    return infos()
+
+
 # kernel codes for psi_t rules
 REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B, \
     VALUE_B, TIME_B_LOO, TRUE_ADV, ALL_ACTION, GAE, GEOMETRIC, IS_PD, ENTROPY, FISHER = range(19)
@@ -75,6 +80,8 @@ MDP_ESTIMATORS = {e.name: e for e in [
                   "no (batch normalisation)", {"base": "ppo_gae"}, code=BATCH_CODE, in_batch=True),
     EstimatorInfo("gpomdp_baseline", "sum_t gamma^t (r_t - b_t^k) c_t,k: G(PO)MDP with a per-coordinate, "
                   "time-dependent baseline, leave-one-out", "yes", code=BATCH_CODE, in_batch=True),
+    # the group estimators of LLM reinforcement learning (pgbench.estimators.groups), on grouped batches
+    *_group_infos(),
 ]}
 
 CRITICS = ("exact", "perturbed", "fitted")
@@ -123,6 +130,9 @@ class EstimatorSpec:
             return self.p.get("scale", 0.0) == 0.0
         if n == "user":
             return bool(p.get("unbiased", False))
+        if self.info.code == -4:  # the group family (pgbench.estimators.groups)
+            from pgbench.estimators.groups import claimed_unbiased
+            return claimed_unbiased(p)
         return self.info.unbiased == "yes"
 
     @property
@@ -228,6 +238,11 @@ def parse(spec, kind: str = "mdp") -> EstimatorSpec:
     return EstimatorSpec(info, tuple(sorted(full.items())))
 
 
+def _group_names() -> tuple:
+    from pgbench.estimators.groups import ALIASES
+    return tuple(ALIASES)
+
+
 def _coerce(val: str, default, what: str):
     from pgbench.problems.registry import coerce
     return coerce(val, default, what)
@@ -257,6 +272,9 @@ def _validate(name: str, p: dict) -> None:
             raise PGBenchError("natural of natural is not an estimator")
         if base.name == "user" or base.info.target != "mdp" or base.info.code < 0:
             raise PGBenchError(f"natural takes a built-in MDP estimator as base; got {p['base']!r}")
+    if name in _group_names():
+        from pgbench.estimators.groups import validate
+        validate(name, p)
     if name == "ppo_gae" and not 0.0 <= p["lambda"] <= 1.0:
         raise PGBenchError(f"ppo_gae lambda must be in [0, 1]; got {p['lambda']}")
     if name == "normalized_advantage":
