@@ -35,13 +35,16 @@ def suite_theta(suite: Suite, problem):
 
 
 def cell_id(suite: Suite, N: int) -> str:
-    return f"{suite.id}/N={N}"
+    """``suite/N=16``, or ``suite/G=4`` for a grouped suite (whose cells are group sizes)."""
+    return f"{suite.id}/G={N}" if suite.groups else f"{suite.id}/N={N}"
 
 
 def suite_definition(suite: Suite, quick: bool) -> str:
     """A hash of what a suite's cells measure (problem, theta, estimators, trials): a cell made
     under another definition of the suite must not be resumed into this one."""
     what = [suite.problem, suite.theta, list(suite.estimators), suite.n_trials(quick), bool(suite.proxy)]
+    if suite.groups:
+        what.append(suite.groups)
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
@@ -62,24 +65,26 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
     from pgbench.problems import make
     from pgbench.measure.measure import measure
     suite = get_suite(suite_id)
+    value = N
+    N, G = suite.cell_shape(value)
     prob = make(suite.problem)
     theta = suite_theta(suite, prob)
-    # leave-one-out estimators need a second episode in the batch; at N = 1 they sit the cell out
-    ests = [e for e in suite.estimators if N >= 2 or e.split(":")[0] not in LOO_ESTIMATORS]
+    # leave-one-out estimators need a second episode in the batch (group); at 1 they sit the cell out
+    ests = [e for e in suite.estimators if (G or N) >= 2 or e.split(":")[0] not in LOO_ESTIMATORS]
     t0 = time.time()
     # objectives and user estimators run on the CPU whatever the run's backend
     be = backend if prob.kind == "mdp" else "cpu"
     df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta, backend=be,
-                 proxy=suite.proxy and N >= 2)
+                 proxy=suite.proxy and N >= 2, group=G)
     from pgbench.measure.cost import add_own_costs
     t_own = time.time()
-    add_own_costs(df, prob, N, theta, be)  # each estimator's own time, so efficiency ranks by what it costs
+    add_own_costs(df, prob, N, theta, be, group=G)  # each estimator's own time, so efficiency ranks by what it costs
     t_own = time.time() - t_own
-    rec = {"suite": suite.id, "cell": cell_id(suite, N), "N": N, "K": suite.n_trials(quick), "seed": seed,
+    rec = {"suite": suite.id, "cell": cell_id(suite, value), "N": N, **({"G": G} if G else {}), "K": suite.n_trials(quick), "seed": seed,
            "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
            "rows": df.to_dict(orient="records"), "paired": list(df.attrs["paired"]),
            "wall_seconds": time.time() - t0 - t_own, "own_cost_seconds": t_own,
-           "provenance": cell_provenance(suite, N, quick, seed, suite.n_trials(quick))}
+           "provenance": cell_provenance(suite, value, quick, seed, suite.n_trials(quick))}
     if prob.kind == "mdp":
         from pgbench.exact import exact
         gt = exact(prob, theta)
@@ -128,13 +133,14 @@ def _say(msg: str) -> None:
     print(f"pgbench: {msg}", file=sys.stderr, flush=True)
 
 
-def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
-    return [(s.id, N) for s in suites for N in s.cells(quick)]
+def plan(suites: list[Suite], quick: bool, group=None) -> list[tuple[str, int]]:
+    """``(suite id, cell)`` pairs; ``group=G`` keeps only the cells of group size G of grouped suites."""
+    return [(s.id, N) for s in suites for N in s.cells(quick) if group is None or not s.groups or N == group]
 
 
 def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed: int | None = None,
         resume: str | None = None, progress: bool | None = None, executor=None, report: bool = True,
-        backend: str = "cpu") -> str:
+        backend: str = "cpu", group: int | None = None) -> str:
     """Run suites into a run directory (a new one, or the one ``resume`` names); returns its path.
     A new run defaults to the full cells (``quick=False``) and seed 0.
 
@@ -144,8 +150,12 @@ def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed:
     ``progress``: ``None`` (default) shows a progress bar on a terminal and otherwise (CI, a
     redirect) one line per finished cell on stderr; ``True`` forces the bar, ``False`` is silent.
     Either way (unless ``False``) stderr says when the kernels are being compiled and while the
-    report is written."""
+    report is written.
+
+    ``group=G``: grouped suites (``llm/``) run only their cells of group size G."""
     from pgbench.measure.backend import resolve_backend
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+        raise PGBenchError(f"group size G must be an integer >= 1; got {group!r}")
     backend = resolve_backend(backend)
     if resume:
         path = resume
@@ -173,7 +183,7 @@ def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed:
         else:
             rd = RunDir.create(path, suite_ids, quick, seed, provenance=run_provenance())
             rd.update_meta(backend=backend)
-        return _run_cells(rd, suite_ids, quick, seed, progress, executor, report, backend)
+        return _run_cells(rd, suite_ids, quick, seed, progress, executor, report, backend, group)
     finally:
         lock.release()
 
@@ -201,17 +211,17 @@ def _check_resume(rd: RunDir, meta: dict, suite_ids, quick: bool, seed: int) -> 
                                   "(problem, estimators or trials changed since); start a new run")
 
 
-def _run_cells(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend) -> str:
+def _run_cells(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend, group=None) -> str:
     from pgbench.kernels import mdp
     per_branch, mdp.PER_BRANCH = mdp.PER_BRANCH, False  # many cells, many branch sets: one full pass 2 compiles faster
     try:
-        return _run_planned(rd, suite_ids, quick, seed, progress, executor, report, backend)
+        return _run_planned(rd, suite_ids, quick, seed, progress, executor, report, backend, group)
     finally:
         mdp.PER_BRANCH = per_branch
 
 
-def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend) -> str:
-    cells = [c for c in plan([get_suite(s) for s in suite_ids], quick) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
+def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend, group=None) -> str:
+    cells = [c for c in plan([get_suite(s) for s in suite_ids], quick, group) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
     quiet = progress is False
     lines = progress is None and not sys.stderr.isatty()  # no terminal: a line per cell instead of a bar
     if progress is None:
