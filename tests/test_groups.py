@@ -273,3 +273,35 @@ def test_sequence_problem_bad_parameters_and_npz_reference(tmp_path):
     np.savez(tmp_path / "y.npz", P=prob.mdp.P, R=prob.mdp.R, rho0=prob.mdp.rho0, gamma=1.0, horizon=2,
              terminal=prob.mdp.terminal)
     assert not load_npz(str(tmp_path / "y.npz")).theta_ref.any()  # default: zeros, the uniform policy
+
+
+def test_llm_suites_declared_and_quick_cells_small():
+    from pgbench.suites.registry import SUITES
+    from pgbench.suites.runner import cell_id, plan
+    llm = [s for s in SUITES.values() if s.id.startswith("llm/")]
+    assert len(llm) >= 6 and all(s.groups >= 1 and tuple(s.batch_sizes) == (2, 4, 8, 16) for s in llm)
+    quick = plan(llm, True)
+    assert sum(1 for s in llm if s.quick_batch_sizes) == 2
+    assert all(SUITES[sid].n_trials(True) <= 200 for sid, _ in quick if SUITES[sid].quick_batch_sizes)
+    assert cell_id(SUITES["llm/verifier-4p"], 8) == "llm/verifier-4p/G=8"
+    assert SUITES["llm/verifier-4p"].cell_shape(8) == (32, 8)
+    assert plan([SUITES["llm/verifier-4p"]], False, group=4) == [("llm/verifier-4p", 4)]
+
+
+def test_llm_report_section(tmp_path):
+    """A run of one quick grouped cell: the record carries G, exact scale / cosine and the length
+    profile, and the report has the LLM section with its two figures."""
+    from pgbench.suites.runner import run
+    path = run(["llm/length-1p"], quick=True, out=str(tmp_path / "run"), progress=False)
+    import json
+    import os
+    cells = [json.load(open(os.path.join(path, "cells", f))) for f in os.listdir(os.path.join(path, "cells"))]
+    (rec,) = cells
+    assert rec["G"] == 4 and rec["cell"] == "llm/length-1p/G=4"
+    rows = {r["estimator"]: r for r in rec["rows"]}
+    assert abs(rows["rloo"]["exact_scale"] - 1) < 1e-12 and abs(rows["group"]["exact_scale"] - 0.75) < 1e-12
+    assert abs(rows["dr_grpo"]["exact_scale"] - 0.75 / 4) < 1e-12
+    assert set(rec["length_profile"]["grpo"]) == {"1", "2", "3", "4"}
+    md = open(os.path.join(path, "report.md")).read()
+    assert "LLM group estimators" in md and "llm-length-1p-scale-vs-G.png" in md and "llm-length-1p-length-bias.png" in md
+    assert os.path.exists(os.path.join(path, "figures", "llm-length-1p-length-bias.png"))

@@ -193,6 +193,7 @@ class GroupMoments:
     mean: np.ndarray | None  # exact E[g] (theta's size, flattened), or None
     variance: float | None  # exact tr Var(g), or None
     reason: str  # why a moment is Monte-Carlo only ("" when both are exact)
+    seq_weight: np.ndarray | None = None  # (M,) E[h A | the episode is sequence j] (the sequences' order)
 
 
 def group_moments(problem, theta, p: dict, G: int, P: int, seqs: Sequences | None = None,
@@ -223,6 +224,7 @@ def group_moments(problem, theta, p: dict, G: int, P: int, seqs: Sequences | Non
     tail = _length_tail(seqs, mdp.rho0, G, P) if use_len else np.ones(1)
     S, A = mdp.S, mdp.A
     C = np.zeros((S, A))
+    seq_weight = np.zeros(len(seqs.prob))
     step_ok = seqs.actions >= 0
     srow = np.where(step_ok, seqs.states, 0)
     arow = np.where(step_ok, seqs.actions, 0)
@@ -238,6 +240,17 @@ def group_moments(problem, theta, p: dict, G: int, P: int, seqs: Sequences | Non
         inv = inv.reshape(-1)
         D = len(vals)
         pv = np.bincount(inv, weights=seqs.prob[sel], minlength=D)
+        fac = {"seq-mean-token-sum": 1.0, "seq-mean-token-mean": 1.0 / seqs.length[sel],
+               "token-mean": 1.0, "seq-mean-token-sum-norm": 1.0 / Lmax}[agg]
+        if adv in ("none", "mean", "loo") and not use_len:
+            # a linear advantage: E[A | own return r] = a r - b E[R] (no enumeration of the others)
+            mu = float(np.sum(pv * vals[:, 0]))
+            a_, b_ = {"none": (1.0, 0.0), "mean": (1.0 - 1.0 / G, (G - 1.0) / G), "loo": (1.0, 1.0)}[adv]
+            coefA = a_ * vals[:, 0] - b_ * mu
+            coefH = np.ones(D)
+            _accumulate(C, seq_weight, sel, inv, coefA, coefH, fac, mdp.rho0[s], seqs, step_ok, srow, arow, kcoef,
+                        kl_loss, beta)
+            continue
         work = D * _n_multisets(D, G - 1)
         if work > OUTCOME_LIMIT:
             return GroupMoments(None, None, f"MC only: {work:,} outcome combinations per prompt at G={G} "
@@ -254,20 +267,37 @@ def group_moments(problem, theta, p: dict, G: int, P: int, seqs: Sequences | Non
             h = np.ones_like(Adv)
         coefA = (Adv * h) @ w  # E[A h | own outcome]
         coefH = h @ w  # E[h | own outcome]
-        own_len = seqs.length[sel]
-        fac = {"seq-mean-token-sum": 1.0, "seq-mean-token-mean": 1.0 / own_len,
-               "token-mean": 1.0, "seq-mean-token-sum-norm": 1.0 / Lmax}[agg]
-        wA = mdp.rho0[s] * seqs.prob[sel] * coefA[inv] * fac
-        per_step = np.where(step_ok[sel], wA[:, None], 0.0)
-        if kl_loss:
-            wH = mdp.rho0[s] * seqs.prob[sel] * coefH[inv] * fac
-            per_step = per_step - beta * wH[:, None] * kcoef[sel]
-        np.add.at(C, (srow[sel][step_ok[sel]], arow[sel][step_ok[sel]]), per_step[step_ok[sel]])
+        _accumulate(C, seq_weight, sel, inv, coefA, coefH, fac, mdp.rho0[s], seqs, step_ok, srow, arow, kcoef,
+                    kl_loss, beta)
     mean = problem.policy.contract(th, C).reshape(-1)
     if not variance:
-        return GroupMoments(mean, None, "")
+        return GroupMoments(mean, None, "", seq_weight)
     var, why = _tuple_variance(problem, th, p, G, P, seqs, ret, kcoef, srow, arow, step_ok)
-    return GroupMoments(mean, var, why)
+    return GroupMoments(mean, var, why, seq_weight)
+
+
+def length_profile(seqs: Sequences, rho0: np.ndarray, seq_weight: np.ndarray) -> dict:
+    """``{n: E[h A | the episode has n tokens]}``: the weight an estimator puts, in expectation, on the
+    score of a sequence of length n (length bias: how it treats long against short sequences)."""
+    w = rho0[seqs.start] * seqs.prob
+    out = {}
+    for n in np.unique(seqs.length):
+        sel = seqs.length == n
+        out[int(n)] = float(np.sum(w[sel] * seq_weight[sel]) / np.sum(w[sel]))
+    return out
+
+
+def _accumulate(C, seq_weight, sel, inv, coefA, coefH, fac, rho, seqs, step_ok, srow, arow, kcoef, kl_loss, beta):
+    """Add one start state's sequences to the expected score weights C: ``E[h A | j]`` on every step of
+    sequence j, and with a KL in the loss ``-beta E[h | j] k'(l_t)`` on its step t."""
+    seq_weight[sel] = coefA[inv] * fac
+    wA = rho * seqs.prob[sel] * coefA[inv] * fac
+    per_step = np.where(step_ok[sel], wA[:, None], 0.0)
+    if kl_loss:
+        wH = rho * seqs.prob[sel] * coefH[inv] * fac
+        per_step = per_step - beta * wH[:, None] * kcoef[sel]
+    ok = step_ok[sel]
+    np.add.at(C, (srow[sel][ok], arow[sel][ok]), per_step[ok])
 
 
 def _tuple_variance(problem, th, p, G, P, seqs, ret, kcoef, srow, arow, step_ok):

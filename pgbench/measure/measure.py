@@ -153,6 +153,9 @@ def _group_exact_columns(prob, res, N: int, theta, group, extras: dict) -> None:
             extras.setdefault("exact_note", {})[sp.label] = "MC only: " + seqs
             continue
         gm = group_moments(prob, theta, sp.p, group, N // group, seqs)
+        if gm.seq_weight is not None and gm.mean is not None:
+            from pgbench.exact.groups import length_profile
+            extras.setdefault("length_profile", {})[sp.label] = length_profile(seqs, prob.mdp.rho0, gm.seq_weight)
         if gm.mean is not None:
             extras.setdefault("exact_mean", {})[sp.label] = gm.mean
             if gm.variance is not None:
@@ -269,6 +272,8 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
     df.attrs["paired"] = paired_table(cell).to_dict(orient="records")
     if "proxy" in cell.extras:
         df.attrs["proxy"] = proxy_summary(cell)
+    if "length_profile" in cell.extras:  # group estimators: E[h A | sequence length n]
+        df.attrs["length_profile"] = cell.extras["length_profile"]
     if "optimal_const_baseline_b" in cell.extras:
         df.attrs["optimal_const_baseline_b"] = cell.extras["optimal_const_baseline_b"]
         df.attrs["optimal_const_baseline_source"] = cell.extras.get("optimal_const_baseline_source")

@@ -732,7 +732,7 @@ def _planned_missing(meta: dict, cells: list[dict]) -> list[str]:
         if s is None:
             continue
         for N in s.cells(bool(meta.get("quick"))):
-            cid = f"{s.id}/N={N}"
+            cid = f"{s.id}/{'G' if getattr(s, 'groups', 0) else 'N'}={N}"
             if cid not in have:
                 missing.append(cid)
     return missing
@@ -858,6 +858,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
     renderer = _Renderer()
     try:
         _suites_and_figures(doc, renderer, cells, meta, progress)
+        from pgbench.reports.llm import llm_section; llm_section(doc, renderer, cells)  # noqa: E702
         _resolve_figures(doc, run_dir, written, problems)
     finally:
         renderer.close()

@@ -166,6 +166,8 @@ SUITES.update({s.id: s for s in [
 
 # The estimators of LLM reinforcement learning on sequence problems (token trees), the cells being
 # group sizes G with P groups (prompts drawn) per batch; exact bias, scale and direction per estimator.
+# Their figures (exact scale and cosine against G, length bias) are the report's LLM section
+# (pgbench.reports.llm), drawn from every llm/ cell of a run.
 LLM_ESTIMATORS = ("reinforce", "rloo", "group:adv=mean", "grpo", "grpo:ddof=0", "dr_grpo", "dapo", "reinforce_pp",
                   "group:adv=mean,agg=seq-mean-token-mean")
 LLM_KL = ("group:adv=loo,beta=0.5", "group:adv=loo,beta=0.5,kl_in=loss", "group:adv=loo,beta=0.5,kl=k2,kl_in=loss",
@@ -173,8 +175,7 @@ LLM_KL = ("group:adv=loo,beta=0.5", "group:adv=loo,beta=0.5,kl_in=loss", "group:
 LLM_G = (2, 4, 8, 16)
 SUITES.update({s.id: s for s in [
     Suite(f"llm/{sid}", spec, ests, LLM_G, 2000, tags=("llm", "groups", "bias"), groups=P,
-          description=text, quick_batch_sizes=(4,) if quick else (), quick_trials=200 if quick else 0,
-          figures=("llm_scale_vs_G", "llm_length_bias") if "length" in sid else ("llm_scale_vs_G",))
+          description=text, quick_batch_sizes=(4,) if quick else (), quick_trials=200 if quick else 0)
     for sid, spec, ests, P, quick, text in [
         ("verifier-1p", "tokens:V=3,L=4,prompts=1,reward=verifier,seed=0", LLM_ESTIMATORS, 1, True,
          "One prompt, a 0/1 verifier: mean-centring scales the gradient by 1 - 1/G, Dr. GRPO by (1 - 1/G)/L; "

@@ -92,6 +92,8 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
                        "truncated_J": gt.truncated_J}
     if "variance_decomposition" in suite.figures and prob.kind == "mdp":
         rec["variance_decomposition"] = exact_decomposition(prob, ests, N, theta)
+    if "length_profile" in df.attrs:
+        rec["length_profile"] = {lab: {str(n): w for n, w in prof.items()} for lab, prof in df.attrs["length_profile"].items()}
     if "proxy" in df.attrs:
         rec["proxy"] = df.attrs["proxy"]
         from pgbench.measure.engine import episode_samples
