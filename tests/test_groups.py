@@ -305,3 +305,24 @@ def test_llm_report_section(tmp_path):
     md = open(os.path.join(path, "report.md")).read()
     assert "LLM group estimators" in md and "llm-length-1p-scale-vs-G.png" in md and "llm-length-1p-length-bias.png" in md
     assert os.path.exists(os.path.join(path, "figures", "llm-length-1p-length-bias.png"))
+
+
+def test_numpy_grpo_example_reproduces_builtins_trial_by_trial():
+    import importlib.util
+    import os
+    from pgbench.estimators.batch import unregister_batch_estimator
+    from pgbench.measure.measure import run_cell
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "grpo_numpy.py")
+    spec = importlib.util.spec_from_file_location("grpo_numpy_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+        cell = run_cell("tokens:V=3,L=4,prompts=2,reward=length,seed=2", ["grpo", "np_grpo",
+                        "dapo:beta=0.1,kl=k3,kl_in=loss", "np_dapo_k3"], 8, 300, seed=4, group=4, exact=False)
+    finally:
+        unregister_batch_estimator("np_grpo")
+        unregister_batch_estimator("np_dapo_k3")
+    est = cell.estimates
+    assert np.abs(est[:, 0]).max() > 0.01  # not trivially zero
+    np.testing.assert_allclose(est[:, 1], est[:, 0], atol=1e-12, rtol=0)
+    np.testing.assert_allclose(est[:, 3], est[:, 2], atol=1e-12, rtol=0)
