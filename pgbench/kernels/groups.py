@@ -151,3 +151,24 @@ def group_psi(states, actions, rewards, lengths, G, adv, agg, ddof, eps, kl, kl_
             for t in range(n, T):
                 psi[k, i, t] = 0.0
     return psi
+
+
+@njit(parallel=True, cache=True)
+def psi_gradients(states, actions, lengths, psi, score, out):
+    """Estimates ``out[k] = (1/N) sum_i sum_t psi[k, i, t] score[s_t, a_t]`` of a block of trials,
+    episode by episode and step by step (``score`` the (S, A, d) table of grad log pi)."""
+    n_trials, N = lengths.shape
+    d = score.shape[2]
+    for k in prange(n_trials):
+        for j in range(d):
+            out[k, j] = 0.0
+        for i in range(N):
+            for t in range(lengths[k, i]):
+                w = psi[k, i, t]
+                s = states[k, i, t]
+                a = actions[k, i, t]
+                for j in range(d):
+                    out[k, j] += w * score[s, a, j]
+        for j in range(d):
+            out[k, j] /= N
+    return out

@@ -109,15 +109,18 @@ class _Trials:
         return b
 
 
-def run_group(spec, problem, th, t, seed64, cell64, N: int, K: int, G: int) -> np.ndarray:
+def run_group(spec, problem, th, t, seed64, cell64, N: int, K: int, G: int, direct: bool = False) -> np.ndarray:
     """Score weights (K, S, A) summed over each batch (not yet divided by N) of a group estimator
-    (:mod:`pgbench.estimators.groups`) on grouped episodes: psi by one compiled call per block of trials."""
+    (:mod:`pgbench.estimators.groups`) on grouped episodes: psi by one compiled call per block of trials.
+    ``direct``: the estimates themselves (K, d), formed episode by episode from the score table
+    (linear policies with a small one: no (S, A) weights per trial)."""
     from pgbench.estimators.groups import codes
     p = spec.p
     adv, agg, kl, kl_in_reward = codes(p)
     S, A = t.pi.shape
     logratio = problem.policy.log_probs(th) - problem.log_pi_ref() if p["beta"] > 0 else np.zeros((S, A))
-    out = np.zeros((K, S, A))
+    score = problem.policy.score_table(th) if direct else None
+    out = np.zeros((K, th.size)) if direct else np.zeros((K, S, A))
     block = block_size(N, t.cap, K)
     psi = np.empty((block, N, t.cap))
     where = f"group estimator {spec.label!r} on problem {problem.name!r}"
@@ -125,7 +128,10 @@ def run_group(spec, problem, th, t, seed64, cell64, N: int, K: int, G: int) -> n
         nb = states.shape[0]
         KG.group_psi(states, actions, rewards, lengths, G, adv, agg, int(p["ddof"]), float(p["eps"]), kl,
                      bool(kl_in_reward), float(p["beta"]), logratio, float(problem.mdp.horizon or t.cap), psi[:nb])
-        psi_weights(states, actions, lengths, psi[:nb], out[k0:k0 + nb], where, k0)
+        if direct:
+            KG.psi_gradients(states, actions, lengths, psi[:nb], score, out[k0:k0 + nb])
+        else:
+            psi_weights(states, actions, lengths, psi[:nb], out[k0:k0 + nb], where, k0)
     return out
 
 

@@ -99,6 +99,15 @@ def grouped_specs(problem: MDPProblem, specs: list, G) -> list:
     return out
 
 
+GROUP_SCORE_TABLE = 50_000_000
+"""Entries of the (S, A, d) score table up to which a group estimator under a linear policy (e.g. the
+bigram policy of a sequence problem) forms its gradient episode by episode, not from (S, A) weights."""
+
+
+def group_direct(problem: MDPProblem) -> bool:
+    return problem.policy.kind == "linear" and problem.mdp.S * problem.mdp.A * problem.policy.dim <= GROUP_SCORE_TABLE
+
+
 def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, cell=None, theta=None,
                proxy: bool = False, gt: GroundTruth | None = None, backend: str = "cpu", group=None) -> SampleResult:
     """Run K trials of batch size N for every estimator, on the same episodes.
@@ -173,7 +182,9 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         groups.setdefault(key, []).append(j)
 
     n_k = len(kspecs)
-    C_all = np.zeros((K, n_k, mdp.S, mdp.A))
+    # group estimators under a linear policy give their gradients directly (no (S, A) weights per trial)
+    grad_direct = {j for j, q in enumerate(kspecs) if q.info.code == -4 and group_direct(problem)}
+    C_all = np.zeros((K, n_k, mdp.S, mdp.A) if len(grad_direct) < n_k else (K, n_k, 0, 0))
     n_chunks = n_chunks_for(N)
     # per item: the batch statistics, and the weight accumulators unless they go straight into C_all
     item_bytes = 8 * (K_.N_STATS + (0 if n_chunks == 1 and len(groups) == 1 else n_k * mdp.S * mdp.A))
@@ -196,7 +207,12 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
                 raise PGBenchError("group estimators run on the CPU backend only")
             from pgbench.measure.batch import run_group
             t0 = time.perf_counter()
-            C_all[:, members[0]] = run_group(kspecs[members[0]], problem, th, tabs, seed64, cell64, N, K, G)
+            out = run_group(kspecs[members[0]], problem, th, tabs, seed64, cell64, N, K, G,
+                            direct=members[0] in grad_direct)
+            if members[0] in grad_direct:
+                direct[members[0]] = out
+            else:
+                C_all[:, members[0]] = out
             seconds += time.perf_counter() - t0
             episodes += N * K
             continue
@@ -281,7 +297,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     est = C_all.reshape(K, n_k, d) if in_place else np.zeros((K, len(specs), d))
     targets = np.zeros((len(specs), d))
     for r, (sp, (kind, j, jf)) in enumerate(zip(specs, plan)):
-        _trial_gradients(pol, th, C_all[:, j], C_all[:, jf] if kind == "natural" else None, est[:, r])
+        if j not in direct:
+            _trial_gradients(pol, th, C_all[:, j], C_all[:, jf] if kind == "natural" else None, est[:, r])
         targets[r] = estimator_target(problem, th, gt, sp)
     for r, (kind, j, _) in enumerate(plan):
         if j in direct:

@@ -78,7 +78,7 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
     _check_int("batch size N", batch, 1)
     _check_int("trials K", trials, 2)
     seed = inputs.seed(seed)
-    _require_cell_resources(prob, len(specs), batch, trials)
+    _require_cell_resources(prob, len(specs), batch, trials, group)
     from pgbench.measure.backend import resolve_backend
     requested = backend
     backend = resolve_backend(backend) if prob.kind == "mdp" or backend == "cuda" else "cpu"
@@ -198,7 +198,7 @@ def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
     return out
 
 
-def _require_cell_resources(prob, n_est: int, N: int, K: int) -> None:
+def _require_cell_resources(prob, n_est: int, N: int, K: int, group=None) -> None:
     """Refuse a cell whose arrays exceed the memory limit, and counts the 64-bit episode
     indices cannot hold, before anything is allocated; warn about very long cells."""
     if N * K >= 2 ** 62:
@@ -215,7 +215,9 @@ def _require_cell_resources(prob, n_est: int, N: int, K: int) -> None:
         items = 2 * min(K * per_trial, max(ITEM_MEMORY_BUDGET, per_trial))
         # K x estimators accumulators (S, A) and estimates (d), the work items, the per-thread
         # episode buffers and discount powers (cap steps), the sampler's tables
-        need = (8.0 * K * (n_est + 1) * (S * A + d) + items + 8.0 * (cap + 1) * (5 * threads + 3)
+        from pgbench.measure.engine import group_direct
+        direct = group is not None and group_direct(prob)  # group estimators give gradients directly
+        need = (8.0 * K * (n_est + 1) * ((0 if direct else S * A) + d) + (S * A * d * 8.0 if direct else items) + 8.0 * (cap + 1) * (5 * threads + 3)
                 + 8.0 * S * A * prob.mdp.K * 12)
         what = f"a cell of {prob.name} (K={K}, {n_est} estimator(s), S={S}, A={A}, d={d}, episode cap {cap})"
         inputs.require_memory(need, what, "use fewer trials K or estimators per cell")
