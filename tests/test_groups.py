@@ -340,3 +340,24 @@ def test_direct_gradients_of_linear_policies_match_score_weights(monkeypatch):
     via_c = run_cell(spec, ests, 8, 50, seed=2, group=4, exact=False).estimates
     assert np.abs(direct).max() > 0.01
     np.testing.assert_allclose(direct, via_c, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["-e", "grpo", "-N", "6", "-G", "4"], "does not divide"),
+    (["-e", "group:adv=loo", "-N", "4", "-G", "1"], "leave-one-out"),
+    (["-e", "grpo:adv=median", "-N", "4", "-G", "2"], "unknown adv"),
+    (["-e", "grpo", "-N", "4"], "needs grouped sampling"),
+])
+def test_cli_group_errors_are_one_line(capsys, argv, msg):
+    from conftest import run_cli
+    rc, out, err = run_cli(capsys, "measure", "tokens:V=3,L=2", "-K", "5", *argv)
+    assert rc == 2 and err.startswith("pgbench: error:") and msg in err and err.strip().count("\n") == 0
+
+
+def test_cli_measure_group_json(capsys):
+    import json
+    from conftest import run_cli
+    rc, out, err = run_cli(capsys, "measure", "tokens:V=3,L=3,prompts=2", "-e", "dr_grpo", "-N", "8", "-G", "4",
+                           "-K", "50", "--json")
+    row = json.loads(out)
+    assert rc == 0 and row["G"] == 4 and abs(row["exact_scale"] - 0.75 / 3) < 1e-12 and row["exact_cosine"] > 0.999
