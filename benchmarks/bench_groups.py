@@ -35,7 +35,7 @@ def _best(f, rounds=ROUNDS):
 def test_grouped_sampling_cost_per_step(record_note):
     from pgbench.kernels.rng import seed_u64
     from pgbench.kernels.tables import make_tables
-    from pgbench.measure.batch import episode_blocks
+    from pgbench.measure.batch_runner import episode_blocks
     prob = make(TREE)
     t = make_tables(prob, prob.theta)
     K = 2000

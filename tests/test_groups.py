@@ -138,7 +138,7 @@ def test_group_kernel_matches_plain_reference_trial_by_trial():
     from pgbench.kernels import groups as KG
     from pgbench.kernels.rng import seed_u64
     from pgbench.kernels.tables import make_tables
-    from pgbench.measure.batch import episode_blocks
+    from pgbench.measure.batch_runner import episode_blocks
     prob = make("tokens:V=3,L=3,prompts=2,reward=graded,seed=6")
     th = prob.theta
     t = make_tables(prob, th)
@@ -176,7 +176,7 @@ def test_group_kernel_matches_plain_reference_trial_by_trial():
 def test_grouped_sampling_shares_start_and_keeps_streams():
     from pgbench.kernels.rng import seed_u64
     from pgbench.kernels.tables import make_tables
-    from pgbench.measure.batch import episode_blocks
+    from pgbench.measure.batch_runner import episode_blocks
     prob = make("tokens:V=3,L=3,prompts=4,reward=verifier,seed=0")
     t = make_tables(prob, prob.theta)
 

@@ -205,7 +205,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         if key[0] == "group":
             if backend != "cpu":
                 raise PGBenchError("group estimators run on the CPU backend only")
-            from pgbench.measure.batch import run_group
+            from pgbench.measure.batch_runner import run_group
             t0 = time.perf_counter()
             out = run_group(kspecs[members[0]], problem, th, tabs, seed64, cell64, N, K, G,
                             direct=members[0] in grad_direct)
@@ -219,7 +219,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         if key[0] == "batch":
             if backend != "cpu":
                 raise PGBenchError("Python batch estimators run on the CPU backend only")
-            from pgbench.measure.batch import run_batch
+            from pgbench.measure.batch_runner import run_batch
             t0 = time.perf_counter()
             kind, out = run_batch(kspecs[members[0]], problem, th, tabs, V, Q, seed64, cell64, N, K, mdp.horizon,
                                   group=G)
