@@ -361,3 +361,16 @@ def test_cli_measure_group_json(capsys):
                            "-K", "50", "--json")
     row = json.loads(out)
     assert rc == 0 and row["G"] == 4 and abs(row["exact_scale"] - 0.75 / 3) < 1e-12 and row["exact_cosine"] > 0.999
+
+
+@pytest.mark.parametrize("over", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_pair_formula_variance_matches_tuple_listing(over, monkeypatch):
+    """The variance from one and two episodes of a group (used where the G-tuples are too many)
+    equals the listing of every G-tuple."""
+    from pgbench.exact import groups as EG
+    prob = make("tokens:V=3,L=2,prompts=2,reward=graded,seed=4")
+    p = {**FULL, **over}
+    listed = group_moments(prob, None, p, 3, 2 if p["agg"] != "token-mean" and p["adv"] != "mean_batchstd" else 1)
+    monkeypatch.setattr(EG, "PAIR_ALWAYS", True)
+    paired = group_moments(prob, None, p, 3, 2 if p["agg"] != "token-mean" and p["adv"] != "mean_batchstd" else 1)
+    assert listed.variance is not None and abs(paired.variance - listed.variance) < 1e-12

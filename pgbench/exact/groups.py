@@ -28,7 +28,9 @@ SEQUENCE_LIMIT = 500_000
 OUTCOME_LIMIT = 4_000_000
 """(own outcome, multiset of the others' outcomes) pairs the exact mean evaluates at most, per start state."""
 TUPLE_LIMIT = 200_000
-"""Ordered G-tuples of sequences the exact variance lists at most, per start state."""
+"""Ordered G-tuples of sequences the exact variance lists at most, per start state; beyond, the
+variance comes from the moments of one and two episodes of a group."""
+PAIR_ALWAYS = False  # tests: the one-and-two-episode formula even where the tuples could be listed
 
 
 def kl_problem(problem, theta, beta: float):
@@ -272,7 +274,7 @@ def group_moments(problem, theta, p: dict, G: int, P: int, seqs: Sequences | Non
     mean = problem.policy.contract(th, C).reshape(-1)
     if not variance:
         return GroupMoments(mean, None, "", seq_weight)
-    var, why = _tuple_variance(problem, th, p, G, P, seqs, ret, kcoef, srow, arow, step_ok)
+    var, why = _tuple_variance(problem, th, p, G, P, seqs, ret, kcoef, srow, arow, step_ok, mean)
     return GroupMoments(mean, var, why, seq_weight)
 
 
@@ -300,19 +302,11 @@ def _accumulate(C, seq_weight, sel, inv, coefA, coefH, fac, rho, seqs, step_ok, 
     np.add.at(C, (srow[sel][ok], arow[sel][ok]), per_step[ok])
 
 
-def _tuple_variance(problem, th, p, G, P, seqs, ret, kcoef, srow, arow, step_ok):
-    """tr Var(g) by listing the ordered G-tuples of sequences of each start state."""
+def _scores(problem, th, p, seqs, kcoef, srow, arow, step_ok):
+    """Each sequence's score ``z_j = sum_t grad log pi_t`` and KL-loss vector ``y_j = sum_t k'(l_t)
+    grad log pi_t`` (zeros without a KL in the loss), as (M, d) arrays."""
     mdp = problem.mdp
-    if P > 1 and p["agg"] == "token-mean":
-        return None, f"variance MC only: the token mean couples the P={P} groups"
-    counts = np.bincount(seqs.start, minlength=mdp.S)
-    big = int(counts.max()) ** G
-    if big > TUPLE_LIMIT:
-        return None, f"variance MC only: {big:,} ordered groups per prompt (limit {TUPLE_LIMIT:,})"
-    d = th.size
-    M = len(seqs.prob)
-    if M * d > 50_000_000:
-        return None, f"variance MC only: {M} sequences x {d} parameters"
+    M, d = len(seqs.prob), th.size
     Z = np.zeros((M, d))
     Y = np.zeros((M, d))
     for j in range(M):
@@ -324,6 +318,100 @@ def _tuple_variance(problem, th, p, G, P, seqs, ret, kcoef, srow, arow, step_ok)
             Ck = np.zeros((mdp.S, mdp.A))
             np.add.at(Ck, (srow[j][ok], arow[j][ok]), kcoef[j][ok])
             Y[j] = problem.policy.contract(th, Ck).reshape(-1)
+    return Z, Y
+
+
+def _pair_variance(problem, th, p, G, P, seqs, ret, Z, Y):
+    """tr Var(g) from one and two episodes of a group: with v_i = f_i h (A_i z_i - beta y_i) (f_i the
+    episode's own aggregation factor, h the token mean's G / sum n or 1), ``E||(1/G) sum_i v_i||^2 =
+    (E||v_1||^2 + (G - 1) E[v_1 . v_2]) / G``, the conditional moments of A and h given the one or two
+    episodes' outcomes enumerated over the multisets of the other G - 1 or G - 2 outcomes."""
+    mdp = problem.mdp
+    beta = float(p["beta"]) if p["kl_in"] == "loss" else 0.0
+    use_len = p["agg"] == "token-mean"
+    Lmax = mdp.horizon
+    fac_all = {"seq-mean-token-sum": np.ones(len(seqs.prob)), "seq-mean-token-mean": 1.0 / seqs.length,
+               "token-mean": np.ones(len(seqs.prob)),
+               "seq-mean-token-sum-norm": np.full(len(seqs.prob), 1.0 / Lmax)}[p["agg"]]
+    m2 = 0.0
+    for s in np.flatnonzero(mdp.rho0 > 0):
+        sel = np.flatnonzero(seqs.start == s)
+        key = np.stack([ret[sel], seqs.length[sel] if use_len else np.zeros(len(sel))], axis=1)
+        vals, inv = np.unique(key, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        D = len(vals)
+        pv = np.bincount(inv, weights=seqs.prob[sel], minlength=D)
+        work = D * D * _n_multisets(D, max(G - 2, 0))
+        if work > OUTCOME_LIMIT:
+            return None, f"variance MC only: {work:,} outcome combinations per prompt at G={G} (limit {OUTCOME_LIMIT:,})"
+
+        def moments(fixed):  # fixed: (F, k) outcome indices of k episodes; others: multisets of G - k
+            k = fixed.shape[1]
+            rows, w = _multisets(D, G - k, pv)
+            R = np.concatenate([np.broadcast_to(vals[fixed][:, None, :, 0], (len(fixed), len(rows), k)),
+                                np.broadcast_to(vals[rows][None, :, :, 0], (len(fixed), len(rows), G - k))], axis=2)
+                                # (F, M, G): the group's returns, the fixed episodes first
+            mean = R.mean(axis=2, keepdims=True)
+            adv = p["adv"]
+            if adv == "none":
+                A = R
+            elif adv == "loo":
+                A = R - (R.sum(axis=2, keepdims=True) - R) / (G - 1)
+            else:
+                A = R - mean
+                if adv in ("mean_std", "mean_batchstd"):
+                    A = A / (np.sqrt(((R - mean) ** 2).sum(axis=2, keepdims=True) / (G - p["ddof"])) + p["eps"])
+            if use_len:
+                n = (vals[fixed][:, :, 1].sum(axis=1)[:, None] + vals[rows][:, :, 1].sum(axis=1)[None, :])
+                h2 = (G / n) ** 2
+            else:
+                h2 = np.ones((len(fixed), len(rows)))
+            return A[:, :, :k], h2, w
+
+        # one episode: E[A^2 h^2 | u], E[A h^2 | u], E[h^2 | u]
+        A1, h2, w = moments(np.arange(D)[:, None])
+        SAA, SA, SH = (A1[:, :, 0] ** 2 * h2) @ w, (A1[:, :, 0] * h2) @ w, h2 @ w
+        qf = seqs.prob[sel] * fac_all[sel]
+        zz = np.einsum("jd,jd->j", Z[sel], Z[sel])
+        zy = np.einsum("jd,jd->j", Z[sel], Y[sel])
+        yy = np.einsum("jd,jd->j", Y[sel], Y[sel])
+        single = np.sum(qf * fac_all[sel] * (SAA[inv] * zz - 2 * beta * SA[inv] * zy + beta ** 2 * SH[inv] * yy))
+        pair = 0.0
+        if G >= 2:
+            uu = np.array([(a, b) for a in range(D) for b in range(D)], np.int64)
+            A2, h2, w = moments(uu)
+            TAA = ((A2[:, :, 0] * A2[:, :, 1] * h2) @ w).reshape(D, D)
+            TA1 = ((A2[:, :, 0] * h2) @ w).reshape(D, D)
+            TH = (h2 @ w).reshape(D, D)
+            onehot = np.zeros((D, len(sel)))
+            onehot[inv, np.arange(len(sel))] = qf
+            Zu, Yu = onehot @ Z[sel], onehot @ Y[sel]
+            pair = (np.sum(TAA * (Zu @ Zu.T)) - beta * np.sum(TA1 * (Zu @ Yu.T)) - beta * np.sum(TA1.T * (Yu @ Zu.T))
+                    + beta ** 2 * np.sum(TH * (Yu @ Yu.T)))
+        m2 += mdp.rho0[s] * (single + (G - 1) * pair) / G
+    return m2, ""
+
+
+def _tuple_variance(problem, th, p, G, P, seqs, ret, kcoef, srow, arow, step_ok, mean):
+    """tr Var(g) by listing the ordered G-tuples of sequences of each start state, or where they are
+    too many from the moments of one and two episodes of a group (:func:`_pair_variance`); the P
+    groups of a batch are independent (except under the token mean, refused for P > 1), so
+    ``tr Var(g) = tr Var(one group's estimate) / P``."""
+    mdp = problem.mdp
+    if P > 1 and p["agg"] == "token-mean":
+        return None, f"variance MC only: the token mean couples the P={P} groups"
+    counts = np.bincount(seqs.start, minlength=mdp.S)
+    d = th.size
+    M = len(seqs.prob)
+    if M * d > 50_000_000:
+        return None, f"variance MC only: {M} sequences x {d} parameters"
+    Z, Y = _scores(problem, th, p, seqs, kcoef, srow, arow, step_ok)
+    big = int(counts.max()) ** G
+    if big > TUPLE_LIMIT or PAIR_ALWAYS:
+        m2, why = _pair_variance(problem, th, p, G, P, seqs, ret, Z, Y)
+        if m2 is None:
+            return None, why
+        return max(m2 - float(mean @ mean), 0.0) / P, ""
     m1 = np.zeros(d)
     m2 = 0.0
     Lmax = mdp.horizon
