@@ -28,9 +28,12 @@ class Suite:
     quick_trials: int = 0
     figures: tuple = field(default=())  # report figures this suite feeds
     groups: int = 0  # > 0: grouped sampling with this many groups P per batch; the cells are group sizes G (N = P G)
+    quick_skip: bool = False  # no cell in the quick subset (its family is represented there by another suite)
 
     def cells(self, quick: bool = False) -> list[int]:
         """Batch sizes N, or for a grouped suite (``groups`` > 0) group sizes G."""
+        if quick and self.quick_skip:
+            return []
         return list(self.quick_batch_sizes if quick and self.quick_batch_sizes else self.batch_sizes)
 
     def cell_shape(self, value: int) -> tuple[int, Optional[int]]:
@@ -175,7 +178,8 @@ LLM_KL = ("group:adv=loo,beta=0.5", "group:adv=loo,beta=0.5,kl_in=loss", "group:
 LLM_G = (2, 4, 8, 16)
 SUITES.update({s.id: s for s in [
     Suite(f"llm/{sid}", spec, ests, LLM_G, 2000, tags=("llm", "groups", "bias"), groups=P,
-          description=text, quick_batch_sizes=(4,) if quick else (), quick_trials=200 if quick else 0)
+          description=text, quick_batch_sizes=(4,) if quick else (), quick_trials=200 if quick else 0,
+          quick_skip=not quick)
     for sid, spec, ests, P, quick, text in [
         ("verifier-1p", "tokens:V=3,L=4,prompts=1,reward=verifier,seed=0", LLM_ESTIMATORS, 1, True,
          "One prompt, a 0/1 verifier: mean-centring scales the gradient by 1 - 1/G, Dr. GRPO by (1 - 1/G)/L; "
