@@ -55,7 +55,7 @@ def defaults(name: str) -> dict:
 def infos():
     """Catalogue entries of the family."""
     from pgbench.estimators.catalogue import EstimatorInfo
-    return [EstimatorInfo(n, doc, "adv none/loo with agg seq-mean-token-sum and KL k1 in the reward",
+    return [EstimatorInfo(n, doc, "yes iff adv=none|loo, agg=seq-mean-token-sum, any KL k1 in the reward",
                           defaults(n), code=GROUP_CODE, in_batch=True) for n, (_, doc) in ALIASES.items()]
 
 
