@@ -165,9 +165,9 @@ def _cmd_measure(args) -> int:
         return 0
     import pandas as pd
     cols = ["estimator", "class", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse",
-            "mse_se", "cosine", "p_robust", "p_test"]
+            "mse_se", "cosine", "nsr", "p_robust", "p_test"]
     if "exact_variance" in df and df["exact_variance"].notna().any():  # exact moments by enumeration
-        cols += ["exact_variance", "exact_mse"]
+        cols += ["exact_variance", "exact_mse", "exact_nsr"]
     if "exact_bias_norm" in df and df["exact_bias_norm"].notna().any():  # exact mean in closed form
         cols += ["exact_bias_norm"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):

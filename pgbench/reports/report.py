@@ -454,6 +454,7 @@ def _cell_table(doc: Doc, rec: dict) -> None:
     headers += ["variance [95% CI]"]
     headers += ["exact variance"] if ex_var else []
     headers += ["MSE [95% CI]"] + (["exact MSE"] if ex_mse else [])
+    headers += ["NSR [95% CI]"] + (["exact NSR"] if _has_exact(rows, "exact_nsr") else [])  # tr Var / ||grad J||^2
     headers += ["cosine", "p (mean = exact)", "test of that p", "verdict", "cell seconds", "episodes/s"]
     headers += ["own seconds", "MSE x own seconds"] if cost_key else []
     numeric = {i for i, h in enumerate(headers)
@@ -471,6 +472,8 @@ def _cell_table(doc: Doc, rec: dict) -> None:
         line.append(B(mse) if r["estimator"] in best_mse else mse)
         if ex_mse:
             line.append(_exact_cell(r, "mse"))
+        line += [fmt_ci(r.get("nsr"), r.get("nsr_lo"), r.get("nsr_hi"))]
+        line += [fmt(r.get("exact_nsr"))] if _has_exact(rows, "exact_nsr") else []
         p, test = _p_and_test(r)
         line += [fmt(r.get("cosine")), fmt_p(p), test, verdict(r.get("unbiased"), p),
                  fmt(r.get("seconds")), fmt(r.get("episodes_per_second"))]
