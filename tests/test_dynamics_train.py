@@ -1,0 +1,156 @@
+"""Learning runs (pgbench.dynamics.train) against independent NumPy implementations."""
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+import pgbench
+from pgbench.dynamics import iqm, recorded_steps, train, wilson
+from pgbench.errors import PGBenchError
+
+THREE = "bandit:r=1;0.7;0,theta=0;3;5"
+
+
+def _softmax(th):
+    e = np.exp(th - th.max())
+    return e / e.sum()
+
+
+def test_exact_npg_path_three_armed_against_numpy():
+    """The deterministic NPG path: theta += lr * pinv(F) grad J with F = diag(pi) - pi pi^T, in plain NumPy."""
+    r = np.array([1.0, 0.7, 0.0])
+    th = np.array([0.0, 3.0, 5.0])
+    lr, T = 0.025, 1000
+    J_ref = []
+    for _ in range(T + 1):
+        pi = _softmax(th)
+        J_ref.append(pi @ r)
+        grad = pi * (r - pi @ r)
+        F = np.diag(pi) - np.outer(pi, pi)
+        th = th + lr * np.linalg.pinv(F, rcond=1e-13) @ grad
+    res = train(THREE, ["exact"], optimizer="npg", lr=lr, steps=T, runs=2, nsr_points=3)
+    assert np.array_equal(res.t, np.arange(T + 1))
+    np.testing.assert_allclose(res.J[0, 0], J_ref, rtol=0, atol=1e-9)
+    assert np.array_equal(res.J[0, 0], res.J[0, 1])  # deterministic
+    assert np.all(res.curves["exact_nsr"].dropna() == 0.0)
+    np.testing.assert_allclose(res.cosine[0][:-1], 1.0, atol=1e-12)
+
+
+def test_exact_sgd_and_npg_on_an_mdp_against_pgbench_exact():
+    """Discounted garnet: the kernel's exact path against pgbench.exact's gradient and natural gradient."""
+    prob = "garnet:S=5,A=3,b=2,seed=4,gamma=0.8"
+    for opt, lr in (("sgd", 0.5), ("npg", 0.2)):
+        res = train(prob, ["exact"], optimizer=opt, lr=lr, steps=15, runs=1, keep_paths=0)
+        p = pgbench.make(prob)
+        th = p.theta.copy()
+        for k in range(16):
+            gt = pgbench.exact(p, th)
+            assert abs(res.J[0, 0, k] - gt.J) < 1e-10
+            assert abs(res.grad_norm[0, k] - np.linalg.norm(gt.grad)) < 1e-10
+            th = th + lr * (gt.grad if opt == "sgd" else gt.natural_gradient().reshape(th.shape))
+
+
+def _numpy_committal(R, T, lr, b, p0, seed):
+    """Two arms (rewards 1, 0), one sample per update, NPG: theta_a += lr (r_a - b) / pi_a (Chung et al.'s
+    form; it differs from the min-norm direction by a constant, which leaves the policy unchanged)."""
+    rng = np.random.default_rng(seed)
+    th = np.tile([np.log(p0 / (1 - p0)), 0.0], (R, 1))
+    r = np.array([1.0, 0.0])
+    for _ in range(T):
+        pi = np.exp(th - th.max(axis=1, keepdims=True))
+        pi /= pi.sum(axis=1, keepdims=True)
+        a = (rng.random(R) >= pi[:, 0]).astype(int)
+        th[np.arange(R), a] += lr * (r[a] - b) / pi[np.arange(R), a]
+    pi0 = 1.0 / (1.0 + np.exp(th[:, 1] - th[:, 0]))
+    return pi0
+
+
+def test_p_stuck_two_armed_committal_against_numpy():
+    R, T, lr, b, p0 = 2000, 200, 0.1, -1.0, 0.27
+    th0 = f"{float(np.log(p0 / (1 - p0)))!r};0"
+    res = train(f"bandit:r=1;0,theta={th0}", [f"const_baseline:b={b}"], optimizer="npg", lr=lr, steps=T, runs=R,
+                stuck_below=0.5, nsr_points=0)
+    p1 = float(res.summary["p_stuck"][0])
+    p2 = float(np.mean(_numpy_committal(R, T, lr, b, p0, seed=11) <= 0.5))
+    se = np.sqrt(p1 * (1 - p1) / R + p2 * (1 - p2) / R)
+    assert 0.05 < p2 < 0.95  # a committal baseline: a real share of the runs fails
+    assert abs(p1 - p2) <= 4 * se, (p1, p2, se)
+    row = res.summary.iloc[0]
+    assert row["p_stuck_lo"] <= p1 <= row["p_stuck_hi"]
+
+
+def test_wilson_known_values():
+    lo, hi = wilson(5, 10)
+    assert abs(lo - 0.2366) < 1e-4 and abs(hi - 0.7634) < 1e-4
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and abs(hi - 0.2775) < 1e-4
+
+
+def test_iqm_and_recorded_steps():
+    assert iqm(np.arange(8.0)) == np.mean([2, 3, 4, 5])
+    assert np.array_equal(recorded_steps(5), np.arange(6))
+    rs = recorded_steps(5000)
+    assert rs[0] == 0 and rs[-1] == 5000 and 990 <= rs.size <= 1001 and np.all(np.diff(rs) > 0)
+
+
+@pytest.mark.parametrize("prob,ests,opt,N", [
+    ("bandit:r=1;0.7;0,theta=0;3;5,noise=0.5", ["value_baseline:shift=-0.5", "optimal_const_baseline"], "npg", 1),
+    ("garnet:S=4,A=2,b=2,seed=1,horizon=5", ["rloo", "reinforce_rtg"], "adam", 3),
+])
+def test_bit_identical_over_threads_and_runs(prob, ests, opt, N):
+    kw = dict(optimizer=opt, lr=0.05, steps=30, batch=N, seed=7, nsr_points=0, keep_paths=2)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        a = train(prob, ests, runs=6, **kw)
+        numba.set_num_threads(max(2, old))
+        b = train(prob, ests, runs=6, **kw)
+        c = train(prob, ests, runs=12, **kw)
+    finally:
+        numba.set_num_threads(old)
+    assert np.array_equal(a.J, b.J) and np.array_equal(a.regret, b.regret)
+    assert np.array_equal(a.J, c.J[:, :6]) and np.array_equal(a.regret, c.regret[:, :6])
+    assert np.array_equal(a.paths, c.paths)
+    assert not np.array_equal(c.J[:, :6], c.J[:, 6:])  # runs differ from each other
+
+
+def test_regret_is_the_sum_of_the_gaps():
+    res = train(THREE, ["value_baseline"], optimizer="npg", lr=0.025, steps=50, runs=5, nsr_points=0)
+    np.testing.assert_allclose(res.regret[0], (res.J_star - res.J[0][:, :-1]).sum(axis=1), rtol=1e-12)
+    assert res.J_star == 1.0
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(lr=float("nan")), "step size"), (dict(lr=-0.1), "step size"), (dict(lr=float("inf")), "step size"),
+    (dict(runs=0), "runs"), (dict(optimizer="rmsprop"), "unknown optimizer"),
+    (dict(estimators=["w_baseline"]), "not available"),
+])
+def test_bad_inputs(kw, msg):
+    args = dict(optimizer="sgd", lr=0.1, steps=3, runs=2)
+    args.update(kw)
+    ests = args.pop("estimators", ["reinforce"])
+    with pytest.raises(PGBenchError, match=msg):
+        train(THREE, ests, **args)
+
+
+def test_npg_refuses_a_singular_fisher_along_a_needed_direction():
+    from pgbench.kernels.train import _natural
+    pi = np.array([[0.5, 0.5, 0.0]])
+    x = np.zeros((1, 3))
+    assert _natural(np.array([[0.1, -0.1, 0.0]]), pi, np.array([1.0]), x)
+    assert not _natural(np.array([[0.1, -0.2, 0.1]]), pi, np.array([1.0]), x)  # moves the probability-0 action
+    assert not _natural(np.array([[0.1, -0.1, 0.0]]), pi, np.array([0.0]), x)  # a state the Fisher never weighs
+
+
+def test_cli_train(tmp_path):
+    cmd = [sys.executable, "-m", "pgbench", "train", THREE, "-e", "exact", "-e", "value_baseline",
+           "--optimizer", "npg", "--lr", "0.025", "--steps", "20", "--runs", "3", "--stuck-below", "0.75",
+           "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "p_stuck" in out.stdout
+    assert {p.name for p in tmp_path.iterdir()} >= {"train.json", "summary.csv", "curves.csv", "regret.csv"}
+    bad = subprocess.run(cmd[:5] + ["--lr", "nan"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("pgbench: error:") and len(bad.stderr.splitlines()) == 1
