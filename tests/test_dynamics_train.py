@@ -86,6 +86,7 @@ def test_wilson_known_values():
     assert abs(lo - 0.2366) < 1e-4 and abs(hi - 0.7634) < 1e-4
     lo, hi = wilson(0, 10)
     assert lo == 0.0 and abs(hi - 0.2775) < 1e-4
+    assert wilson(10, 10)[1] == 1.0 and wilson(0, 7)[0] == 0.0
 
 
 def test_iqm_and_recorded_steps():

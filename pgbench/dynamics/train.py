@@ -55,7 +55,9 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     den = 1.0 + z * z / n
     c = (p + z * z / (2 * n)) / den
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, c - h), min(1.0, c + h)
+    lo = 0.0 if k == 0 else max(0.0, c - h)  # exact ends: rounding must not move them off 0 and 1
+    hi = 1.0 if k == n else min(1.0, c + h)
+    return lo, hi
 
 
 def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:

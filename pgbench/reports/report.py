@@ -778,6 +778,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
     Returns ``(doc, figure paths relative to run_dir, problems)``. ``progress``: a callable
     given one line per suite as its tables and figures are made (e.g. to print on stderr)."""
     meta, cells = load_run(run_dir)
+    learning, cells = [c for c in cells if c.get("train")], [c for c in cells if not c.get("train")]
     order = {s: i for i, s in enumerate(meta.get("suites") or [])}
     cells.sort(key=lambda c: (order.get(c["suite"], len(order)), c["suite"], c["N"]))  # N numerically
     run_dir = os.fspath(run_dir)
@@ -806,7 +807,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
                  ["report written", time.strftime("%Y-%m-%dT%H:%M:%S%z") + f" on {platform.node() or '?'}"]]
     doc.h(2, "Run", "run")
     doc.table(["field", "value"], meta_rows)
-    missing = _planned_missing(meta, cells)
+    missing = _planned_missing(meta, cells + learning)
     if missing:
         doc.p(B("Partial run:"), Inline(f" {len(missing)} planned cell(s) not finished: "), C(", ".join(missing)))
 
@@ -864,6 +865,8 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
         _resolve_figures(doc, run_dir, written, problems)
     finally:
         renderer.close()
+    from pgbench.reports.dynamics import section
+    section(doc, learning, run_dir)
     doc.h(2, "Notes", "notes")
     doc.ul([f"Verdicts test H0: mean of the K trial estimates = exact gradient at level {ALPHA:g}, with the p "
             f"shown and the test named beside it: the larger of the normal-theory p (Hotelling T2, or Holm-"

@@ -14,6 +14,18 @@ from pgbench.errors import PGBenchError
 
 
 @dataclass(frozen=True)
+class Learning:
+    """A learning-dynamics suite's runs (:func:`pgbench.dynamics.train`): the suite's batch size is N,
+    its trials the runs R; ``quick_steps`` (0: ``steps``) for the quick subset."""
+    optimizer: str
+    lr: float
+    steps: int
+    stuck_below: Optional[float] = None
+    quick_steps: int = 0
+    nsr_points: int = 20
+
+
+@dataclass(frozen=True)
 class Suite:
     id: str
     problem: str
@@ -27,8 +39,12 @@ class Suite:
     quick_batch_sizes: tuple = ()
     quick_trials: int = 0
     figures: tuple = field(default=())  # report figures this suite feeds
+    train: Optional[Learning] = None  # a learning-dynamics suite (runs, not trials of one cell)
+    in_quick: bool = True  # part of the quick subset
 
     def cells(self, quick: bool = False) -> list[int]:
+        if quick and not self.in_quick:
+            return []
         return list(self.quick_batch_sizes if quick and self.quick_batch_sizes else self.batch_sizes)
 
     def n_trials(self, quick: bool = False) -> int:
@@ -157,6 +173,36 @@ SUITES.update({s.id: s for s in [
          "Dropping gamma^t is catastrophic here: no state is terminal, every step up to the sampling cap counts alike."),
         ("gridworld-4", "gridworld:n=4,slip=0.1,gamma=0.9", "random:13", "A terminal goal ends most episodes."),
     ]]})
+
+# Learning dynamics (Chung et al. 2021): baselines of equal variance, very different fates under NPG
+CHUNG_BASELINES = ("optimal_const_baseline:shift=-0.5", "optimal_const_baseline", "optimal_const_baseline:shift=0.5",
+                   "value_baseline", "value_baseline:shift=-0.5", "value_baseline:shift=0.5", "const_baseline:b=0.0",
+                   "const_baseline:b=1.0")
+COMMITTAL_THETA = "-0.9946226703824351;0"  # log(0.27 / 0.73): p(best arm) = 0.27
+LEARNING_PRACTICAL = ("reinforce", "reinforce_rtg", "rloo", "batch_mean_baseline")
+SUITES.update({s.id: s for s in [
+    Suite("dynamics/three-armed", "bandit:r=1;0.7;0,theta=0;3;5", CHUNG_BASELINES, (1,), 4000,
+          tags=("dynamics",), quick_trials=200, train=Learning("npg", 0.025, 1000, stuck_below=0.75),
+          description="Three arms (rewards 1, 0.7, 0), theta0 = (0, 3, 5), NPG with step 0.025 for 1000 updates of "
+                      "one sample each: the perturbed baselines b* - 0.5 and V - 0.5 commit to a suboptimal arm "
+                      "far more often than b* + 0.5 and V + 0.5 (stuck: final exact J <= 0.75)."),
+    *[Suite(f"dynamics/committal/lr={lr}", f"bandit:r=1;0,theta={COMMITTAL_THETA}", ("const_baseline:b=-1.0",
+            "optimal_const_baseline", "value_baseline"), (1,), 4000, tags=("dynamics",), quick_trials=400,
+            in_quick=lr == 0.1, train=Learning("npg", lr, 200, stuck_below=0.5),
+            description=f"Two arms (rewards 1, 0), p(best) = 0.27 at the start, NPG with step {lr} for 200 updates: "
+                        "the constant baseline -1 is committal (it reinforces whatever arm was drawn); stuck: "
+                        "final exact J <= 0.5.")
+      for lr in (0.05, 0.1, 0.15)],
+    *[Suite(f"dynamics/{pid}-{opt}", spec, LEARNING_PRACTICAL, (16,), 200, tags=("dynamics",), in_quick=False,
+            train=Learning(opt, lr, 200, nsr_points=10),
+            description=f"Practical estimators under {opt} (step {lr}), 200 updates of N = 16 episodes, 200 runs. "
+                        + note)
+      for pid, spec, note in [("garnet-20", "garnet:S=20,A=4,b=3,seed=0,horizon=50",
+                               "Random MDP, 20 states, horizon 50."),
+                              ("gridworld-4", "gridworld:n=4,slip=0.1,gamma=0.95",
+                               "Sparse reward at a terminal goal.")]
+      for opt, lr in (("sgd", 1.0), ("adam", 0.05))],
+]})
 
 DEFAULT_SUITES = tuple(SUITES)
 

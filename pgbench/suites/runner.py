@@ -42,6 +42,8 @@ def suite_definition(suite: Suite, quick: bool) -> str:
     """A hash of what a suite's cells measure (problem, theta, estimators, trials): a cell made
     under another definition of the suite must not be resumed into this one."""
     what = [suite.problem, suite.theta, list(suite.estimators), suite.n_trials(quick), bool(suite.proxy)]
+    if suite.train is not None:
+        what.append(repr(suite.train))
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
@@ -62,6 +64,9 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
     from pgbench.problems import make
     from pgbench.measure.measure import measure
     suite = get_suite(suite_id)
+    if suite.train is not None:  # learning dynamics: runs, summarised by pgbench.suites.dynamics
+        from pgbench.suites.dynamics import run_train_record
+        return to_jsonable(run_train_record(suite, N, quick, seed, cell_provenance(suite, N, quick, seed, suite.n_trials(quick))))
     prob = make(suite.problem)
     theta = suite_theta(suite, prob)
     # leave-one-out estimators need a second episode in the batch; at N = 1 they sit the cell out
