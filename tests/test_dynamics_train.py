@@ -155,3 +155,18 @@ def test_cli_train(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} >= {"train.json", "summary.csv", "curves.csv", "regret.csv"}
     bad = subprocess.run(cmd[:5] + ["--lr", "nan"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("pgbench: error:") and len(bad.stderr.splitlines()) == 1
+
+
+def test_one_step_nsr_matches_exact_moments():
+    from pgbench.dynamics.train import one_step_nsr
+    from pgbench.estimators.catalogue import parse
+    from pgbench.exact.moments import exact_moments
+    prob = pgbench.make("bandit:r=1;0.7;0,theta=0.3;-1;2,noise=0.4")
+    pis = np.array([_softmax(np.array(t))[None] for t in ([0.3, -1, 2], [1.0, 0.2, -0.5])])
+    for est in ["reinforce", "const_baseline:b=0.4", "optimal_const_baseline:shift=-0.5", "value_baseline:shift=0.5",
+                "true_advantage"]:
+        got = one_step_nsr(prob.mdp, parse(est), 3, pis)
+        for i, p in enumerate(pis):
+            em = exact_moments(prob, [est], batch=3, theta=np.log(p))
+            want = em.variance[0] / np.sum(em.target[0] ** 2)
+            assert abs(got[i] - want) < 1e-9 * max(1.0, want), est

@@ -356,6 +356,38 @@ def _summarise(res: TrainResult, prob, specs, N: int, stuck_below, nsr_points: i
     res.curves = pd.concat(curves, ignore_index=True)
 
 
+ONE_STEP_NSR = ("reinforce", "reinforce_rtg", "const_baseline", "optimal_const_baseline", "value_baseline",
+                "true_advantage")
+
+
+def one_step_nsr(mdp, spec, N: int, pis: np.ndarray) -> np.ndarray:
+    """Exact NSR of a per-sample estimator on a one-step problem, for policies ``pis`` (n, S, A):
+    the estimate is psi (e_a - pi(.|s)) with psi = r - b, so E||g||^2 = sum rho pi E[psi^2] ||e_a - pi||^2
+    and tr Var = (E||g||^2 - ||grad J||^2) / N."""
+    R, rho = mdp.R[None], mdp.rho0[None, :, None]
+    var = mdp.reward_variance()[None]
+    V = np.sum(pis * R, axis=2, keepdims=True)
+    zn = 1.0 - 2.0 * pis + np.sum(pis ** 2, axis=2, keepdims=True)
+    grad = rho * pis * (R - V)
+    if spec.name == "true_advantage":
+        m2 = (R - V) ** 2
+    else:
+        if spec.name in ("reinforce", "reinforce_rtg"):
+            b = np.zeros_like(V)
+        elif spec.name == "const_baseline":
+            b = np.full_like(V, spec.p["b"])
+        elif spec.name == "value_baseline":
+            b = V + spec.p.get("shift", 0.0)
+        else:  # optimal_const_baseline: b* = E[R ||z||^2] / E[||z||^2], plus the shift
+            w = rho * pis * zn
+            b = (np.sum(w * R, axis=(1, 2)) / np.sum(w, axis=(1, 2)))[:, None, None] + spec.p.get("shift", 0.0)
+        m2 = (R - b) ** 2 + var
+    g1 = np.sum(rho * pis * m2 * zn, axis=(1, 2))
+    g2 = np.sum(grad ** 2, axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(g2 > 0, (g1 - g2) / N / g2, np.nan)
+
+
 def _nsr_along(prob, spec, N: int, pis: np.ndarray) -> np.ndarray:
     """Exact NSR at the mean policy over the kept runs, at each given recorded step (NaN where the
     exact moments do not cover the estimator)."""
@@ -363,6 +395,8 @@ def _nsr_along(prob, spec, N: int, pis: np.ndarray) -> np.ndarray:
     out = np.full(pis.shape[1], np.nan)
     if spec is None:
         return np.zeros(pis.shape[1])
+    if prob.mdp.horizon == 1 and spec.name in ONE_STEP_NSR:
+        return one_step_nsr(prob.mdp, spec, N, pis.mean(axis=0))
     for i in range(pis.shape[1]):
         pbar = pis[:, i].mean(axis=0)
         with np.errstate(divide="ignore"):
