@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import numba
 import pytest
 
 from pgbench.dynamics import train
@@ -47,6 +48,7 @@ def test_train(benchmark, case, record_note):
 if __name__ == "__main__":
     _warm()
     for case in (three_armed, garnet):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = case()
-        print(f"{case.__name__}: {time.perf_counter() - t0:.2f} s in all, kernel {res.seconds:.2f} s")
+        print(f"{case.__name__}: {time.perf_counter() - t0:.2f} s in all (CPU {time.process_time() - c0:.2f} s "
+              f"on {numba.get_num_threads()} threads), kernel {res.seconds:.2f} s")

@@ -170,3 +170,17 @@ def test_one_step_nsr_matches_exact_moments():
             em = exact_moments(prob, [est], batch=3, theta=np.log(p))
             want = em.variance[0] / np.sum(em.target[0] ** 2)
             assert abs(got[i] - want) < 1e-9 * max(1.0, want), est
+
+
+def test_bootstrap_intervals_against_normal_theory():
+    from pgbench.dynamics.train import _bootstrap
+    x = np.random.default_rng(3).normal(size=2000)
+    b = _bootstrap(x, 0)
+    half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)
+    assert abs((b["mean_hi"] - b["mean_lo"]) / (2 * half) - 1) < 0.15
+    assert abs((b["mean_hi"] + b["mean_lo"]) / 2 - x.mean()) < 0.2 * half
+    for k in ("median", "iqm"):
+        assert b[k + "_lo"] <= b[k] <= b[k + "_hi"]
+    assert b["median"] == np.median(x) and abs(b["iqm"] - np.mean(np.sort(x)[500:1500])) < 1e-12
+    # the median of a normal sample has about 1.25 times the standard error of its mean
+    assert 1.05 < (b["median_hi"] - b["median_lo"]) / (b["mean_hi"] - b["mean_lo"]) < 1.5

@@ -71,7 +71,7 @@ def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def _bootstrap(x: np.ndarray, seed: int) -> dict:
     """Mean, median and IQM of x with percentile bootstrap 95% intervals (rliable's reporting).
 
-    A resample is the sorted sample with multinomial counts, so its median and IQM come from the
+    A resample is the sorted sample with its draw counts, so its median and IQM come from the
     counts' cumulative sums (no sort per resample)."""
     x = np.sort(np.asarray(x, dtype=float))
     n = x.size
@@ -81,7 +81,8 @@ def _bootstrap(x: np.ndarray, seed: int) -> dict:
             out[k + "_lo"] = out[k + "_hi"] = out[k]
         return out
     rng = np.random.default_rng(seed)
-    cnt = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP).astype(np.float64)
+    idx = rng.integers(0, n, size=(BOOTSTRAP, n)) + (np.arange(BOOTSTRAP) * n)[:, None]
+    cnt = np.bincount(idx.ravel(), minlength=BOOTSTRAP * n).reshape(BOOTSTRAP, n).astype(np.float64)
     hi_ = np.cumsum(cnt, axis=1)
     lo_ = hi_ - cnt
 
@@ -289,8 +290,8 @@ def train(problem, estimators, optimizer: str = "sgd", lr: float = 0.1, steps: i
     b1, b2, eps = ADAM_BETAS
     t0 = time.perf_counter()
     for e in range(E):  # one estimator at a time: the per-run gradient norms and cosines are reduced at once
-        gn = np.full((1, R, n_rec), np.nan)
-        cos = np.full((1, R, n_rec), np.nan)
+        gn = np.empty((1, R, n_rec))  # every recorded step is written (or the job stops with an error)
+        cos = np.empty((1, R, n_rec))
         err = np.zeros((1, R, 2), dtype=np.int64)
         K.train_runs(seed_u64(seed), cell, 0, R, T, N, codes[e:e + 1], fpar[e:e + 1], opt, lr, b1, b2, eps, th0,
                      mdp.rho0, rho_cum, mdp.next_idx, mdp.next_prob, ncum, mdp.R, noise_kind, noise_scale,
@@ -325,7 +326,7 @@ def _summarise(res: TrainResult, prob, specs, N: int, stuck_below, nsr_points: i
                else np.zeros(0, int))
     for e, lab in enumerate(res.estimators):
         J = res.J[e]
-        q = np.quantile(J, QUANTILES, axis=0)
+        q = np.quantile(np.ascontiguousarray(J.T), QUANTILES, axis=1)  # contiguous rows: a faster partition
         nsr = np.full(n_rec, np.nan)
         if res.paths.shape[1] > 0:
             nsr[nsr_idx] = _nsr_along(prob, specs[e], N, res.paths[e][:, nsr_idx])
