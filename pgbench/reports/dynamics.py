@@ -118,7 +118,7 @@ def section(doc, cells: list, run_dir: str) -> None:
                    "regret median [95% CI]", "regret IQM [95% CI]"], rows, {1, 2, 3, 4, 5, 6})
         slug = rec["cell"].replace("/", "_").replace("=", "")
         for name, fig in figures(rec).items():
-            rel = os.path.join("figures", f"dynamics_{slug}_{name}.png")
+            rel = os.path.join("figures", f"{slug}_{name}.png")  # slug starts with the family, dynamics_
             data = _png(fig)
             path = os.path.join(run_dir, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
