@@ -43,8 +43,8 @@ def _numbers(what: str, text: str) -> np.ndarray:
 
 
 def bandit(r: str = "1;0", theta: str = "", noise: float = 0.0) -> MDPProblem:
-    """One state, one step, tabular softmax over the arms: mean rewards ``r`` (``;``-separated,
-    e.g. ``bandit:r=1;0.7;0,theta=0;3;5``), optional Gaussian reward noise of std ``noise``."""
+    """One state, one step, tabular softmax over the arms with mean rewards r and starting logits
+    theta, both separated by ';' (bandit:r=1;0.7;0,theta=0;3;5), and Gaussian reward noise of std noise."""
     R = _numbers("bandit r", r)
     if R.size < 2:
         raise PGBenchError(f"bandit needs at least two arms; got r={r!r}")
