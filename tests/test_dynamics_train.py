@@ -38,9 +38,11 @@ def test_exact_npg_path_three_armed_against_numpy():
     np.testing.assert_allclose(res.cosine[0][:-1], 1.0, atol=1e-12)
 
 
-def test_exact_sgd_and_npg_on_an_mdp_against_pgbench_exact():
-    """Discounted garnet: the kernel's exact path against pgbench.exact's gradient and natural gradient."""
-    prob = "garnet:S=5,A=3,b=2,seed=4,gamma=0.8"
+@pytest.mark.parametrize("prob", ["garnet:S=5,A=3,b=2,seed=4,gamma=0.8", "garnet:S=4,A=2,b=2,seed=2,horizon=6",
+                                  "gridworld:n=3,slip=0.2,gamma=0.9"])
+def test_exact_sgd_and_npg_on_an_mdp_against_pgbench_exact(prob):
+    """Discounted, finite-horizon and terminal-state MDPs: the kernel's exact path against pgbench.exact's
+    J, gradient and natural gradient."""
     for opt, lr in (("sgd", 0.5), ("npg", 0.2)):
         res = train(prob, ["exact"], optimizer=opt, lr=lr, steps=15, runs=1, keep_paths=0)
         p = pgbench.make(prob)
@@ -186,3 +188,79 @@ def test_bootstrap_intervals_against_normal_theory():
     assert b["median"] == np.median(x) and abs(b["iqm"] - np.mean(np.sort(x)[500:1500])) < 1e-12
     # the median of a normal sample has about 1.25 times the standard error of its mean
     assert 1.05 < (b["median_hi"] - b["median_lo"]) / (b["mean_hi"] - b["mean_lo"]) < 1.5
+
+
+def _ref_values(mdp, pi):
+    """V_t, Q_t by plain NumPy (finite horizon: backward recursion; unbounded: a dense solve)."""
+    P = mdp.P
+    live = ~mdp.terminal
+    if mdp.horizon is not None:
+        V = np.zeros((mdp.horizon + 1, mdp.S))
+        Q = np.zeros((mdp.horizon, mdp.S, mdp.A))
+        for t in range(mdp.horizon - 1, -1, -1):
+            Q[t] = mdp.R + mdp.gamma * P @ V[t + 1]
+            V[t] = np.where(live, (pi * Q[t]).sum(axis=1), 0.0)
+        return V, Q
+    Ppi = np.einsum("sa,sat->st", pi, P) * live[:, None]
+    V = np.linalg.solve(np.eye(mdp.S) - mdp.gamma * Ppi, np.where(live, (pi * mdp.R).sum(axis=1), 0.0))
+    return V[None], (mdp.R + mdp.gamma * P @ V)[None]
+
+
+def _ref_estimate(prob, est, theta, N, seed, cell, run):
+    """Replay the streams of (seed, cell, run, episode) in NumPy and form the estimate."""
+    from pgbench.kernels.rng import uniforms
+    mdp = prob.mdp
+    pi = np.exp(theta - theta.max(axis=1, keepdims=True))
+    pi /= pi.sum(axis=1, keepdims=True)
+    V, Q = _ref_values(mdp, pi)
+    H = mdp.episode_cap
+    pick = lambda cum, u: min(int(np.searchsorted(cum, u, side="right")), len(cum) - 1)  # noqa: E731
+    eps = []
+    for i in range(N):
+        u = iter(uniforms(np.uint64(seed), np.uint64(cell), np.uint64(run), np.uint64(i), 2 * H + 2))
+        s = pick(np.cumsum(mdp.rho0), next(u))
+        traj = []
+        for t in range(H):
+            if mdp.terminal[s]:
+                break
+            a = pick(np.cumsum(pi[s]), next(u))
+            traj.append((s, a, mdp.R[s, a]))
+            s = mdp.next_idx[s, a, pick(np.cumsum(mdp.next_prob[s, a]), next(u))] if mdp.K > 1 else mdp.next_idx[s, a, 0]
+        eps.append(traj)
+    rets = np.array([sum(mdp.gamma ** t * r for t, (_, _, r) in enumerate(tr)) for tr in eps])
+    g = np.zeros_like(theta)
+    for i, tr in enumerate(eps):
+        G = np.zeros(len(tr) + 1)
+        for t in range(len(tr) - 1, -1, -1):
+            G[t] = tr[t][2] + mdp.gamma * G[t + 1]
+        for t, (s, a, r) in enumerate(tr):
+            tv = t if mdp.horizon is not None else 0
+            psi = {"reinforce": rets[i], "reinforce_rtg": mdp.gamma ** t * G[t],
+                   "value_baseline": mdp.gamma ** t * (G[t] - V[tv, s]),
+                   "true_advantage": mdp.gamma ** t * (Q[tv, s, a] - V[tv, s]),
+                   "rloo": rets[i] - (rets.sum() - rets[i]) / (N - 1),
+                   "batch_mean_baseline": rets[i] - rets.mean(),
+                   "const_baseline:b=0.5": rets[i] - 0.5}[est]
+            g[s] += psi * (np.eye(mdp.A)[a] - pi[s])
+    return g / N
+
+
+@pytest.mark.parametrize("prob", ["garnet:S=4,A=3,b=2,seed=5,horizon=4", "garnet:S=3,A=2,b=2,seed=1,gamma=0.7",
+                                  "gridworld:n=2,slip=0.3,gamma=0.9"])
+def test_update_estimates_against_numpy_replay_and_exact(prob):
+    """The estimate of one update: the kernel against a NumPy replay of the same streams (to 1e-12),
+    and the mean over many independent updates against the exact gradient (within 5 SE)."""
+    from pgbench.dynamics.train import one_estimate
+    p = pgbench.make(prob)
+    theta = np.random.default_rng(1).normal(size=p.policy.theta_shape)
+    grad = pgbench.exact(p, theta).grad
+    for est in ["reinforce", "reinforce_rtg", "value_baseline", "true_advantage", "rloo", "batch_mean_baseline",
+                "const_baseline:b=0.5"]:
+        for run in range(3):
+            k = one_estimate(p, est, theta, 3, seed=4, cell=9, run=run)
+            np.testing.assert_allclose(k, _ref_estimate(p, est, theta, 3, 4, 9, run), rtol=0, atol=1e-12)
+        if est == "batch_mean_baseline":
+            continue  # biased at N = 3 by design
+        gs = np.array([one_estimate(p, est, theta, 4, seed=5, cell=c) for c in range(1500)])
+        se = gs.std(axis=0, ddof=1) / np.sqrt(len(gs))
+        assert np.all(np.abs(gs.mean(axis=0) - grad) <= 5 * se + 1e-12), est

@@ -319,6 +319,28 @@ def train(problem, estimators, optimizer: str = "sgd", lr: float = 0.1, steps: i
     return res
 
 
+def one_estimate(problem, estimator: str, theta, batch: int, seed: int = 0, cell: int = 0, run: int = 0) -> np.ndarray:
+    """The estimate one update of a learning run computes at ``theta`` from the streams of
+    ``(seed, cell, run)`` (a learning run's update k uses cell ``cell_key(...) + k``)."""
+    from pgbench.kernels import train as K
+    from pgbench.kernels.rng import seed_u64
+    prob = make(problem)
+    sp = _specs([estimator], prob)[0]
+    if sp is None:
+        raise PGBenchError("one_estimate takes a sampled estimator, not 'exact'")
+    mdp = prob.mdp
+    S, A, _ = mdp.next_prob.shape
+    th = np.ascontiguousarray(prob.resolve_theta(theta), dtype=np.float64)
+    finite = mdp.horizon is not None
+    noise_scale = np.ascontiguousarray(mdp.reward_scale if mdp.reward_scale is not None else np.zeros((S, A)),
+                                       dtype=np.float64)
+    return K.batch_estimate(seed_u64(seed), np.uint64(cell), np.uint64(run), int(batch), sp.info.code,
+                            float(sp.p.get("b", sp.p.get("shift", 0.0))), th, mdp.rho0, np.cumsum(mdp.rho0),
+                            mdp.next_idx, mdp.next_prob, np.cumsum(mdp.next_prob, axis=2), mdp.R,
+                            {"none": 0, "gaussian": 1, "uniform": 2}[mdp.reward_noise], noise_scale, mdp.terminal,
+                            mdp.gamma, finite, int(mdp.episode_cap), int(mdp.horizon) if finite else 1)
+
+
 def _summarise(res: TrainResult, prob, specs, N: int, stuck_below, nsr_points: int, seed: int) -> None:
     E, R, n_rec = res.J.shape
     rows, curves = [], []

@@ -456,3 +456,38 @@ def train_runs(seed, cell, run0, n_runs, T, N, codes, fpar, opt, lr, b1, b2, eps
                     for a in range(A):
                         theta[s, a] += lr * g[s, a]
         out_regret[e, r] = regret
+
+
+@njit(cache=True)
+def batch_estimate(seed, cell, run, N, code, b, theta, rho0, rho_cum, nidx, nprob, ncum, R, noise_kind, noise_scale,
+                   terminal, gamma, finite, H, nT):
+    """One update's estimate at ``theta`` from the streams ``(seed, cell, run, episode)``, as
+    :func:`train_runs` computes it (its step k uses ``cell + k``): tests replay it in NumPy."""
+    S, A, K = nprob.shape
+    pi = np.empty((S, A))
+    pc = np.empty((S, A))
+    Vt = np.zeros((nT + 1, S))
+    Qt = np.zeros((nT, S, A))
+    Mm = np.zeros((S, S)) if not finite else np.zeros((1, 1))
+    rhs = np.zeros(S)
+    sol = np.zeros(S)
+    _softmax(theta, pi, pc)
+    _evaluate(pi, nidx, nprob, R, rho0, terminal, gamma, finite, nT, Vt, Qt, Mm, rhs, sol)
+    gpow = np.empty(H + 1)
+    gpow[0] = 1.0
+    for t in range(H):
+        gpow[t + 1] = gpow[t] * gamma
+    if code == OPT_CONST_B:
+        b += _b_star(pi, R, rho0)
+    buf_s = np.zeros((N, H), dtype=np.int64)
+    buf_a = np.zeros((N, H), dtype=np.int64)
+    buf_r = np.zeros((N, H))
+    lens = np.zeros(N, dtype=np.int64)
+    Rep = np.zeros(N)
+    _sample_batch(seed, cell, run, N, pc, rho_cum, nidx, ncum, R, noise_kind, noise_scale, terminal, gamma, H,
+                  buf_s, buf_a, buf_r, lens, Rep)
+    C = np.zeros((S, A))
+    Cs = np.zeros(S)
+    g = np.zeros((S, A))
+    _estimate(code, b, N, buf_s, buf_a, buf_r, lens, Rep, gamma, gpow, finite, Vt, Qt, pi, C, Cs, g)
+    return g
