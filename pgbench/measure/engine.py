@@ -152,7 +152,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         if key[0] == "batch":
             if backend != "cpu":
                 raise PGBenchError("Python batch estimators run on the CPU backend only")
-            from pgbench.measure.batch import run_batch
+            from pgbench.measure.batch_runner import run_batch
             t0 = time.perf_counter()
             kind, out = run_batch(kspecs[members[0]], problem, th, tabs, V, Q, seed64, cell64, N, K, mdp.horizon)
             seconds += time.perf_counter() - t0

@@ -17,7 +17,7 @@ import pandas as pd
 from pgbench import inputs
 from pgbench.errors import PGBenchError, PGBenchWarning, ResourceLimitError
 from pgbench.estimators.catalogue import parse
-from pgbench.measure import metrics
+from pgbench.stats import metrics
 from pgbench.problems.registry import make
 
 BOOTSTRAP = metrics.BOOTSTRAP  # resamples of the bootstrap max-t test (p resolution 1/2000)
@@ -94,7 +94,7 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
             extras["truncated_J"] = gt.truncated_J
         if exact:
             extras["exact_moments"] = _exact_columns(prob, res.specs, batch, theta, extras)
-            from pgbench.measure.batch import exact_user_columns
+            from pgbench.measure.batch_runner import exact_user_columns
             exact_user_columns(prob, res.specs, batch, theta, extras)
         return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
                     th_shape, extras)
