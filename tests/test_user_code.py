@@ -42,3 +42,62 @@ def test_pgbench_own_warnings_stay_on_one_line():
     show, buf = _warning_printer(), io.StringIO()
     show(PGBenchWarning("a long\nmessage"), PGBenchWarning, "/somewhere/else.py", 3, file=buf)
     assert buf.getvalue() == "pgbench: warning: a long message\n"
+
+
+# ----------------------------------------------------------------------------- oracle reads of a batch estimator
+
+def _advantage_psi(batch):  # the exact advantage, as gae with lambda = 1 and the exact critic would use
+    v, q = batch.values()
+    return (q - v[:, :-1]) * batch.discount()
+
+
+def _rtg_psi(batch):
+    return batch.reward_to_go() * batch.discount()
+
+
+def _v_baseline_psi(batch):
+    T = batch.actions.shape[1]
+    rows = np.minimum(np.arange(T), batch.V.shape[0] - 1)
+    v = np.where(batch.mask, batch.V[rows[None, :], np.maximum(batch.states[:, :T], 0)], 0.0)
+    return (batch.reward_to_go() - v) * batch.discount()
+
+
+@pytest.fixture
+def registered():
+    from pgbench.estimators.batch import BATCH_ESTIMATORS
+    names = []
+    yield names
+    for n in names:
+        BATCH_ESTIMATORS.pop(n, None)
+
+
+@pytest.mark.parametrize("fn, kw, before, after", [
+    (_advantage_psi, {}, "practical", "oracle"),  # seen reading V and Q through batch.values()
+    (_v_baseline_psi, {}, "practical", "oracle"),  # seen reading batch.V
+    (_v_baseline_psi, {"reads": ("V",)}, "oracle", "oracle"),  # declared
+    (_rtg_psi, {"oracle": True}, "oracle", "oracle"),
+    (_rtg_psi, {}, "practical", "practical"),  # reads no oracle: stays practical
+    (_v_baseline_psi, {"oracle": False}, "practical", "practical"),  # the user's word wins
+])
+def test_a_batch_estimator_reading_the_oracle_is_classed_oracle(registered, fn, kw, before, after):
+    from pgbench.measure import measure
+    from pgbench.estimators.batch import register_batch_estimator
+    from pgbench.estimators.catalogue import estimator_class
+    name = f"u_{fn.__name__.strip('_')}_{len(kw)}_{'_'.join(map(str, kw.values()))}".replace("(", "").replace(")", "")
+    name = "".join(c if c.isalnum() else "_" for c in name)
+    registered.append(name)
+    register_batch_estimator(name, unbiased=True, replace=True, **kw)(fn)
+    assert estimator_class(name) == before
+    df = measure("garnet:S=3,A=2,b=2,seed=0,horizon=3", ["gae:lambda=1.0", name], batch=2, trials=4)
+    assert df.set_index("estimator").loc[name, "class"] == after
+    assert estimator_class(name) == after
+    assert df.set_index("estimator").loc["gae:lambda=1.0", "class"] == "oracle"
+
+
+def test_reads_is_checked(registered):
+    from pgbench import PGBenchError
+    from pgbench.estimators.batch import register_batch_estimator
+    with pytest.raises(PGBenchError, match="reads names.*'pi'"):
+        register_batch_estimator("u_bad_reads", unbiased=True, reads=("pi",))
+    with pytest.raises(PGBenchError, match="contradicts oracle=False"):
+        register_batch_estimator("u_bad_reads", unbiased=True, reads="V", oracle=False)

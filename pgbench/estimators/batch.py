@@ -13,7 +13,7 @@ on the batch, clipping) are expressible.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -107,6 +107,10 @@ def _discount_matrix(gamma: float, T: int) -> np.ndarray:
     return M
 
 
+ORACLE_FIELDS = ("V", "Q")
+"""The fields of a :class:`Batch` that no agent has: the exact value tables."""
+
+
 @dataclass(frozen=True)
 class BatchEstimator:
     name: str
@@ -114,22 +118,53 @@ class BatchEstimator:
     unbiased: bool
     returns: str
     doc: str
+    reads: tuple = ()  # oracle fields declared by the user (register_batch_estimator(reads=...))
+    oracle_declared: object = None  # True / False given by the user, None: declared reads and what is seen
+    seen: set = field(default_factory=set, compare=False)  # oracle fields the function was seen reading
+
+    @property
+    def oracle(self) -> str:
+        """The oracle fields it reads (``"V"``, ``"Q"``, ``"V,Q"``), ``""`` for none: what the user
+        declared, plus what pgbench saw it read on a first trial, unless ``oracle=False`` was given."""
+        if self.oracle_declared is False:
+            return ""
+        got = [f for f in ORACLE_FIELDS if f in self.reads or f in self.seen]
+        if not got and self.oracle_declared:
+            return "V,Q"
+        return ",".join(got)
 
     def spec(self, params: dict):
         from pgbench.estimators.catalogue import EstimatorInfo, EstimatorSpec
         if params:
             raise PGBenchError(f"batch estimator {self.name} takes no parameters; got {', '.join(params)}")
-        info = EstimatorInfo(self.name, self.doc, "yes" if self.unbiased else "no", target="mdp", code=BATCH_CODE)
+        info = EstimatorInfo(self.name, self.doc, "yes" if self.unbiased else "no", target="mdp", code=BATCH_CODE,
+                             oracle=self.oracle)
         return EstimatorSpec(info, ())
 
 
+class WatchedBatch(Batch):
+    """A :class:`Batch` that notes which oracle fields (``V``, ``Q``) are read, directly or through
+    :meth:`Batch.values`: pgbench hands one to a user's function on the first trial of a cell."""
+
+    def __getattribute__(self, key):
+        if key in ORACLE_FIELDS:
+            object.__getattribute__(self, "__dict__").setdefault("_seen", set()).add(key)
+        return object.__getattribute__(self, key)
+
+
 def register_batch_estimator(name: str, unbiased: bool, returns: str = "psi", doc: str = "user batch estimator",
-                             replace: bool = False):
+                             replace: bool = False, reads: tuple = (), oracle=None):
     """Decorator: register a Python function of a :class:`Batch` under ``name``.
 
     ``returns="psi"``: f returns per-step weights (N, T); ``returns="grad"``: the gradient
     estimate (theta's size). ``unbiased`` is your claim; pgbench tests it against the exact gradient.
     NumPy arrays, torch tensors and JAX arrays are accepted.
+
+    ``reads=("V",)`` (or ``("Q",)``, ``("V", "Q")``) or ``oracle=True`` declares that f reads the
+    exact ``batch.V`` / ``batch.Q`` (directly or through ``batch.values()``): such an estimator is
+    classed ``oracle``, as the built-in ``gae`` is, and reports rank it among the references, not
+    the practical estimators. Undeclared reads are seen on the first trial of each cell and class
+    it the same way; ``oracle=False`` keeps it ``practical`` (or ``biased``) whatever it reads.
     """
     from pgbench.estimators.catalogue import MDP_ESTIMATORS
     from pgbench.estimators.user import USER_ESTIMATORS
@@ -140,6 +175,20 @@ def register_batch_estimator(name: str, unbiased: bool, returns: str = "psi", do
         raise PGBenchError(f"{name!r} is a built-in estimator; choose another name")
     if returns not in RETURNS:
         raise PGBenchError(f"returns must be 'psi' or 'grad'; got {returns!r}")
+    if isinstance(reads, str):
+        reads = (reads,)
+    try:
+        reads = tuple(reads)
+    except TypeError:
+        raise PGBenchError(f"reads must be a tuple of {', '.join(ORACLE_FIELDS)}; got {reads!r}") from None
+    bad = [r for r in reads if r not in ORACLE_FIELDS]
+    if bad:
+        raise PGBenchError(f"reads names what the estimator reads of the exact oracle ({', '.join(ORACLE_FIELDS)}); "
+                           f"got {bad[0]!r}")
+    if oracle not in (None, True, False):
+        raise PGBenchError(f"oracle must be True, False or None; got {oracle!r}")
+    if oracle is False and reads:
+        raise PGBenchError(f"batch estimator {name!r}: reads={reads} contradicts oracle=False")
 
     def deco(fn):
         if not callable(fn):
@@ -147,7 +196,7 @@ def register_batch_estimator(name: str, unbiased: bool, returns: str = "psi", do
         if (name in BATCH_ESTIMATORS or name in USER_ESTIMATORS) and not replace:
             raise PGBenchError(f"estimator {name!r} is already registered (pass replace=True to redefine it)")
         USER_ESTIMATORS.pop(name, None)
-        BATCH_ESTIMATORS[name] = BatchEstimator(name, fn, bool(unbiased), returns, doc)
+        BATCH_ESTIMATORS[name] = BatchEstimator(name, fn, bool(unbiased), returns, doc, reads, oracle)
         return fn
 
     return deco

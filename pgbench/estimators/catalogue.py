@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgbench.errors import PGBenchError
-from pgbench.estimators.batch import BATCH_CODE
+from pgbench.estimators.batch import BATCH_CODE, BATCH_ESTIMATORS
 
 # kernel codes for psi_t rules
 REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B, \
@@ -136,6 +136,9 @@ class EstimatorSpec:
             return self.base.oracle
         if self.name == "normalized_advantage":  # reads what its base reads
             return parse(str(self.p["base"])).oracle
+        if self.info.code == BATCH_CODE:  # a user's batch estimator: what it declared and was seen reading so far
+            if self.name in BATCH_ESTIMATORS:
+                return BATCH_ESTIMATORS[self.name].oracle
         return self.info.oracle
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgbench.errors import PGBenchError
-from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, as_array
+from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, WatchedBatch, as_array
 from pgbench.kernels import mdp as K_
 
 BLOCK_BYTES = 4 * 2 ** 20
@@ -94,8 +94,9 @@ class _Trials:
     def __init__(self, **common):
         self.common = common
 
-    def batch(self, states, actions, rewards, lengths, terminated, truncated) -> Batch:
-        b = object.__new__(Batch)  # a frozen dataclass: fill its __dict__ without 13 checked setattrs
+    def batch(self, states, actions, rewards, lengths, terminated, truncated, watched: bool = False) -> Batch:
+        # a frozen dataclass: fill its __dict__ without 13 checked setattrs
+        b = object.__new__(WatchedBatch if watched else Batch)
         d = b.__dict__
         d.update(self.common)
         d["states"], d["actions"], d["rewards"] = states, actions, rewards
@@ -112,6 +113,7 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
     error is raised for the earliest trial at fault (a non-finite psi of an earlier trial of the
     block is reported before a later trial's wrong output or exception)."""
     fn, returns = batch_function(spec)
+    watch = BATCH_ESTIMATORS.get(spec.name)  # a user's function: see whether it reads batch.V / batch.Q
     S, A = t.pi.shape
     d = int(th.size)
     want_psi = returns == "psi"
@@ -128,12 +130,15 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
         b = 0
         try:
             for b in range(nb):
-                batch = trials.batch(states[b], actions[b], rewards[b], lengths[b], term[b], trunc[b])
+                first = watch is not None and k0 + b == 0
+                batch = trials.batch(states[b], actions[b], rewards[b], lengths[b], term[b], trunc[b], first)
                 try:
                     res = fn(batch)
                 except Exception as exc:
                     exc.add_note(f"raised by {where} (trial {k0 + b})")
                     raise
+                if first:  # the oracle fields the user's function read: its class (oracle or not) follows
+                    watch.seen.update(batch.__dict__.get("_seen", ()))
                 if want_psi:
                     psi[b] = checked_output(res, returns, shape, d, where, k0 + b)
                 else:
