@@ -101,3 +101,58 @@ def test_reads_is_checked(registered):
         register_batch_estimator("u_bad_reads", unbiased=True, reads=("pi",))
     with pytest.raises(PGBenchError, match="contradicts oracle=False"):
         register_batch_estimator("u_bad_reads", unbiased=True, reads="V", oracle=False)
+
+
+# ----------------------------------------------------------------------------- thread settings left as found
+
+_TORCH_SCRIPT = """
+import torch
+torch.set_num_threads(1)
+assert torch.get_num_threads() == 1  # torch reads OpenMP's count from now on (its lazy init is done)
+torch.ones(4) @ torch.ones(4)
+from pgbench.measure import measure, run_cell
+run_cell("three_step_bandit", ["reinforce"], batch=2, trials=4)  # the first cell starts numba's threads
+a = torch.get_num_threads()
+measure("garnet:S=3,A=2,b=2,seed=0,horizon=3", ["reinforce_rtg"], batch=2, trials=4)
+print(a, torch.get_num_threads())
+"""
+
+
+def test_a_cell_leaves_torch_thread_count_as_the_user_set_it(tmp_path):
+    pytest.importorskip("torch")
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"], out.stdout
+
+
+def test_a_cell_leaves_openmp_blas_and_numba_thread_counts_as_found():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numba
+    from pgbench.measure import measure
+    measure("three_step_bandit", ["reinforce"], batch=2, trials=4)  # numba's threads and OpenMP runtime loaded
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one numba thread: nothing to change")
+    ctl = threadpoolctl.ThreadpoolController()
+    libs = [lib for lib in ctl.lib_controllers if lib.user_api in ("openmp", "blas")]
+    if not libs:
+        pytest.skip("threadpoolctl sees no OpenMP or BLAS library")
+    before_numba = numba.get_num_threads()
+    before = [(lib, lib.num_threads) for lib in libs]
+    try:
+        for lib in libs:
+            lib.set_num_threads(1)
+        numba.set_num_threads(1)
+        measure("garnet:S=3,A=2,b=2,seed=0,horizon=3", ["reinforce_rtg"], batch=2, trials=4)
+        got = {lib.filepath: lib.num_threads for lib in libs}
+        assert all(n == 1 for n in got.values()), got
+        assert numba.get_num_threads() == 1
+    finally:
+        for lib, n in before:
+            lib.set_num_threads(n)
+        numba.set_num_threads(before_numba)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pgbench.threads import keeps_thread_settings
 from pgbench import inputs
 from pgbench.errors import PGBenchError, PGBenchWarning, ResourceLimitError
 from pgbench.estimators.catalogue import parse
@@ -53,6 +54,7 @@ class Cell:
     extras: dict = field(default_factory=dict)
 
 
+@keeps_thread_settings
 def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
              cell=None, backend: str = "cpu", exact: bool = True, policy=None) -> Cell:
     """Sample one cell (no statistics): the building block of :func:`measure` and the suites.
@@ -201,6 +203,7 @@ def _check_int(name, v, lo):
         raise PGBenchError(f"{name} must be an integer >= {lo}; got {v!r}")
 
 
+@keeps_thread_settings
 def summarize_cell(cell: Cell) -> pd.DataFrame:
     """Tidy metrics of a cell, one row per estimator (see :data:`RESULT_COLUMNS`)."""
     rows = []
@@ -281,6 +284,7 @@ def proxy_summary(cell: Cell) -> dict:
     return out
 
 
+@keeps_thread_settings
 def measure(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
             backend: str = "cpu", exact: bool = True, policy=None) -> pd.DataFrame:
     """Measure estimators on one cell; a tidy DataFrame, one row per estimator.

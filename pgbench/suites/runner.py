@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from pgbench.threads import keeps_thread_settings
 from pgbench import inputs
 from pgbench.errors import PGBenchError, ProvenanceError
 from pgbench.suites.registry import Suite, get_suite, select
@@ -132,6 +133,7 @@ def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
     return [(s.id, N) for s in suites for N in s.cells(quick)]
 
 
+@keeps_thread_settings
 def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed: int | None = None,
         resume: str | None = None, progress: bool | None = None, executor=None, report: bool = True,
         backend: str = "cpu") -> str:
