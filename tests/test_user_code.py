@@ -156,3 +156,41 @@ def test_a_cell_leaves_openmp_blas_and_numba_thread_counts_as_found():
         for lib, n in before:
             lib.set_num_threads(n)
         numba.set_num_threads(before_numba)
+
+
+# ----------------------------------------------------------------------------- batches trimmed to their longest episode
+
+def test_batches_are_trimmed_to_their_longest_episode():
+    from conftest import capture_batches
+    from pgbench import make
+    prob = make("gridworld")  # unbounded: the sampling cap (hundreds of steps) is far beyond the episodes
+    cap = prob.mdp.episode_cap
+    res, seen = capture_batches(prob, ["reinforce_rtg"], N=4, K=3, seed=0)
+    assert len(seen) == 3
+    for b in seen:
+        L = int(b.lengths.max())
+        assert b.actions.shape == (4, L) and b.rewards.shape == (4, L) and b.states.shape == (4, L + 1)
+        assert b.T == L < cap
+        assert b.trim() is b  # already trimmed
+        # every episode's last state is still there, -1 after it
+        assert np.all(b.states[np.arange(4), b.lengths] >= 0)
+        assert np.all(b.mask.sum(axis=1) == b.lengths)
+
+
+def test_trim_cuts_the_padding_and_keeps_the_steps():
+    from pgbench.estimators.batch import Batch
+    states = np.array([[0, 1, 2, -1, -1, -1], [0, 2, -1, -1, -1, -1]])
+    actions = np.array([[1, 0, -1, -1, -1], [1, -1, -1, -1, -1]])
+    rewards = np.array([[0.5, 1.0, 0, 0, 0], [2.0, 0, 0, 0, 0]])
+    V = np.arange(3.0)[None, :]
+    Q = np.arange(6.0).reshape(1, 3, 2)
+    b = Batch(states=states, actions=actions, rewards=rewards, lengths=np.array([2, 1]),
+              terminated=np.array([True, True]), truncated=np.array([False, False]), gamma=0.5,
+              pi=np.full((3, 2), 0.5), V=V, Q=Q, theta=np.zeros(6), policy=None)
+    t = b.trim()
+    assert t.T == 2 and t.states.shape == (2, 3) and b.T == 5
+    np.testing.assert_array_equal(t.states, states[:, :3])
+    np.testing.assert_array_equal(t.reward_to_go(), b.reward_to_go()[:, :2])
+    np.testing.assert_array_equal(t.reward_to_go(), [[0.5 + 0.5 * 1.0, 1.0], [2.0, 0.0]])
+    v, q = t.values()
+    np.testing.assert_array_equal(q, [[1.0, 2.0], [1.0, 0.0]])  # Q(0, 1), Q(1, 0); nothing past the end

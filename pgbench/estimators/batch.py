@@ -1,7 +1,8 @@
 """Bring your own estimator in plain Python: a function of a whole batch of episodes.
 
 ``register_batch_estimator(name, unbiased, returns="psi" | "grad")`` decorates ``f(batch)``,
-where ``batch`` is a :class:`Batch` of N episodes as padded NumPy arrays. ``returns="psi"``:
+where ``batch`` is a :class:`Batch` of N episodes as NumPy arrays padded to the batch's longest
+episode. ``returns="psi"``:
 f gives per-step weights ``psi`` (N, T) and the estimate is
 ``(1/N) sum_i sum_t psi[i, t] grad log pi(a_t|s_t)``; ``returns="grad"``: f gives the estimate
 itself (a vector of theta's size, e.g. from autograd of the user's surrogate loss).
@@ -13,6 +14,7 @@ on the batch, clipping) are expressible.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -28,7 +30,9 @@ RETURNS = ("psi", "grad")
 
 @dataclass(frozen=True)
 class Batch:
-    """N episodes of one trial, padded to the episode cap T (the horizon, or the sampling cap).
+    """N episodes of one trial, padded to T steps: the longest episode of the batch (pgbench hands
+    every estimator batches trimmed so, see :meth:`trim`), at most the episode cap (the horizon,
+    or the sampling cap of an unbounded problem).
 
     ``states`` (N, T+1) int64, -1 after the last state (``states[i, lengths[i]]`` is the state
     the episode ended in); ``actions`` (N, T) int64, -1 after the last step; ``rewards`` (N, T)
@@ -58,6 +62,26 @@ class Batch:
     @property
     def N(self) -> int:
         return int(self.lengths.shape[0])
+
+    @property
+    def T(self) -> int:
+        """Steps of the padded arrays (``actions.shape[1]``): the longest episode once trimmed."""
+        return int(self.actions.shape[1])
+
+    def trim(self) -> "Batch":
+        """This batch with its arrays cut to its longest episode, ``T = max(lengths)`` (views, no copy).
+
+        The batches pgbench passes to an estimator are already trimmed, trial by trial: on a
+        problem whose sampling cap is far beyond its typical episode (gridworld: cap 449, episodes
+        of about 50 steps) the padding is what a NumPy estimator spent its time on. Episodes
+        shorter than the longest one are still padded (``rewards`` 0, ``actions`` and ``states``
+        -1): statistics over the steps (a mean or std for advantage normalisation, a loss averaged
+        over (N, T)) must use :attr:`mask`, or the padding enters them."""
+        L = int(self.lengths.max()) if self.lengths.size else 0
+        if self.actions.shape[1] == L:
+            return self
+        return dataclasses.replace(self, states=self.states[:, :L + 1], actions=self.actions[:, :L],
+                                   rewards=self.rewards[:, :L])
 
     @property
     def mask(self) -> np.ndarray:

@@ -123,7 +123,6 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
                      policy=problem.policy, horizon=horizon)
     block = block_size(N, t.cap, K)
     psi = np.empty((block, N, t.cap)) if want_psi else None
-    shape = (N, t.cap)
     for k0, states, actions, rewards, lengths, term in episode_blocks(t, seed64, cell64, N, K, block):
         nb = states.shape[0]
         trunc = ~term
@@ -131,7 +130,9 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
         try:
             for b in range(nb):
                 first = watch is not None and k0 + b == 0
-                batch = trials.batch(states[b], actions[b], rewards[b], lengths[b], term[b], trunc[b], first)
+                L = int(lengths[b].max())  # trimmed to the trial's longest episode (Batch.trim)
+                batch = trials.batch(states[b, :, :L + 1], actions[b, :, :L], rewards[b, :, :L], lengths[b],
+                                     term[b], trunc[b], first)
                 try:
                     res = fn(batch)
                 except Exception as exc:
@@ -139,10 +140,10 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
                     raise
                 if first:  # the oracle fields the user's function read: its class (oracle or not) follows
                     watch.seen.update(batch.__dict__.get("_seen", ()))
-                if want_psi:
-                    psi[b] = checked_output(res, returns, shape, d, where, k0 + b)
+                if want_psi:  # the steps past L are past every episode's end: psi_weights never reads them
+                    psi[b, :, :L] = checked_output(res, returns, (N, L), d, where, k0 + b)
                 else:
-                    out[k0 + b] = checked_output(res, returns, shape, d, where, k0 + b)
+                    out[k0 + b] = checked_output(res, returns, (N, L), d, where, k0 + b)
         except Exception:
             if want_psi:  # the earlier trials' errors first
                 psi_weights(states[:b], actions[:b], lengths[:b], psi[:b], out[k0:k0 + b], where, k0)
@@ -260,7 +261,8 @@ def _evaluate_once(spec, problem, th, pi, V, Q, states, actions, rewards, length
     """One batch's estimate (d,) from a Python batch estimator, as :func:`run_batch` computes it."""
     fn, returns = batch_function(spec)
     batch = Batch(states=states, actions=actions, rewards=rewards, lengths=lengths, terminated=term,
-                  truncated=~term, gamma=gamma, pi=pi, V=V, Q=Q, theta=th, policy=problem.policy, horizon=horizon)
+                  truncated=~term, gamma=gamma, pi=pi, V=V, Q=Q, theta=th, policy=problem.policy, horizon=horizon).trim()
+    states, actions = batch.states, batch.actions
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
     out = checked_output(fn(batch), returns, actions.shape, int(th.size), where, 0)
     if returns == "grad":
