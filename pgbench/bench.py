@@ -203,7 +203,7 @@ def run_end_to_end(problems=END_TO_END_PROBLEMS, cells=END_TO_END_CELLS, estimat
     divides K by 100."""
     import resource
 
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     rows = []
     for name in problems:
         measure(name, [estimator], batch=2, trials=20)  # compile outside the timings

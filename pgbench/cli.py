@@ -149,7 +149,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_measure(args) -> int:
     from pgbench.problems import make
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     prob = make(args.problem)
     if args.policy:
         prob = _policy_arg(prob, args.policy)

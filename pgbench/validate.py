@@ -217,7 +217,7 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
     """
     from pgbench.estimators.catalogue import parse
     from pgbench.stats import metrics
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
 
     alpha = _check_alpha(alpha)
     panel = _panel(problems)

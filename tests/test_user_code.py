@@ -194,3 +194,30 @@ def test_trim_cuts_the_padding_and_keeps_the_steps():
     np.testing.assert_array_equal(t.reward_to_go(), [[0.5 + 0.5 * 1.0, 1.0], [2.0, 0.0]])
     v, q = t.values()
     np.testing.assert_array_equal(q, [[1.0, 2.0], [1.0, 0.0]])  # Q(0, 1), Q(1, 0); nothing past the end
+
+
+# ----------------------------------------------------------------------------- trial-by-trial estimates
+
+def test_the_measure_module_is_reachable_beside_the_function():
+    import importlib
+    import types
+
+    import pgbench.measure
+    mod = importlib.import_module("pgbench.measure.api")
+    assert isinstance(mod, types.ModuleType)
+    assert pgbench.measure.measure is mod.measure and callable(pgbench.measure.measure)
+    assert pgbench.measure.run_cell is mod.run_cell and pgbench.measure.Cell is mod.Cell
+
+
+def test_trial_by_trial_estimates_as_documented():
+    """The route the docs give: run_cell's (K, estimators, d) array, the same trials summarize_cell
+    summarises, and what measure() returns for the same cell."""
+    from pgbench.measure import measure, run_cell, summarize_cell
+    prob, ests, N, K = "garnet:S=3,A=2,b=2,seed=0,horizon=3", ["reinforce", "reinforce_rtg"], 4, 50
+    cell = run_cell(prob, ests, batch=N, trials=K, seed=3)
+    d = cell.targets.shape[1]
+    assert cell.estimates.shape == (K, 2, d) and [s.label for s in cell.specs] == ests
+    df = summarize_cell(cell)
+    np.testing.assert_allclose(np.ravel(df["mean"][1]), cell.estimates[:, 1].mean(axis=0), rtol=1e-12, atol=1e-15)
+    again = measure(prob, ests, batch=N, trials=K, seed=3)
+    np.testing.assert_allclose(np.ravel(again["mean"][0]), cell.estimates[:, 0].mean(axis=0), rtol=1e-12, atol=1e-15)

@@ -16,7 +16,7 @@ def run_lqg_cell(prob, specs, batch: int, trials: int, seed: int, theta, cell, e
     from pgbench.exact.lqg import exact_lqg
     from pgbench.kernels.lqg import sample_lqg
     from pgbench.kernels.rng import cell_key
-    from pgbench.measure.measure import Cell
+    from pgbench.measure.api import Cell
     for s in specs:
         if s.info.target != "lqg":
             raise PGBenchError(f"estimator {s.name} does not apply to an lqg problem")

@@ -5,6 +5,13 @@ batch size N for every estimator on common random numbers and returns a tidy Dat
 row per estimator, with bias, variance, MSE (and their standard errors), cosine, the
 unbiasedness p-value and cost. Paired comparisons between estimators (same episodes) are in
 ``df.attrs["paired"]`` (a list of records: ``pd.DataFrame(df.attrs["paired"])``); the W(tau)-proxy diagnostics in ``df.attrs["proxy"]``.
+
+Trial by trial: ``run_cell`` (same arguments) samples the cell without the statistics and returns a
+:class:`Cell` whose ``estimates`` is the (K, n_estimators, d) array of every trial's estimate
+(estimators in the order of ``cell.specs``, their ids ``spec.label``; one trial's estimators saw
+the same episodes), ``targets`` the (n_estimators, d) exact values they estimate;
+``summarize_cell(cell)`` is the DataFrame ``measure`` returns. (This module is
+``pgbench.measure.api``; ``pgbench.measure.measure`` is the function.)
 """
 from __future__ import annotations
 
