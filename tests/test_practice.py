@@ -135,7 +135,7 @@ def test_enumerated_moments_of_a_per_episode_function():
 def test_practice_estimators_exact_by_enumeration():
     """ppo_gae: enumeration = closed form; normalized_advantage: the sampled mean agrees with the
     enumerated one (its exact bias), which is far from zero."""
-    from pgbench.estimators.practice import exact_mean
+    from pgbench.exact.practice import exact_mean
     from pgbench.measure.batch_runner import exact_user_moments
     prob = make(TINY)
     gt = exact(prob)

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
 from pgbench.arrays import as_array  # noqa: F401  (re-exported: what user functions may return)
 from pgbench.errors import PGBenchError
+from pgbench.estimators.catalogue import MDP_ESTIMATORS, EstimatorInfo, EstimatorSpec
+from pgbench.estimators.registry import BATCH_CODE, BATCH_ESTIMATORS, USER_ESTIMATORS
+from pgbench.estimators.returns import discounted_cumsum  # noqa: F401  (re-exported for users' batch estimators)
 
-BATCH_ESTIMATORS: dict = {}
-BATCH_CODE = -3
 RETURNS = ("psi", "grad")
 
 
@@ -73,7 +73,7 @@ class Batch:
 
         The batches pgbench passes to an estimator are already trimmed, trial by trial: on a
         problem whose sampling cap is far beyond its typical episode (gridworld: cap 449, episodes
-        of about 50 steps) the padding is what a NumPy estimator spent its time on. Episodes
+        of about 60 steps) the padding is what a NumPy estimator spent its time on. Episodes
         shorter than the longest one are still padded (``rewards`` 0, ``actions`` and ``states``
         -1): statistics over the steps (a mean or std for advantage normalisation, a loss averaged
         over (N, T)) must use :attr:`mask`, or the padding enters them."""
@@ -108,29 +108,6 @@ class Batch:
         return v, q
 
 
-def discounted_cumsum(x: np.ndarray, factor: float) -> np.ndarray:
-    """``y[:, t] = sum_{k >= t} factor^(k-t) x[:, k]`` along the rows of x (N, T).
-
-    One product with the (T, T) matrix ``M[k, t] = factor^(k-t)`` for k >= t when T is small, the
-    backward recursion ``y_t = x_t + factor y_(t+1)`` as a linear filter (``scipy.signal.lfilter``,
-    compiled) otherwise: at T = 220 the matrix product cost 0.6 ms a call, the filter 0.06 ms."""
-    T = x.shape[1]
-    if T <= 32:
-        return x @ _discount_matrix(float(factor), T)
-    from scipy.signal import lfilter
-    y = lfilter([1.0], [1.0, -float(factor)], np.asarray(x, dtype=np.float64)[:, ::-1], axis=1)
-    return np.ascontiguousarray(y[:, ::-1])
-
-
-@lru_cache(maxsize=16)
-def _discount_matrix(gamma: float, T: int) -> np.ndarray:
-    """``M[k, t] = gamma^(k-t)`` for k >= t, else 0 (read-only, shared between batches)."""
-    lag = np.arange(T)[:, None] - np.arange(T)[None, :]
-    M = np.where(lag >= 0, gamma ** np.maximum(lag, 0).astype(np.float64), 0.0)
-    M.setflags(write=False)
-    return M
-
-
 ORACLE_FIELDS = ("V", "Q")
 """The fields of a :class:`Batch` that no agent has: the exact value tables."""
 
@@ -158,7 +135,6 @@ class BatchEstimator:
         return ",".join(got)
 
     def spec(self, params: dict):
-        from pgbench.estimators.catalogue import EstimatorInfo, EstimatorSpec
         if params:
             raise PGBenchError(f"batch estimator {self.name} takes no parameters; got {', '.join(params)}")
         info = EstimatorInfo(self.name, self.doc, "yes" if self.unbiased else "no", target="mdp", code=BATCH_CODE,
@@ -190,9 +166,6 @@ def register_batch_estimator(name: str, unbiased: bool, returns: str = "psi", do
     the practical estimators. Undeclared reads are seen on the first trial of each cell and class
     it the same way; ``oracle=False`` keeps it ``practical`` (or ``biased``) whatever it reads.
     """
-    from pgbench.estimators.catalogue import MDP_ESTIMATORS
-    from pgbench.estimators.user import USER_ESTIMATORS
-
     if not isinstance(name, str) or not name.isidentifier():
         raise PGBenchError(f"an estimator name must be an identifier; got {name!r}")
     if name in MDP_ESTIMATORS:

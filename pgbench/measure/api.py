@@ -16,7 +16,6 @@ the same episodes), ``targets`` the (n_estimators, d) exact values they estimate
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -26,6 +25,7 @@ from pgbench import inputs
 from pgbench.errors import PGBenchError, PGBenchWarning, ResourceLimitError
 from pgbench.estimators.catalogue import parse
 from pgbench.stats import metrics
+from pgbench.measure.cell import Cell
 from pgbench.problems.registry import make
 
 BOOTSTRAP = metrics.BOOTSTRAP  # resamples of the bootstrap max-t test (p resolution 1/2000)
@@ -42,23 +42,6 @@ when at most this many trajectories (or batches, for in-batch estimators) are to
 EXACT_DP_WORK = 5e8
 """... and by the moment DP (:mod:`pgbench.exact.dp`) for the estimators it covers when their total
 :func:`pgbench.exact.dp.dp_work` is at most this (a few seconds)."""
-
-
-@dataclass
-class Cell:
-    """Raw output of one cell: the K estimates of every estimator and what they estimate."""
-
-    problem: object
-    specs: list
-    estimates: np.ndarray  # (K, n_est, d)
-    targets: np.ndarray  # (n_est, d)
-    N: int
-    K: int
-    seed: int
-    seconds: float
-    episodes: int
-    theta_shape: tuple
-    extras: dict = field(default_factory=dict)
 
 
 @keeps_thread_settings
