@@ -1,4 +1,4 @@
-"""Measure estimators on one cell (problem, theta, batch size N): SPEC section 4.
+"""Measure estimators on one cell (problem, theta, batch size N): the contract's :ref:`contract-metrics`.
 
 ``measure(problem, estimators, batch=N, trials=K, seed=S)`` runs K independent trials of
 batch size N for every estimator on common random numbers and returns a tidy DataFrame, one

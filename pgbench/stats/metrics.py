@@ -1,4 +1,4 @@
-"""Bias, variance, MSE and their uncertainties for one measured cell (SPEC section 4).
+"""Bias, variance, MSE and their uncertainties for one measured cell (the contract's :ref:`contract-metrics`).
 
 A cell runs ``K`` independent trials of an estimator and records the trial estimates
 ``g_1 .. g_K`` (each already a batch average over ``N`` episodes) of the exact gradient
@@ -82,7 +82,7 @@ Test of ``H0: E g_k = g`` (``p_value``, ``test``)
 - Hotelling's ``T^2`` is exact for Gaussian trials but sensitive to heavy tails when ``r`` is
   not small against ``K`` (trial estimates on sparse-reward problems are skewed), hence the
   ``K >= 10 r`` rule; the per-coordinate t-tests are far more robust there.
-- The normal-theory p-value (the SPEC's test) over-rejects on skewed, zero-inflated trial
+- The normal-theory p-value (the contract's test, :ref:`contract-unbiasedness`) over-rejects on skewed, zero-inflated trial
   estimates (sparse rewards: on ``frozen_lake`` at N = 10, K = 400 Hotelling rejected a correct
   estimator in 2/3 of cells at the 5% level). With ``bootstrap = B > 0`` a bootstrap max-t test
   (:func:`bootstrap_max_t`) gives ``p_bootstrap`` (resolution ``1 / (B + 1)``), and
