@@ -5,19 +5,23 @@ sampler's seconds (``SampleResult.seconds``, what ``measure`` reports as cost) f
 ``reinforce_rtg`` and for a NumPy batch estimator computing the same weights are measured in
 the same run, best of a few rounds, and their ratio is printed; so is the ratio of the whole
 ``measure()`` call's wall time (exact solution, sampling and statistics: what a user waits for).
-The cell is a garnet with horizon T = 50 at batch size N = 64.
+Two cells at batch size N = 64: a garnet with horizon T = 50 (every episode is 50 steps), and
+the 4x4 gridworld, unbounded with gamma = 0.95: a sampling cap of 449 steps for episodes of
+about 20 to 60 steps, where the batches' trimming to their longest episode (``Batch.trim``) is
+what keeps the Python path's cost in line with the episodes rather than the cap.
 """
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import pytest
 
 from pgbench import make
 from pgbench.estimators import register_batch_estimator, unregister_batch_estimator
 from pgbench.measure.engine import sample_mdp
 
-PROBLEM = "garnet:S=20,A=4,b=3,seed=0,gamma=0.95,horizon=50"
+PROBLEMS = ("garnet:S=20,A=4,b=3,seed=0,gamma=0.95,horizon=50", "gridworld")
 N, K, ROUNDS = 64, 2000, 5
 
 
@@ -37,10 +41,11 @@ def _timed(f) -> float:
     return time.perf_counter() - t0
 
 
-def test_batch_estimator_cost_ratio(record_note):
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_batch_estimator_cost_ratio(record_note, problem):
     register_batch_estimator("bench_np_rtg", unbiased=True, replace=True)(np_rtg)
     try:
-        prob = make(PROBLEM)
+        prob = make(problem)
         builtin = _best(prob, "reinforce_rtg")
         mine = _best(prob, "bench_np_rtg")
         wall = {}
@@ -49,9 +54,15 @@ def test_batch_estimator_cost_ratio(record_note):
             measure(prob, [name], batch=N, trials=4, seed=1, exact=False)  # warm
             wall[name] = min(_timed(lambda: measure(prob, [name], batch=N, trials=K, seed=r, exact=False))
                              for r in range(2))
+        steps = []  # the padded length T each batch reached the estimator with, and its mean episode length
+        register_batch_estimator("bench_np_rtg", unbiased=True, replace=True)(
+            lambda b: (steps.append((b.actions.shape[1], b.lengths.mean())), np_rtg(b))[1])
+        sample_mdp(prob, ["bench_np_rtg"], N=N, K=200, seed=0)
     finally:
         unregister_batch_estimator("bench_np_rtg")
-    line = (f"N={N}, T=50, K={K}: reinforce_rtg {builtin / K * 1e6:.1f} us/trial, NumPy batch estimator "
+    T_mean, L_mean = np.mean(steps, axis=0)
+    line = (f"{prob.name} (cap {prob.mdp.episode_cap}; episodes {L_mean:.1f} steps on average, batches "
+            f"padded to {T_mean:.1f}), N={N}, K={K}: reinforce_rtg {builtin / K * 1e6:.1f} us/trial, NumPy batch estimator "
             f"{mine / K * 1e6:.1f} us/trial, ratio {mine / builtin:.2f}; whole measure() call "
             f"{wall['reinforce_rtg']:.2f} s vs {wall['bench_np_rtg']:.2f} s, ratio "
             f"{wall['bench_np_rtg'] / wall['reinforce_rtg']:.2f}")

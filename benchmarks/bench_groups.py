@@ -58,7 +58,7 @@ def test_grouped_sampling_cost_per_step(record_note):
 
 
 def test_group_estimators_seconds(record_note):
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
     prob = make(TREE)
     ests = ["grpo", "dr_grpo", "dapo", "reinforce_pp", "rloo"]
     K = 10_000

@@ -10,6 +10,7 @@ import time
 import numba
 import numpy as np
 
+from pgbench.threads import keeps_thread_settings
 from pgbench.kernels.rng import rng_floor, seed_u64
 from pgbench.measure.engine import sample_mdp
 from pgbench.problems.registry import make
@@ -39,6 +40,7 @@ def _kernel_ns(problem, estimators, episodes: int, threads: int, seed: int = 0) 
     return res.seconds / (N * K * problem.mdp.horizon) * 1e9, res.episodes // (N * K)
 
 
+@keeps_thread_settings
 def run_bench(episodes: int = 400_000, repeat: int = 5, quick: bool = False, backend: str = "cpu") -> dict:
     """Time the kernel (1 thread and all threads), the NumPy reference and the generator floor.
 
@@ -95,6 +97,7 @@ LQG_BENCH_PROBLEM = "lqg:n=4,m=2,T=100,gamma=0.99,seed=0"
 LQG_BENCH_ESTIMATORS = ("reinforce_rtg", "svg_inf")
 
 
+@keeps_thread_settings
 def lqg_bench(episodes: int = 20_000, repeat: int = 3) -> dict:
     """ns per step of the linear-Gaussian rollout kernel (n = 4, m = 2, T = 100) on all threads,
     for a score-function and the pathwise estimator alone, for both on the same episodes, and for
@@ -189,6 +192,7 @@ def _peak_bytes(fn) -> int:
         tracemalloc.stop()
 
 
+@keeps_thread_settings
 def run_end_to_end(problems=END_TO_END_PROBLEMS, cells=END_TO_END_CELLS, estimator: str = "reinforce",
                    quick: bool = False) -> list:
     """``measure()`` against the kernel, per (problem, N, K): wall time of the whole call (sampling,
@@ -200,7 +204,7 @@ def run_end_to_end(problems=END_TO_END_PROBLEMS, cells=END_TO_END_CELLS, estimat
     divides K by 100."""
     import resource
 
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     rows = []
     for name in problems:
         measure(name, [estimator], batch=2, trials=20)  # compile outside the timings

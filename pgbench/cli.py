@@ -172,7 +172,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_measure(args) -> int:
     from pgbench.problems import make
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     prob = make(args.problem)
     if args.policy:
         prob = _policy_arg(prob, args.policy)
@@ -416,9 +416,30 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings on one line each, without the source line under them."""
-    print(f"pgbench: warning: {_one_line(message)}", file=sys.stderr)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _own_warning(category, filename) -> bool:
+    """Whether pgbench itself raised the warning (its own category, or its code did)."""
+    from pgbench.errors import PGBenchWarning
+    if issubclass(category, PGBenchWarning):
+        return True
+    try:
+        return os.path.abspath(str(filename)).startswith(_PACKAGE_DIR)
+    except (TypeError, ValueError):
+        return False
+
+
+def _warning_printer():
+    """pgbench's own warnings on one line each (``pgbench: warning: ...``); a warning raised by
+    user code (an estimator, a policy, an imported module) or a library keeps Python's format:
+    its file:line, its category and the source line, so that its origin can be found."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if _own_warning(category, filename):
+            print(f"pgbench: warning: {_one_line(message)}", file=file or sys.stderr)
+        else:
+            (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+    return show
 
 
 def main(argv=None) -> int:
@@ -440,7 +461,7 @@ def main(argv=None) -> int:
         return go()
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = _warning_printer()
             return go()
     except PGBenchError as exc:
         print(f"pgbench: error: {_one_line(exc)}", file=sys.stderr)

@@ -8,6 +8,9 @@ for an unbounded problem, the sampling cap ``max_steps``) ends it with ``truncat
 the exact J of a finite-horizon problem is the expected return of the environment's episodes
 (the cap's share of an unbounded problem's J is ``pgbench.exact(problem).truncated_J``).
 ``reset(seed=...)`` seeds the environment's generator (Gymnasium's ``np_random``).
+A ``step`` before the first ``reset``, or after a step that returned ``terminated`` or
+``truncated``, raises :class:`pgbench.PGBenchError` (an agent that forgets to reset would
+otherwise go on collecting rewards past the end of its episode).
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ def _env_class():
             self._cap = int(mdp.episode_cap)
             self._s = None
             self._t = 0
+            self._ended = None  # "terminated" or "truncated" once the episode is over
 
         @staticmethod
         def _draw(cdf, u) -> int:
@@ -65,11 +69,15 @@ def _env_class():
             super().reset(seed=seed)
             self._s = self._draw(self._cdf_start, self.np_random.random())
             self._t = 0
+            self._ended = None
             return self._s, {}
 
         def step(self, action):
             if self._s is None:
                 raise PGBenchError("call reset() before step()")
+            if self._ended is not None:
+                raise PGBenchError(f"step() after the episode ended ({self._ended} at t={self._t}); "
+                                   "call reset() to start the next episode")
             mdp = self.problem.mdp
             a = int(action)
             if not 0 <= a < mdp.A:
@@ -86,6 +94,8 @@ def _env_class():
             terminated = bool(mdp.terminal[s_next])
             truncated = (not terminated) and self._t >= self._cap
             self._s = s_next
+            if terminated or truncated:
+                self._ended = "terminated" if terminated else "truncated"
             return s_next, r, terminated, truncated, {"t": self._t}
 
         def render(self):

@@ -12,7 +12,7 @@ Fixtures
     timings. With ``--pgbench-out DIR`` the record is also written into a run directory.
 ``pgbench_measure``
     A callable ``measure(problem, estimators, batch, trials, seed=0, theta=None, proxy=False)``:
-    :func:`pgbench.measure.measure.measure` inside ``benchmark``; returns its DataFrame. These
+    :func:`pgbench.measure.api.measure` inside ``benchmark``; returns its DataFrame. These
     measurements reach ``extra_info`` and the terminal summary but not the run directory
     (whose cells belong to suites).
 
@@ -189,13 +189,13 @@ def pgbench_cell(request, benchmark):
 @pytest.fixture
 def pgbench_measure(request, benchmark):
     """``measure(problem, estimators, batch, trials, seed=0, theta=None, proxy=False) -> DataFrame``:
-    :func:`pgbench.measure.measure.measure` once under ``benchmark``, metrics into ``extra_info``."""
+    :func:`pgbench.measure.api.measure` once under ``benchmark``, metrics into ``extra_info``."""
     st = _state(request.config)
 
     def measure(problem, estimators, batch: int, trials: int | None = None, seed: int | None = None, theta=None,
                 proxy: bool = False):
         import time
-        from pgbench.measure.measure import measure as _measure
+        from pgbench.measure.api import measure as _measure
         from pgbench.problems import make
         prob = make(problem) if isinstance(problem, str) else problem
         k = trials if trials is not None else st.trials

@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from pgbench.threads import keeps_thread_settings
 from pgbench.errors import PGBenchError
 from pgbench.stats.metrics import MIN_OBSERVED, bootstrap_max_t  # noqa: F401  (re-exported)
 
@@ -174,6 +175,7 @@ def _exact_bias(prob, spec, N: int, limit: int) -> float:
     return float(em.bias_norm[0])
 
 
+@keeps_thread_settings
 def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int = DEFAULT_TRIALS, seed: int = 0,
              alpha: float = 0.05, references=REFERENCES, exact_limit: int = 20_000) -> pd.DataFrame:
     """Test ``estimator`` for unbiasedness on every problem of a panel; one row per problem.
@@ -215,7 +217,7 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
     """
     from pgbench.estimators.catalogue import parse
     from pgbench.stats import metrics
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
 
     alpha = _check_alpha(alpha)
     panel = _panel(problems)
@@ -328,6 +330,7 @@ def _clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple:
     return lo, hi
 
 
+@keeps_thread_settings
 def calibration(problem="three_step_bandit", unbiased=("reinforce_rtg", "rloo"), biased="batch_mean_baseline",
                 batch: int = 2, trials: int = 100, reps: int = 200, alpha: float = 0.05, level: float = 0.95,
                 seed: int = 0, theta=None, bootstrap: int = 0) -> dict:

@@ -135,7 +135,7 @@ def test_default_theta_comes_from_the_npz(capsys, tmp_path):
     save_npz(path, lin)
     out = exact_json(capsys, path)
     gt = exact(lin)
-    assert out["J"] == gt.J and out["policy"] == "linear" and out["problem"] == "lin"
+    assert out["J"] == gt.J and out["policy"] == "linear" and out["problem"] == path
     np.testing.assert_allclose(out["grad"], gt.grad, rtol=1e-13)
     # --theta overrides the file's theta
     assert exact_json(capsys, path, "--theta", "zeros")["J"] == exact(lin, np.zeros(4)).J != gt.J

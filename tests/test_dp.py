@@ -14,7 +14,7 @@ from pgbench import MDPProblem, PGBenchError, exact, make
 from pgbench.estimators.catalogue import parse
 from pgbench.exact import moments as M
 from pgbench.measure.engine import oracle_tables, perturbed_critic
-from pgbench.measure.measure import measure
+from pgbench.measure.api import measure
 
 import naive_dp
 from naive_mdp import behaviour

@@ -16,7 +16,7 @@ from pgbench.exact import practice
 from pgbench.estimators.catalogue import parse
 from pgbench.exact import dp
 from pgbench.exact import moments as M
-from pgbench.measure.measure import measure
+from pgbench.measure.api import measure
 
 import naive_dp
 from conftest import z_crit

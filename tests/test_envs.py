@@ -111,3 +111,24 @@ def test_import_pgbench_without_gymnasium_or_jax():
                          cwd=os.path.join(os.path.dirname(__file__), ".."), timeout=300)
     assert out.returncode == 0, out.stderr
     assert "pip install 'pgbench[gym]'" in out.stdout and "pip install 'pgbench[jax]'" in out.stdout
+
+
+@pytest.mark.parametrize("problem, end", [("three_step_bandit", "truncated"), ("frozen_lake", "terminated")])
+def test_a_step_after_the_end_or_before_reset_is_refused(problem, end):
+    """An agent that forgets reset() must not keep collecting rewards past its episode's end."""
+    env = pgbench.envs.make(problem)
+    with pytest.raises(PGBenchError, match="reset"):
+        env.step(0)
+    rng = np.random.default_rng(3)
+    for i in range(50):  # an episode that ends the way the parametrisation names
+        ep = _episode(env, i, rng)
+        if ep[-1][2 if end == "terminated" else 3]:
+            break
+    else:
+        pytest.fail(f"no {end} episode in 50")
+    with pytest.raises(PGBenchError, match=f"after the episode ended \\({end}.*reset"):
+        env.step(0)
+    with pytest.raises(PGBenchError, match="after the episode ended"):  # still refused, not one-shot
+        env.step(1)
+    s, _ = env.reset(seed=0)  # and reset starts the next one
+    assert env.step(0)[0] in range(env.observation_space.n)

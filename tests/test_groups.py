@@ -111,7 +111,7 @@ def test_scales_of_centring():
 @pytest.mark.parametrize("spec,G,N", [("tokens:V=3,L=3,prompts=2,reward=length,seed=0", 3, 6),
                                       ("tokens:V=3,L=3,prompts=1,reward=verifier,seed=1,policy=bigram", 4, 4)])
 def test_monte_carlo_means_within_three_standard_errors(spec, G, N):
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
     ests = ["rloo", "grpo", "dr_grpo", "dapo", "reinforce_pp", "group:adv=loo,beta=0.3",
             "group:adv=none,beta=0.3,kl=k3,kl_in=loss", "grpo:beta=0.2,kl=k2,kl_in=loss"]
     K = 6000
@@ -196,7 +196,7 @@ def test_grouped_sampling_shares_start_and_keeps_streams():
 
 def test_grouped_cells_bit_identical_across_thread_counts():
     import numba
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
     ests = ["grpo", "rloo", "dapo:beta=0.1,kl=k3,kl_in=loss"]
     out = []
     old = numba.get_num_threads()
@@ -211,7 +211,7 @@ def test_grouped_cells_bit_identical_across_thread_counts():
 
 def test_batch_estimators_see_groups_and_reference():
     from pgbench.estimators.batch import register_batch_estimator, unregister_batch_estimator
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
     seen = []
 
     @register_batch_estimator("_peek_groups", unbiased=True, returns="psi", replace=True)
@@ -239,7 +239,7 @@ def test_batch_estimators_see_groups_and_reference():
      "no reference policy"),
 ])
 def test_bad_inputs_one_line(call, msg):
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
     problem = call.get("problem", "tokens:V=3,L=2")
     if msg is None:
         run_cell(problem, call["est"], call["N"], 2, group=call["G"], exact=False)
@@ -310,7 +310,7 @@ def test_numpy_grpo_example_reproduces_builtins_trial_by_trial():
     import importlib.util
     import os
     from pgbench.estimators.batch import unregister_batch_estimator
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
     path = os.path.join(os.path.dirname(__file__), "..", "examples", "grpo_numpy.py")
     spec = importlib.util.spec_from_file_location("grpo_numpy_example", path)
     mod = importlib.util.module_from_spec(spec)
@@ -331,7 +331,7 @@ def test_direct_gradients_of_linear_policies_match_score_weights(monkeypatch):
     """Under a linear (bigram) policy the group estimates are formed episode by episode; the same
     cell through (S, A) score weights gives the same estimates."""
     from pgbench.measure import engine
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
     spec = "tokens:V=3,L=3,prompts=2,reward=length,seed=1,policy=bigram"
     ests = ["grpo", "dapo:beta=0.2,kl=k2,kl_in=loss", "rloo"]
     direct = run_cell(spec, ests, 8, 50, seed=2, group=4, exact=False).estimates

@@ -263,7 +263,7 @@ def _small():
 def test_python_api_refuses_with_pgbencherror(case):
     P, R, rho = _small()
     G = pgbench.make("three_step_bandit")
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     calls = {
         "complex P": lambda: TabularMDP.from_dense(P + 0.5j, R, rho, 0.9),
         "complex R": lambda: TabularMDP.from_dense(P, R + 1j, rho, 0.9),

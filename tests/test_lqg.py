@@ -296,7 +296,7 @@ def test_unbiased_not_rejected_biased_flagged(spec):
 
 
 def test_measure_reports_pathwise_variance_far_below_score_function():
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     df = measure("double_integrator:T=50", ["reinforce", "value_baseline", "svg_inf", "mppi:lambda=5"], batch=16,
                  trials=200, seed=0).set_index("estimator")
     assert df.loc["svg_inf", "variance_hi"] < df.loc["value_baseline", "variance_lo"]
@@ -397,7 +397,7 @@ def test_exact_variance_against_monte_carlo(spec):
 
 
 def test_measure_shows_exact_variance_beside_measured():
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     df = measure("double_integrator:T=8", ["reinforce", "svg_inf", "value_baseline"], batch=4, trials=50,
                  seed=1).set_index("estimator")
     assert np.isfinite(df.loc["svg_inf", "exact_variance"]) and np.isfinite(df.loc["reinforce", "exact_mse"])

@@ -1,4 +1,4 @@
-"""The measurement API (pgbench.measure.measure.measure) and ``pgbench measure`` (the contract's Metrics, docs/contract.rst)."""
+"""The measurement API (pgbench.measure.api.measure) and ``pgbench measure`` (the contract's Metrics, docs/contract.rst)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from pgbench import PGBenchError, make
 from pgbench.cli import main
 from pgbench.exact import exact
-from pgbench.measure.measure import RESULT_COLUMNS, measure, run_cell
+from pgbench.measure.api import RESULT_COLUMNS, measure, run_cell
 from conftest import run_cli as run  # noqa: E402
 
 CLI_KEYS = {"estimator", "mean", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse", "mse_se", "cosine",

@@ -17,7 +17,7 @@ from pgbench import MDPProblem, PGBenchError, TabularMDP, exact, make
 from pgbench.estimators.catalogue import parse
 from pgbench.exact import moments as M
 from pgbench.measure.engine import sample_mdp
-from pgbench.measure.measure import measure
+from pgbench.measure.api import measure
 
 from conftest import linear_version, random_terminal_mdp, random_theta, z_crit
 from naive_mdp import enumerate_trajectories as naive_trajectories

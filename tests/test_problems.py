@@ -176,7 +176,7 @@ def test_npz_minimal_file_and_optional_arrays(tmp_path):
     path = tmp_path / "mine.npz"
     np.savez(path, P=P, R=R, rho0=rho0, gamma=0.9)
     p = load_npz(str(path))
-    assert p.name == "mine" and p.mdp.unbounded and p.policy.kind == "tabular"
+    assert p.name == str(path) and p.mdp.unbounded and p.policy.kind == "tabular"
     np.testing.assert_array_equal(p.theta, np.zeros((3, 2)))
     np.savez(path, P=P, R=R, rho0=rho0, gamma=1.0, horizon=4, theta=np.ones(5), features=np.ones((3, 2, 5)))
     p = load_npz(str(path))

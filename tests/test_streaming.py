@@ -132,7 +132,7 @@ def test_measure_memory_does_not_grow_with_K_beyond_the_estimates():
     taken out."""
     import tracemalloc
 
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     measure("three_step_bandit", ["reinforce"], batch=1, trials=100)  # compile first
     net = []
     for K in (10 ** 4, 10 ** 5):

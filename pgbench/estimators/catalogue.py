@@ -159,6 +159,9 @@ class EstimatorSpec:
             return self.base.oracle
         if self.name == "normalized_advantage":  # reads what its base reads
             return parse(str(self.p["base"])).oracle
+        if self.info.code == BATCH_CODE:  # a user's batch estimator: what it declared and was seen reading so far
+            if self.name in BATCH_ESTIMATORS:
+                return BATCH_ESTIMATORS[self.name].oracle
         return self.info.oracle
 
     @property

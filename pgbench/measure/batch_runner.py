@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgbench.errors import PGBenchError
-from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, as_array
+from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, WatchedBatch, as_array
 from pgbench.kernels import groups as KG
 from pgbench.kernels import mdp as K_
 
@@ -100,8 +100,9 @@ class _Trials:
     def __init__(self, **common):
         self.common = common
 
-    def batch(self, states, actions, rewards, lengths, terminated, truncated) -> Batch:
-        b = object.__new__(Batch)  # a frozen dataclass: fill its __dict__ without 13 checked setattrs
+    def batch(self, states, actions, rewards, lengths, terminated, truncated, watched: bool = False) -> Batch:
+        # a frozen dataclass: fill its __dict__ without 13 checked setattrs
+        b = object.__new__(WatchedBatch if watched else Batch)
         d = b.__dict__
         d.update(self.common)
         d["states"], d["actions"], d["rewards"] = states, actions, rewards
@@ -144,6 +145,7 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
     error is raised for the earliest trial at fault (a non-finite psi of an earlier trial of the
     block is reported before a later trial's wrong output or exception)."""
     fn, returns = batch_function(spec)
+    watch = BATCH_ESTIMATORS.get(spec.name)  # a user's function: see whether it reads batch.V / batch.Q
     S, A = t.pi.shape
     d = int(th.size)
     want_psi = returns == "psi"
@@ -156,23 +158,27 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
                      log_pi_ref=_read_only(problem.log_pi_ref()) if ref is not None else None)
     block = block_size(N, t.cap, K)
     psi = np.empty((block, N, t.cap)) if want_psi else None
-    shape = (N, t.cap)
     for k0, states, actions, rewards, lengths, term in episode_blocks(t, seed64, cell64, N, K, block, group):
         nb = states.shape[0]
         trunc = ~term
         b = 0
         try:
             for b in range(nb):
-                batch = trials.batch(states[b], actions[b], rewards[b], lengths[b], term[b], trunc[b])
+                first = watch is not None and k0 + b == 0
+                L = int(lengths[b].max())  # trimmed to the trial's longest episode (Batch.trim)
+                batch = trials.batch(states[b, :, :L + 1], actions[b, :, :L], rewards[b, :, :L], lengths[b],
+                                     term[b], trunc[b], first)
                 try:
                     res = fn(batch)
                 except Exception as exc:
                     exc.add_note(f"raised by {where} (trial {k0 + b})")
                     raise
-                if want_psi:
-                    psi[b] = checked_output(res, returns, shape, d, where, k0 + b)
+                if first:  # the oracle fields the user's function read: its class (oracle or not) follows
+                    watch.seen.update(batch.__dict__.get("_seen", ()))
+                if want_psi:  # the steps past L are past every episode's end: psi_weights never reads them
+                    psi[b, :, :L] = checked_output(res, returns, (N, L), d, where, k0 + b)
                 else:
-                    out[k0 + b] = checked_output(res, returns, shape, d, where, k0 + b)
+                    out[k0 + b] = checked_output(res, returns, (N, L), d, where, k0 + b)
         except Exception:
             if want_psi:  # the earlier trials' errors first
                 psi_weights(states[:b], actions[:b], lengths[:b], psi[:b], out[k0:k0 + b], where, k0)
@@ -290,7 +296,8 @@ def _evaluate_once(spec, problem, th, pi, V, Q, states, actions, rewards, length
     """One batch's estimate (d,) from a Python batch estimator, as :func:`run_batch` computes it."""
     fn, returns = batch_function(spec)
     batch = Batch(states=states, actions=actions, rewards=rewards, lengths=lengths, terminated=term,
-                  truncated=~term, gamma=gamma, pi=pi, V=V, Q=Q, theta=th, policy=problem.policy, horizon=horizon)
+                  truncated=~term, gamma=gamma, pi=pi, V=V, Q=Q, theta=th, policy=problem.policy, horizon=horizon).trim()
+    states, actions = batch.states, batch.actions
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
     out = checked_output(fn(batch), returns, actions.shape, int(th.size), where, 0)
     if returns == "grad":

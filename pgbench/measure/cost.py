@@ -34,7 +34,7 @@ def own_seconds_per_episode(prob, label: str, N: int, theta=None, backend: str =
     """Seconds per episode of sampling with estimator ``label`` alone, at batch size ``N``
     (cached per shape: problem, estimator, N, theta, backend, the number of timed trials and the
     group size of grouped sampling)."""
-    from pgbench.measure.measure import run_cell
+    from pgbench.measure.api import run_cell
     trials = max(2, math.ceil(episodes / N))
     key = _key(prob, label, N, theta, backend, trials, group)
     if key not in _CACHE:
@@ -51,7 +51,7 @@ def own_seconds_per_episode(prob, label: str, N: int, theta=None, backend: str =
 
 
 def add_own_costs(df, prob, N: int, theta=None, backend: str = "cpu", group=None):
-    """``df`` (a frame of :func:`pgbench.measure.measure.measure`) with ``own_seconds`` and
+    """``df`` (a frame of :func:`pgbench.measure.api.measure`) with ``own_seconds`` and
     ``own_mse_x_seconds`` per estimator; returns the same frame (columns added in place)."""
     own = [own_seconds_per_episode(prob, lab, N, theta, backend, episodes=min(OWN_COST_EPISODES, int(ep)),
                                    group=group) * float(ep)

@@ -6,6 +6,7 @@ import numpy as np
 
 from pgbench import inputs
 from pgbench.errors import PGBenchError
+from pgbench.problems.ids import problem_id
 from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.objectives import CategoricalObjective, GaussianToy
 from pgbench.problems.problem import MDPProblem
@@ -19,9 +20,9 @@ def three_step_bandit(noise: float = 0.3) -> MDPProblem:
     for s in range(S):
         P[s, :, (s + 1) % S] = 1.0
     R = np.eye(S)
-    mdp = TabularMDP.from_dense(P, R, np.eye(S)[0], gamma=1.0, horizon=3, reward_width=2 * noise,
-                                name="three_step_bandit")
-    return MDPProblem.tabular(mdp, name="three_step_bandit")
+    name = problem_id("three_step_bandit", three_step_bandit, {"noise": noise})
+    mdp = TabularMDP.from_dense(P, R, np.eye(S)[0], gamma=1.0, horizon=3, reward_width=2 * noise, name=name)
+    return MDPProblem.tabular(mdp, name=name)
 
 
 def boltzmann_bandit() -> MDPProblem:
@@ -54,7 +55,10 @@ def bandit(r: str = "1;0", theta: str = "", noise: float = 0.0) -> MDPProblem:
     noise = inputs.real_scalar("bandit noise", noise)
     if noise < 0:
         raise PGBenchError(f"bandit needs noise >= 0; got noise={noise}")
-    name = f"bandit:r={';'.join(repr(float(x)) for x in R)}"
+    # the canonical id keeps the starting logits and the noise when they are not the defaults
+    name = f"bandit:r={';'.join(repr(float(x)) for x in R)}" + (
+        f",theta={';'.join(repr(float(x)) for x in th)}" if np.any(th != 0) else "") + (
+        f",noise={repr(float(noise))}" if noise > 0 else "")
     mdp = TabularMDP.from_dense(np.ones((1, R.size, 1)), R.reshape(1, -1), [1.0], gamma=1.0, horizon=1,
                                 reward_std=(noise if noise > 0 else None), name=name)
     return MDPProblem.tabular(mdp, theta=th.reshape(1, -1), name=name)
@@ -91,7 +95,8 @@ def garnet(S: int = 20, A: int = 4, b: int = 3, seed: int = 0, gamma: float = 0.
         idx = np.argsort(rng.random((S, A, S)), axis=2)[:, :, :b]
     prob = rng.dirichlet(np.ones(b), size=(S, A))
     R = rng.random((S, A))
-    name = f"garnet:S={S},A={A},b={b},seed={seed}"
+    name = problem_id("garnet", garnet, dict(S=S, A=A, b=b, seed=seed, gamma=gamma, horizon=horizon, noise=noise),
+                      always=("S", "A", "b", "seed"))
     mdp = TabularMDP.from_sparse(idx, prob, R, np.full(S, 1.0 / S), gamma, horizon=horizon or None,
                                  reward_std=(noise if noise > 0 else None), name=name)
     return MDPProblem.tabular(mdp, name=name)
@@ -118,8 +123,9 @@ def chain(n: int = 6, gamma: float = 0.95, horizon: int = 0) -> MDPProblem:
     R[0, 0] = 0.005
     R[n - 1, 1] = 1.0
     horizon = inputs.integer("chain horizon (0 = unbounded)", horizon, 0)
-    mdp = TabularMDP.from_dense(P, R, np.eye(n)[0], gamma, horizon=horizon or None, name=f"chain:n={n}")
-    return MDPProblem.tabular(mdp, name=f"chain:n={n}")
+    name = problem_id("chain", chain, dict(n=n, gamma=gamma, horizon=horizon), always=("n",))
+    mdp = TabularMDP.from_dense(P, R, np.eye(n)[0], gamma, horizon=horizon or None, name=name)
+    return MDPProblem.tabular(mdp, name=name)
 
 
 _MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
@@ -168,7 +174,7 @@ def gridworld(n: int = 4, slip: float = 0.1, gamma: float = 0.95) -> MDPProblem:
     def slip_to(a):
         return [(a, 1.0 - slip)] + [(m, slip / 3.0) for m in range(4) if m != a]
 
-    name = f"gridworld:n={n},slip={slip}"
+    name = problem_id("gridworld", gridworld, dict(n=n, slip=slip, gamma=gamma), always=("n", "slip"))
     return MDPProblem.tabular(_grid_mdp(cells, slip_to, gamma, name), name=name)
 
 
@@ -181,12 +187,13 @@ def frozen_lake(gamma: float = 0.99) -> MDPProblem:
     def slip_to(a):
         return [(a, 1 / 3), (perp[a][0], 1 / 3), (perp[a][1], 1 / 3)]
 
-    return MDPProblem.tabular(_grid_mdp(cells, slip_to, gamma, "frozen_lake"), name="frozen_lake")
+    name = problem_id("frozen_lake", frozen_lake, {"gamma": gamma})
+    return MDPProblem.tabular(_grid_mdp(cells, slip_to, gamma, name), name=name)
 
 
 def gaussian_toy(theta: float = 1.0) -> GaussianToy:
     """``x ~ N(theta, 1)``, ``f = x^2 theta``; ``dJ/dtheta = 1 + 3 theta^2``."""
-    return GaussianToy(theta=[theta])
+    return GaussianToy(theta=[theta], name=problem_id("gaussian_toy", gaussian_toy, {"theta": theta}))
 
 
 def categorical(K: int = 4, seed: int = -1) -> CategoricalObjective:
@@ -198,4 +205,4 @@ def categorical(K: int = 4, seed: int = -1) -> CategoricalObjective:
     seed = inputs.integer("categorical seed (-1: fixed targets)", seed, -1, inputs.SEED_LIMIT - 1)
     inputs.require_memory(8.0 * K * 8, f"categorical:K={K}", "use a smaller K")
     t = np.linspace(0.1, 0.9, K) if seed < 0 else np.random.default_rng(seed).random(K)
-    return CategoricalObjective(target=t, name=f"categorical:K={K}" + (f",seed={seed}" if seed >= 0 else ""))
+    return CategoricalObjective(target=t, name=problem_id("categorical", categorical, dict(K=K, seed=seed), always=("K",)))

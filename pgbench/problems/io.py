@@ -35,7 +35,7 @@ def load_npz(path: str) -> MDPProblem:
         if kind != "lqg":
             raise PGBenchError(f"{path}: unknown problem kind {kind!r} (known: lqg; without 'kind': a tabular MDP)")
         from pgbench.problems.lqg import from_arrays
-        return from_arrays(data, path, os.path.splitext(os.path.basename(path))[0])
+        return from_arrays(data, path, path)  # the path is the id: make(path) reads it again
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise PGBenchError(f"{path} lacks required array(s) {', '.join(missing)} (needs P, R, rho0, gamma)")
@@ -53,7 +53,7 @@ def load_npz(path: str) -> MDPProblem:
                 or h < 0):
             raise PGBenchError(f"{path}: horizon must be a non-negative integer (0 = unbounded); got {h!r}")
         horizon = int(h) or None
-    name = os.path.splitext(os.path.basename(path))[0]
+    name = path  # the id of a file problem is its path (make(name) reads the same file)
     mdp = TabularMDP.from_dense(data["P"], data["R"], data["rho0"], data["gamma"].item(), horizon=horizon,
                                 terminal=data.get("terminal"), reward_std=data.get("reward_std"), name=name)
     theta = data.get("theta")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgbench.errors import PGBenchError
+from pgbench.problems.ids import problem_id
 from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.problem import MDPProblem
 
@@ -90,8 +91,9 @@ def tokens(V: int = 3, L: int = 3, prompts: int = 1, reward: str = "verifier", s
     rho0[np.arange(prompts) * n] = 1.0 / prompts
     terminal = np.zeros(S, bool)
     terminal[end] = True
-    name = f"tokens:V={V},L={L},prompts={prompts},reward={reward},seed={seed}" + (
-        ",policy=bigram" if policy == "bigram" else "")
+    # the canonical id (pgbench.problems.ids): the shape always, every other parameter off its default
+    name = problem_id("tokens", tokens, dict(V=V, L=L, prompts=prompts, reward=reward, seed=seed, policy=policy,
+                                             scale=scale), always=("V", "L", "prompts", "reward", "seed"))
     mdp = TabularMDP.from_sparse(next_idx, np.ones((S, V, 1)), R, rho0, 1.0, horizon=L, terminal=terminal, name=name)
     meta = dict(sequence=True, V=V, L=L, prompts=prompts, reward=reward)
     if policy == "tabular":

@@ -5,7 +5,7 @@ state, nothing shown on screen), so they can be made from threads and in headles
 a figure is freed as soon as it is dropped. :func:`png_bytes` renders one to PNG.
 
 Tidy data is the results table of a run (:meth:`pgbench.suites.store.RunDir.tables`), one
-row per (cell, estimator) with the columns of :data:`pgbench.measure.measure.RESULT_COLUMNS`;
+row per (cell, estimator) with the columns of :data:`pgbench.measure.api.RESULT_COLUMNS`;
 pass the rows of one suite. Optional ``exact_variance`` / ``exact_mse`` columns are drawn as
 black-edged markers beside the measured values when present.
 

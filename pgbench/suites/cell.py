@@ -61,7 +61,7 @@ def cell_provenance(suite: Suite, N: int, quick: bool, seed: int, K: int) -> dic
 def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str = "cpu") -> dict:
     """Measure one cell of a suite; a JSON-ready record (rows, paired comparisons, diagnostics)."""
     from pgbench.problems import make
-    from pgbench.measure.measure import measure
+    from pgbench.measure.api import measure
     suite = get_suite(suite_id)
     if suite.train is not None:  # learning dynamics: runs, summarised by pgbench.suites.dynamics
         from pgbench.suites.dynamics import run_train_record
@@ -133,7 +133,7 @@ def exact_decomposition(prob, estimators, N: int, theta) -> list:
     from pgbench.estimators.catalogue import parse
     from pgbench.exact import dp
     from pgbench.exact.moments import variance_decomposition
-    from pgbench.measure.measure import EXACT_DP_WORK
+    from pgbench.measure.api import EXACT_DP_WORK
     specs = [parse(e) for e in estimators]
     ok = [sp.label for sp in specs if sp.name in dp.TRACE and dp.dp_supports(sp)]
     if not ok or len(ok) * dp.dp_work(prob) > EXACT_DP_WORK:

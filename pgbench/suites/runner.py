@@ -10,6 +10,7 @@ import sys
 import time
 
 from pgbench import inputs
+from pgbench.threads import keeps_thread_settings
 from pgbench.errors import PGBenchError, ProvenanceError
 # cell_id, exact_decomposition, run_cell_record, run_provenance: re-exported (the plug-in and tests use them here)
 from pgbench.suites.cell import (cell_id, exact_decomposition, run_cell_record, run_provenance,  # noqa: F401
@@ -44,6 +45,7 @@ def plan(suites: list[Suite], quick: bool, group=None) -> list[tuple[str, int]]:
     return [(s.id, N) for s in suites for N in s.cells(quick) if group is None or not s.groups or N == group]
 
 
+@keeps_thread_settings
 def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed: int | None = None,
         resume: str | None = None, progress: bool | None = None, executor=None, report: bool = True,
         backend: str = "cpu", group: int | None = None) -> str:

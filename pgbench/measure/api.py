@@ -5,6 +5,13 @@ batch size N for every estimator on common random numbers and returns a tidy Dat
 row per estimator, with bias, variance, MSE (and their standard errors), cosine, the
 unbiasedness p-value and cost. Paired comparisons between estimators (same episodes) are in
 ``df.attrs["paired"]`` (a list of records: ``pd.DataFrame(df.attrs["paired"])``); the W(tau)-proxy diagnostics in ``df.attrs["proxy"]``.
+
+Trial by trial: ``run_cell`` (same arguments) samples the cell without the statistics and returns a
+:class:`Cell` whose ``estimates`` is the (K, n_estimators, d) array of every trial's estimate
+(estimators in the order of ``cell.specs``, their ids ``spec.label``; one trial's estimators saw
+the same episodes), ``targets`` the (n_estimators, d) exact values they estimate;
+``summarize_cell(cell)`` is the DataFrame ``measure`` returns. (This module is
+``pgbench.measure.api``; ``pgbench.measure.measure`` is the function.)
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from pgbench.threads import keeps_thread_settings
 from pgbench import inputs
 from pgbench.errors import PGBenchError, PGBenchWarning, ResourceLimitError
 from pgbench.estimators.catalogue import parse
@@ -39,6 +47,7 @@ EXACT_DP_WORK = 5e8
 :func:`pgbench.exact.dp.dp_work` is at most this (a few seconds)."""
 
 
+@keeps_thread_settings
 def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
              cell=None, backend: str = "cpu", exact: bool = True, policy=None, group=None) -> Cell:
     """Sample one cell (no statistics): the building block of :func:`measure` and the suites.
@@ -227,6 +236,7 @@ def _check_int(name, v, lo):
         raise PGBenchError(f"{name} must be an integer >= {lo}; got {v!r}")
 
 
+@keeps_thread_settings
 def summarize_cell(cell: Cell) -> pd.DataFrame:
     """Tidy metrics of a cell, one row per estimator (see :data:`RESULT_COLUMNS`)."""
     rows = []
@@ -338,6 +348,7 @@ def proxy_summary(cell: Cell) -> dict:
     return out
 
 
+@keeps_thread_settings
 def measure(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
             backend: str = "cpu", exact: bool = True, policy=None, group=None) -> pd.DataFrame:
     """Measure estimators on one cell; a tidy DataFrame, one row per estimator.
