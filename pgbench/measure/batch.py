@@ -8,6 +8,8 @@ one compiled call, each trial's steps added in a fixed order (``np.bincount``'s)
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pgbench.errors import PGBenchError
@@ -184,6 +186,18 @@ def _padded(tr, idx, cap, R, terminal):
     return states, actions, rewards, lengths, term
 
 
+def _too_many(n: float, k: int, limit: float) -> bool:
+    """``n ** k > limit`` without forming ``n ** k`` when it is far beyond the limit (a float power
+    overflows at common batch sizes: 10 trajectories, N = 400)."""
+    if not math.isfinite(n):
+        return True
+    if n <= 1.0:
+        return False
+    if k * math.log(n) > math.log(max(limit, 1.0)) + 1.0:
+        return True
+    return n ** k > limit
+
+
 def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_EXACT_LIMIT):
     """``(mean, variance, mse)`` of a user estimator (per-episode numba or Python batch) at batch
     size N, exactly, by listing every trajectory (per-episode: N = 1, then Var / N) or every ordered
@@ -202,7 +216,7 @@ def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_
         return None
     n_listed = 1 if code == USER_CODE else batch
     n = count_trajectories(problem, stop_above=limit)
-    if n ** n_listed > limit:
+    if _too_many(n, n_listed, limit):
         return None
     th = problem.resolve_theta(theta)
     gt = exact(problem, th)
