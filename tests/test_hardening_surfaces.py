@@ -117,3 +117,55 @@ def test_every_estimator_runs_at_common_and_large_batch_sizes(registered, N):
 def test_objective_and_lqg_estimators_run_at_n_4096(problem, ests):
     df = measure(problem, ests, batch=4096, trials=2)
     assert len(df) == len(ests) and np.isfinite(df["bias_norm"]).all()
+
+
+# ----------------------------------------------------------------------------------- 3. the run lock
+
+
+def _cli(capsys, *argv):
+    from conftest import run_cli
+    return run_cli(capsys, *argv)
+
+
+def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(capsys, tmp_path):
+    from pgbench.errors import RunLockedError
+    from pgbench.suites.store import RunLock
+    out = tmp_path / "run"
+    out.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("the user's file\n")
+    os.symlink(target, out / ".lock")
+    with pytest.raises(RunLockedError, match="symbolic link"):
+        RunLock(str(out)).acquire()
+    rc, stdout, err = _cli(capsys, "run", "--quick", "ladder/three-step-bandit", "--out", str(out), "--no-report")
+    assert rc == 1 and stdout == "" and err.startswith("pgbench: error: ") and err.count("\n") == 1, err
+    assert ".lock" in err and "symbolic link" in err
+    assert target.read_text() == "the user's file\n"
+    assert os.path.islink(out / ".lock") and sorted(os.listdir(out)) == [".lock"]
+    os.unlink(out / ".lock")
+    os.mkdir(out / ".lock")  # a directory is no lock file either
+    with pytest.raises(RunLockedError, match="not a regular file"):
+        RunLock(str(out)).acquire()
+
+
+def test_taking_over_a_stale_lock_writes_no_nul_padding(tmp_path):
+    import json
+    from pgbench.errors import RunLockedError
+    from pgbench.suites.store import RunLock
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = {"pid": 999999, "host": "a-host-with-a-rather-long-name.example.org", "since": "2020-01-01T00:00:00",
+             "padding": "x" * 200}
+    (out / ".lock").write_text(json.dumps(stale))  # no process holds its flock: stale
+    lock = RunLock(str(out)).acquire()
+    try:
+        assert lock.took_over and "pid 999999" in lock.took_over
+        data = (out / ".lock").read_bytes()
+        assert b"\0" not in data
+        assert json.loads(data)["pid"] == os.getpid()
+        code = ("import sys; from pgbench.suites.store import RunLock; RunLock(sys.argv[1]).acquire()")
+        res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
+        assert res.returncode != 0 and RunLockedError.__name__ in res.stderr
+        assert f"pid {os.getpid()} on" in res.stderr  # the holder is named in the refusal
+    finally:
+        lock.release()
