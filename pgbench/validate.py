@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from pgbench.errors import PGBenchError
+from pgbench.errors import PGBenchError, user_exit
 from pgbench.measure.metrics import MIN_OBSERVED, bootstrap_max_t  # noqa: F401  (re-exported)
 
 __all__ = ["PANEL", "PanelProblem", "REFERENCES", "validate", "holm", "bootstrap_max_t", "calibration",
@@ -132,6 +132,9 @@ def import_plugin(target: str):
         except Exception as exc:
             sys.modules.pop(name, None)
             raise PGBenchError(f"importing {target} failed: {type(exc).__name__}: {exc}") from None
+        except SystemExit as exc:
+            sys.modules.pop(name, None)
+            raise user_exit(f"importing {target}", exc) from None
         return module
     try:
         return importlib.import_module(target)
@@ -139,6 +142,8 @@ def import_plugin(target: str):
         raise
     except Exception as exc:
         raise PGBenchError(f"importing {target} failed: {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:
+        raise user_exit(f"importing {target}", exc) from None
 
 
 def _check_alpha(alpha) -> float:

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from pgbench.errors import PGBenchError
+from pgbench.errors import PGBenchError, user_exit
 from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, as_array
 from pgbench.kernels import mdp as K_
 
@@ -50,6 +50,13 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     v = x.view()
     v.setflags(write=False)
     return v
+
+
+def _frozen_copy(x: np.ndarray) -> np.ndarray:
+    """A read-only copy: what the engine goes on using (theta) is never the array user code holds."""
+    c = np.array(x, dtype=np.float64)
+    c.setflags(write=False)
+    return c
 
 
 def batch_function(spec):
@@ -119,14 +126,15 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
     want_psi = returns == "psi"
     out = np.zeros((K, S, A)) if want_psi else np.zeros((K, d))
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
-    trials = _Trials(gamma=t.gamma, pi=_read_only(t.pi), V=_read_only(V), Q=_read_only(Q), theta=th,
+    trials = _Trials(gamma=t.gamma, pi=_read_only(t.pi), V=_read_only(V), Q=_read_only(Q), theta=_frozen_copy(th),
                      policy=problem.policy, horizon=horizon)
     block = block_size(N, t.cap, K)
     psi = np.empty((block, N, t.cap)) if want_psi else None
     shape = (N, t.cap)
     for k0, states, actions, rewards, lengths, term in episode_blocks(t, seed64, cell64, N, K, block):
         nb = states.shape[0]
-        trunc = ~term
+        trunc = _read_only(~term)
+        term = _read_only(term)
         b = 0
         try:
             for b in range(nb):
@@ -136,6 +144,8 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
                 except Exception as exc:
                     exc.add_note(f"raised by {where} (trial {k0 + b})")
                     raise
+                except SystemExit as exc:
+                    raise user_exit(where, exc, f" in trial {k0 + b}") from None
                 if want_psi:
                     psi[b] = checked_output(res, returns, shape, d, where, k0 + b)
                 else:
@@ -237,7 +247,10 @@ def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_
         for i in range(len(tr)):
             L = int(lengths[i])
             psi[:] = 0.0
-            args = (states[i], actions[i], rewards[i], L, gt.problem.mdp.gamma, pi, V, Q, psi)
+            # copies and read-only tables: what the user's function writes cannot change what is
+            # contracted below or the next trajectory's inputs
+            args = (states[i].copy(), actions[i].copy(), rewards[i].copy(), L, gt.problem.mdp.gamma,
+                    _read_only(pi), _read_only(V), _read_only(Q), psi)
             user.fn(*args, *((0 if term[i] else cut,) if user.with_end else ()))
             C = np.zeros((S, A))
             np.add.at(C, (states[i, :L], actions[i, :L]), psi[:L])
@@ -268,10 +281,16 @@ def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_
 def _evaluate_once(spec, problem, th, pi, V, Q, states, actions, rewards, lengths, term, gamma, horizon):
     """One batch's estimate (d,) from a Python batch estimator, as :func:`run_batch` computes it."""
     fn, returns = batch_function(spec)
-    batch = Batch(states=states, actions=actions, rewards=rewards, lengths=lengths, terminated=term,
-                  truncated=~term, gamma=gamma, pi=pi, V=V, Q=Q, theta=th, policy=problem.policy, horizon=horizon)
+    ro = _read_only
+    batch = Batch(states=ro(states), actions=ro(actions), rewards=ro(rewards), lengths=ro(lengths), terminated=ro(term),
+                  truncated=ro(~term), gamma=gamma, pi=ro(pi), V=ro(V), Q=ro(Q), theta=_frozen_copy(th),
+                  policy=problem.policy, horizon=horizon)
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
-    out = checked_output(fn(batch), returns, actions.shape, int(th.size), where, 0)
+    try:
+        res = fn(batch)
+    except SystemExit as exc:
+        raise user_exit(where, exc) from None
+    out = checked_output(res, returns, actions.shape, int(th.size), where, 0)
     if returns == "grad":
         return out
     C = np.zeros((1,) + pi.shape)
