@@ -243,7 +243,7 @@ def _end_counts(problem, N=300):
     from pgbench.exact import exact
     from pgbench.kernels.rng import seed_u64
     from pgbench.measure import engine
-    from pgbench.measure.batch import run_batch
+    from pgbench.measure.batch_runner import run_batch
     from pgbench.estimators.catalogue import parse
     prob = make(problem)
     t = engine.make_tables(prob, prob.theta)

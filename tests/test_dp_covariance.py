@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pgbench import PGBenchError, exact, make
-from pgbench.estimators import practice
+from pgbench.exact import practice
 from pgbench.estimators.catalogue import parse
 from pgbench.exact import dp
 from pgbench.exact import moments as M

@@ -24,6 +24,8 @@ import scipy.sparse.linalg as spla
 
 from pgbench import inputs
 from pgbench.errors import PGBenchError
+from pgbench.exact.limits import STEP_LIMIT
+from pgbench.exact.lqg import exact_lqg
 from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.problem import MDPProblem
 
@@ -184,10 +186,6 @@ def safe_norm(x) -> float:
     return n
 
 
-STEP_LIMIT = 10 ** 9
-"""Horizons (and sampling caps) beyond this many steps are refused: the exact solve loops over them."""
-
-
 def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:
     """Refuse, before allocating, an exact solve whose arrays exceed the memory limit; warn when
     the finite-horizon recursion is long (it is a Python loop over the steps)."""
@@ -224,7 +222,6 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
     if getattr(problem, "kind", None) == "lqg":  # linear-Gaussian control: closed form
         if beta:
             raise PGBenchError("exact(): no entropy regularisation for lqg problems")
-        from pgbench.exact.lqg import exact_lqg
         return exact_lqg(problem, theta)
     if not isinstance(problem, MDPProblem):
         raise PGBenchError(f"exact() takes an MDP problem; got {type(problem).__name__} (objectives have .J and .grad)")

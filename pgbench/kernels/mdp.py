@@ -27,7 +27,7 @@ from numba import njit, prange
 from pgbench.estimators.catalogue import (
     REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B,
     VALUE_B, TIME_B_LOO, TRUE_ADV, ALL_ACTION, GAE, GEOMETRIC, IS_PD, ENTROPY, FISHER)
-from pgbench.estimators.user import END_TERMINAL, END_HORIZON, END_CAP  # noqa: F401  (how an episode ended)
+from pgbench.estimators.registry import END_TERMINAL, END_HORIZON, END_CAP  # noqa: F401  (how an episode ended)
 from pgbench.kernels.rng import next_u64, stream, uniform, normal
 
 # batch statistics (pass 1), per trial

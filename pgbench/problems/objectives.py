@@ -7,7 +7,7 @@ import numpy as np
 
 from pgbench import inputs
 from pgbench.errors import PGBenchError
-from pgbench.problems.policies import softmax_rows
+from pgbench.problems.softmax import softmax_rows
 
 
 def _numeric_theta(theta) -> np.ndarray:
