@@ -428,3 +428,66 @@ def test_exact_json_is_finite_or_refused(tmp_path, capsys):
     huge = _lqg_file(tmp_path, "huge_mu0", mu0=np.array([1e200, 0.0]))
     rc, out, err = _cli(capsys, "exact", huge, "--json")
     assert rc == 2 and out == "" and err.count("\n") == 1 and "not finite" in err and "mu0" in err
+
+
+# ----------------------------------------------- 10. statistics stay finite for magnitudes up to 1e100
+
+_LIN = ("bias_norm", "bias_norm_se", "grad_norm")
+_QUAD = ("variance", "variance_se", "mse", "mse_se")
+_FREE = ("cosine", "cosine_se", "p_value", "rank")
+
+
+@pytest.mark.parametrize("s", [1e-30, 1e27, 1e30, 1e80, 1e99])
+def test_summaries_scale_with_the_magnitude_and_stay_finite(s):
+    from pgbench.stats.metrics import paired, summarize
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 4)) + 0.1
+    Y = 0.5 * X + rng.standard_normal((50, 4))
+    g = np.array([0.1, 0.0, 0.2, -0.1])
+    ref, got = summarize(X, g), summarize(X * s, g * s)
+    for keys, f in ((_LIN, s), (_QUAD, s * s), (_FREE, 1.0)):
+        for k in keys:
+            assert np.isfinite(got[k]) and got[k] == pytest.approx(ref[k] * f, rel=1e-9, abs=0.0), k
+    for k, f in (("bias_norm_ci", s), ("variance_ci", s * s), ("mse_ci", s * s)):
+        assert np.all(np.isfinite(got[k])) and np.allclose(got[k], np.array(ref[k]) * f, rtol=1e-9, atol=0.0), k
+    rp, gp = paired(X, Y, g), paired(X * s, Y * s, g * s)
+    for k, f in (("mse_diff", s * s), ("mse_diff_se", s * s), ("variance_ratio", 1.0), ("p_value", 1.0),
+                 ("mse_diff_p", 1.0), ("mean_diff_norm", s)):
+        assert np.isfinite(gp[k]) and gp[k] == pytest.approx(rp[k] * f, rel=1e-9, abs=0.0), k
+
+
+def test_ordinary_magnitudes_are_not_rescaled(monkeypatch):
+    from pgbench.stats import metrics
+    rng = np.random.default_rng(1)
+    X, g = rng.standard_normal((40, 5)) * 1e3, np.zeros(5)
+    before = metrics.summarize(X, g)
+    monkeypatch.setattr(metrics, "MAGNITUDE_RANGE", (0.0, np.inf))  # never rescale
+    after = metrics.summarize(X, g)
+    for k, v in before.items():
+        np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(v), err_msg=k)  # the same bits
+
+
+def test_huge_rewards_and_plugin_gradients_give_finite_statistics(tmp_path, capsys, registered):
+    from pgbench.problems.io import save_npz
+    base = tmp_path / "base.npz"
+    save_npz(str(base), make(SMALL))
+    arrays = dict(np.load(base, allow_pickle=False))
+    for s in (1e27, 1e30, 1e99):
+        path = tmp_path / f"R{s:g}.npz"
+        np.savez(path, **dict(arrays, R=arrays["R"] * s))
+        rc, out, err = _cli(capsys, "measure", str(path), "-e", "reinforce", "-e", "value_baseline", "-N", "4",
+                            "-K", "30", "--json")
+        assert rc == 0, err
+        for row in _strict_json(out):
+            for k in ("bias_norm_se", "variance_se", "mse_se", "exact_variance"):
+                assert row[k] is not None and np.isfinite(row[k]), (s, k)
+    big = registered("t_big_grad", lambda b: 1e30 * (1.0 + b.rewards.sum()) * np.ones(b.theta.size),
+                     returns="grad", unbiased=False)
+    df = measure(SMALL, [big], batch=4, trials=30)
+    assert np.isfinite(df[["bias_norm_se", "variance_se", "mse_se"]].to_numpy(dtype=float)).all()
+
+
+def test_lqg_with_a_huge_sigma_gives_finite_statistics(tmp_path):
+    path = _lqg_file(tmp_path, "wide", log_sigma=np.array([30.0]))
+    df = measure(path, ["reinforce", "svg_inf"], batch=4, trials=30)
+    assert np.isfinite(df[["bias_norm", "bias_norm_se", "variance_se", "mse_se"]].to_numpy(dtype=float)).all()
