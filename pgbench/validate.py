@@ -70,7 +70,7 @@ PANEL = (
                  "random theta (small enough for exact moments)"),
     PanelProblem("garnet:S=6,A=3,b=3,seed=1,gamma=0.8", 2, why="unbounded, discounted (gamma = 0.8), no terminal state"),
     PanelProblem("gridworld:n=3,slip=0.1,gamma=0.9", 3, why="unbounded, terminal goal, discounted"),
-    PanelProblem("boltzmann_bandit", why="linear softmax (one feature), the SPEC closed form"),
+    PanelProblem("boltzmann_bandit", why="linear softmax (one feature), closed form dJ/dtheta = -20.79"),
     PanelProblem("frozen_lake", why="terminal holes and goal, sparse reward, gamma = 0.99"),
 )
 """The default panel (see :func:`validate`)."""

@@ -1,4 +1,4 @@
-"""Problems: registry ids, built-ins, the .npz format (SPEC section 6), input validation, immutability."""
+"""Problems: registry ids, built-ins, the .npz format (docs/howto/mdp.rst), input validation, immutability."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""The estimator catalogue (SPEC section 3): names, parameters, unbiasedness.
+"""The estimator catalogue (the contract's :ref:`contract-estimators`): names, parameters, unbiasedness.
 
 An estimator is a name with parameters, ``gae:lambda=0.9,critic=perturbed,scale=0.1``. Almost
 every MDP estimator is a sum of per-step weights on scores,

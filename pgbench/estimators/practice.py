@@ -1,4 +1,4 @@
-"""Estimators as practice writes them (SPEC section 7), run on the Python batch path.
+"""Estimators as practice writes them (:ref:`practice-estimators`), run on the Python batch path.
 
 - ``ppo_gae(lambda)``: ``psi_t = A^GAE_t`` with the exact critic and no ``gamma^t`` (PPO
   implementations weight every step alike). Its mean is exactly

@@ -49,7 +49,8 @@ UserSpec = UserEstimator
 def register_estimator(name: str, unbiased: bool, doc: str = "user-defined estimator", replace: bool = False):
     """Decorator: register a numba-compiled per-episode weight function under ``name``.
 
-    ``unbiased`` is your claim; pgbench tests it (``p_value``) against the exact gradient.
+    ``unbiased`` is your claim; pgbench tests it against the exact gradient with the p-value every
+    verdict uses, ``p_robust`` (its test named in ``p_test``; see :func:`pgbench.stats.metrics.verdict_p`).
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise PGBenchError(f"an estimator name must be an identifier; got {name!r}")

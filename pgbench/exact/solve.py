@@ -1,4 +1,4 @@
-"""Exact ground truth for tabular MDPs (SPEC section 2): no sampling anywhere.
+"""Exact ground truth for tabular MDPs (the contract's :ref:`contract-ground-truth`): no sampling anywhere.
 
 Finite horizon T: backward recursion ``V_T = 0, Q_t = R + gamma P V_{t+1}, V_t = sum_a pi Q_t``
 and forward visitation ``d_0 = rho0, d_{t+1} = P_pi^T d_t`` (terminal states absorb, so

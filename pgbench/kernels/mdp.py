@@ -1,4 +1,5 @@
-"""Numba CPU kernels: roll out episodes and accumulate score weights (SPEC sections 3 and 5).
+"""Numba CPU kernels: roll out episodes and accumulate score weights (the contract's
+:ref:`contract-estimators` and :ref:`contract-randomness`).
 
 Layout (stumpy-style): ``_rollout`` is one episode's work; ``_batch_stats`` (pass 1) and
 ``_score_weights`` (pass 2) are the parallel loops over work items; the public entry point is

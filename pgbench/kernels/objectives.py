@@ -1,4 +1,5 @@
-"""Monte-Carlo gradient estimators for stochastic objectives (SPEC sections 1, 3, 5).
+"""Monte-Carlo gradient estimators for stochastic objectives (the contract's :ref:`contract-objectives`,
+:ref:`contract-estimators` and :ref:`contract-randomness`).
 
 ``J(theta) = E_{x ~ p(x; theta)} f(x, theta)`` for the two objectives of
 :mod:`pgbench.problems.objectives`:

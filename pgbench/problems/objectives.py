@@ -1,4 +1,4 @@
-"""Stochastic objectives without an MDP: ``J(theta) = E_{x ~ p(x; theta)} f(x, theta)`` (SPEC section 1)."""
+"""Stochastic objectives without an MDP: ``J(theta) = E_{x ~ p(x; theta)} f(x, theta)`` (the contract's :ref:`contract-objectives`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

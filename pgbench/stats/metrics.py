@@ -1,4 +1,4 @@
-"""Bias, variance, MSE and their uncertainties for one measured cell (SPEC section 4).
+"""Bias, variance, MSE and their uncertainties for one measured cell (the contract's :ref:`contract-metrics`).
 
 A cell runs ``K`` independent trials of an estimator and records the trial estimates
 ``g_1 .. g_K`` (each already a batch average over ``N`` episodes) of the exact gradient
@@ -82,7 +82,7 @@ Test of ``H0: E g_k = g`` (``p_value``, ``test``)
 - Hotelling's ``T^2`` is exact for Gaussian trials but sensitive to heavy tails when ``r`` is
   not small against ``K`` (trial estimates on sparse-reward problems are skewed), hence the
   ``K >= 10 r`` rule; the per-coordinate t-tests are far more robust there.
-- The normal-theory p-value (the SPEC's test) over-rejects on skewed, zero-inflated trial
+- The normal-theory p-value (the contract's test, :ref:`contract-unbiasedness`) over-rejects on skewed, zero-inflated trial
   estimates (sparse rewards: on ``frozen_lake`` at N = 10, K = 400 Hotelling rejected a correct
   estimator in 2/3 of cells at the 5% level). With ``bootstrap = B > 0`` a bootstrap max-t test
   (:func:`bootstrap_max_t`) gives ``p_bootstrap`` (resolution ``1 / (B + 1)``), and
@@ -723,7 +723,7 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
 
 @blas_single_threaded
 def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
-           level: float = 0.95, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
+           level: float = 0.95, rtol: float = DEFAULT_RTOL, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
     """Compare two estimators computed on the same episodes (common random numbers).
 
     Trial ``k`` of ``samples_a`` and of ``samples_b`` used the same episodes, so the pairs are
@@ -740,7 +740,11 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
       is ``inf`` when only ``b`` has zero variance.
     - Mean difference ``mean_diff = m_a - m_b`` and ``p_value``/``test`` for
       ``H0: E a_k = E b_k``: the Hotelling/Holm rule of :func:`summarize` applied to the
-      differences ``a_k - b_k`` against zero (``rank`` is that of their covariance).
+      differences ``a_k - b_k`` against zero (``rank`` is that of their covariance). With
+      ``bootstrap = B > 0`` the same policy as the verdicts of :func:`summarize`: a bootstrap
+      max-t test of the differences against zero gives ``p_bootstrap`` and :func:`verdict_p`
+      combines the two into ``p_robust``, named by ``p_test`` (the normal-theory p alone
+      over-rejects when the trials are skewed).
 
     Returns
     -------
@@ -748,7 +752,8 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
         ``K``, ``d``, ``level``, ``mse_a``, ``mse_b``, ``mse_diff``, ``mse_diff_se``,
         ``mse_diff_ci``, ``mse_diff_p``, ``variance_a``, ``variance_b``, ``variance_ratio``,
         ``log_variance_ratio_se``, ``variance_ratio_ci``, ``variance_ratio_p``, ``mean_diff``
-        (array ``(d,)``), ``mean_diff_norm``, ``p_value``, ``test``, ``rank``.
+        (array ``(d,)``), ``mean_diff_norm``, ``p_value``, ``test``, ``rank``, ``p_bootstrap``
+        (nan without bootstrap), ``p_robust``, ``p_test``.
     """
     level = _check_level(level)
     rtol = _check_rtol(rtol)
@@ -802,6 +807,9 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
     scale = max(float(np.linalg.norm(g)), math.sqrt(float(ta[2].max())), math.sqrt(float(tb[2].max())))
     p_value, test, rank = _mean_test(D, np.zeros(d), scale, rtol)
     mean_diff = D.mean(axis=0)
+    p_boot = (bootstrap_max_t(D, np.zeros(d), B=bootstrap, seed=seed, rtol=rtol)["p_value"] if bootstrap > 0
+              else math.nan)
+    p_robust, p_test = verdict_p(p_value, test, p_boot, bootstrap)
 
     return {
         "K": K,
@@ -824,6 +832,9 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
         "p_value": p_value,
         "test": test,
         "rank": rank,
+        "p_bootstrap": p_boot,
+        "p_robust": p_robust,
+        "p_test": p_test,
     }
 
 
