@@ -7,6 +7,7 @@ traceback, unless ``--debug`` (or ``PGBENCH_DEBUG=1``) asks for it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from pgbench.errors import PGBenchError
+from pgbench.errors import PGBenchError, user_exit
 from pgbench.suites.store import to_jsonable
 
 
@@ -89,13 +90,26 @@ def _policy_arg(prob, target):
         raise PGBenchError(f"{path} defines no {name!r}")
     pol = getattr(module, name)
     if callable(pol) and not hasattr(pol, "probs"):
-        pol = pol(prob)
+        try:
+            pol = pol(prob)
+        except SystemExit as exc:
+            raise user_exit(f"--policy {target}", exc) from None
     return prob.with_policy(pol)
+
+
+def _require_finite_output(out: dict) -> None:
+    """Exact values that are inf or NaN are refused, naming the value (JSON has no inf or NaN)."""
+    for key, v in out.items():
+        a = np.asarray(v) if isinstance(v, (int, float, list, np.ndarray)) and not isinstance(v, bool) else None
+        if a is not None and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise PGBenchError(f"the exact {key} of {out.get('problem')} is not finite (it overflows floats); "
+                               f"rescale the problem" + (" or lower --beta" if "beta" in out else ""))
 
 
 def _cmd_exact(args) -> int:
     from pgbench.problems import make
     from pgbench.exact import exact
+    from pgbench.exact.solve import safe_norm
     prob = make(args.problem)
     if getattr(args, "policy", None):
         prob = _policy_arg(prob, args.policy)
@@ -104,13 +118,13 @@ def _cmd_exact(args) -> int:
         th = prob.check_theta(theta)
         if prob.kind == "lqg":  # theta = (K row-major, log sigma)
             gt = exact(prob, th)
-            out = {"problem": prob.name, "J": gt.J, "grad": gt.grad.tolist(), "grad_norm": float(np.linalg.norm(gt.grad)),
+            out = {"problem": prob.name, "J": gt.J, "grad": gt.grad.tolist(), "grad_norm": safe_norm(gt.grad),
                    "n": prob.n, "m": prob.m, "gamma": prob.gamma, "horizon": prob.horizon}
             if args.natural:
                 out["natural_grad"] = gt.natural_gradient().tolist()
         else:
             out = {"problem": prob.name, "J": prob.J(th), "grad": prob.grad(th).tolist(),
-                   "grad_norm": float(np.linalg.norm(prob.grad(th)))}
+                   "grad_norm": safe_norm(prob.grad(th))}
     else:
         gt = exact(prob, theta, beta=args.beta, method=args.method)
         out = {"problem": prob.name, "J": gt.J, "grad": gt.grad.tolist(), "grad_norm": gt.grad_norm,
@@ -122,8 +136,9 @@ def _cmd_exact(args) -> int:
             out.update(max_steps=prob.mdp.max_steps, truncated_mass=gt.truncated_mass, truncated_J=gt.truncated_J)
         if args.natural:
             out["natural_grad"] = gt.natural_gradient().tolist()
+    _require_finite_output(out)
     if args.json:
-        print(json.dumps(out))
+        _emit(json.dumps(out))
         return 0
     print(f"problem   {out['problem']}")
     for k in ("S", "A", "n", "m", "gamma", "horizon", "policy", "method"):
@@ -184,7 +199,7 @@ def _cmd_measure(args) -> int:
         if args.proxy and "proxy" in df.attrs:
             for r in rows:
                 r["proxy"] = to_jsonable(df.attrs["proxy"])
-        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+        _emit(json.dumps(rows[0] if len(rows) == 1 else rows))
         return 0
     import pandas as pd
     cols = ["estimator", "class", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse",
@@ -217,7 +232,7 @@ def _cmd_validate(args) -> int:
     df = validate(args.estimator, problems=args.problems, batch=args.batch, trials=args.trials, seed=args.seed,
                   alpha=args.alpha)
     if args.json:
-        print(json.dumps({"estimator": df.attrs["estimator"], "passed": df.attrs["passed"], "alpha": df.attrs["alpha"],
+        _emit(json.dumps({"estimator": df.attrs["estimator"], "passed": df.attrs["passed"], "alpha": df.attrs["alpha"],
                           "correction": df.attrs["correction"], "references": df.attrs["references"],
                           "problems": [to_jsonable(r) for r in df.to_dict(orient="records")]}))
     else:
@@ -257,7 +272,7 @@ def _cmd_compare(args) -> int:
     from pgbench.reports.compare import compare, format_compare
     df = compare(args.run_a, args.run_b)
     if args.json:
-        print(df.to_json(orient="records"))
+        _emit(df.to_json(orient="records"))
     else:
         print(format_compare(df))
     return 0
@@ -277,9 +292,9 @@ def _cmd_bench(args) -> int:
     if getattr(args, "end_to_end", False):
         from pgbench.bench import format_end_to_end, run_end_to_end
         r["end_to_end"] = run_end_to_end(quick=args.quick)
-        print(json.dumps(to_jsonable(r)) if args.json else format_bench(r) + "\n" + format_end_to_end(r["end_to_end"]))
+        _emit(json.dumps(to_jsonable(r))) if args.json else print(format_bench(r) + "\n" + format_end_to_end(r["end_to_end"]))
         return 0
-    print(json.dumps(to_jsonable(r)) if args.json else format_bench(r))
+    _emit(json.dumps(to_jsonable(r))) if args.json else print(format_bench(r))
     return 0
 
 
@@ -287,6 +302,51 @@ def _add_import(p) -> None:
     """``--import``, shared by the commands that take estimator names (run before the command)."""
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
                    help="import a module or .py file first (e.g. one registering user estimators; repeatable)")
+
+
+_JSON_OUT = None
+"""Where ``--json`` output goes: the real standard output, which user code (plug-ins, policies,
+numba functions that print) cannot write into while it runs (their output goes to stderr)."""
+
+
+def _emit(text: str) -> None:
+    """Print one JSON document to the real standard output."""
+    out = _JSON_OUT if _JSON_OUT is not None else sys.stdout
+    out.write(text + "\n")
+    out.flush()
+
+
+@contextlib.contextmanager
+def _json_channel(active: bool):
+    """With ``--json``: the command's standard output is kept for the JSON alone; anything else
+    written to stdout meanwhile (``print`` in a plug-in, C-level writes to file descriptor 1)
+    goes to stderr."""
+    global _JSON_OUT
+    if not active:
+        yield
+        return
+    saved_sys, real_fd, stream = sys.stdout, None, sys.stdout
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured in a test, a notebook)
+        fd = None
+    if fd == 1:
+        sys.stdout.flush()
+        real_fd = os.dup(1)
+        stream = os.fdopen(os.dup(real_fd), "w", encoding=getattr(saved_sys, "encoding", None) or "utf-8")
+        os.dup2(2, 1)
+    _JSON_OUT, sys.stdout = stream, sys.stderr
+    try:
+        yield
+    finally:
+        _JSON_OUT, sys.stdout = None, saved_sys
+        if real_fd is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+            os.dup2(real_fd, 1)
+            os.close(real_fd)
 
 
 def _import_plugins(args) -> None:
@@ -454,8 +514,9 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     def go() -> int:
-        _import_plugins(args)
-        return args.fn(args)
+        with _json_channel(bool(getattr(args, "json", False))):
+            _import_plugins(args)
+            return args.fn(args)
 
     if debug:
         return go()
@@ -472,6 +533,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("pgbench: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # user code that pgbench did not call by name (a thread, a callback)
+        print(f"pgbench: error: user code called sys.exit({exc.code!r}); the command did not finish",
+              file=sys.stderr)
+        return 1
     except MemoryError:
         print("pgbench: error: out of memory; lower the work (or PGBENCH_MAX_MEMORY, so that it is refused "
               "up front)", file=sys.stderr)

@@ -30,3 +30,12 @@ class RunLockedError(PGBenchError):
 
 class PGBenchWarning(UserWarning):
     """Something will work but costs more than one would expect (memory, time)."""
+
+
+def user_exit(where: str, exc: BaseException, when: str = "") -> PGBenchError:
+    """The error for user code (an estimator, a policy, a plug-in) that called ``sys.exit``: it
+    must return its output, not end pgbench (whose output would then be missing with status 0).
+    ``os._exit`` ends the process at once and cannot be caught."""
+    code = getattr(exc, "code", None)
+    return PGBenchError(f"{where} called sys.exit({code!r}){when}; user code must return (or raise), "
+                        f"not end the process")

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from pgbench.threads import keeps_thread_settings
-from pgbench.errors import PGBenchError
+from pgbench.errors import PGBenchError, user_exit
 from pgbench.stats.metrics import MIN_OBSERVED, bootstrap_max_t  # noqa: F401  (re-exported)
 
 __all__ = ["PANEL", "PanelProblem", "REFERENCES", "validate", "holm", "bootstrap_max_t", "calibration",
@@ -133,6 +133,9 @@ def import_plugin(target: str):
         except Exception as exc:
             sys.modules.pop(name, None)
             raise PGBenchError(f"importing {target} failed: {type(exc).__name__}: {exc}") from None
+        except SystemExit as exc:
+            sys.modules.pop(name, None)
+            raise user_exit(f"importing {target}", exc) from None
         return module
     try:
         return importlib.import_module(target)
@@ -140,6 +143,8 @@ def import_plugin(target: str):
         raise
     except Exception as exc:
         raise PGBenchError(f"importing {target} failed: {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:
+        raise user_exit(f"importing {target}", exc) from None
 
 
 def _check_alpha(alpha) -> float:

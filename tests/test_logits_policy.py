@@ -129,10 +129,9 @@ def test_bad_logits_functions_are_refused(logits, vjp, match):
 
 
 def test_bad_vjp_is_refused():
-    pol = LogitsPolicy(lambda t: t.reshape(2, 2), lambda t, c: np.zeros(3), np.zeros(4))
-    prob = make("garnet:S=2,A=2,b=2,seed=0")
-    with pytest.raises(PGBenchError, match="vjp returned 3 numbers, expected 4"):
-        exact(prob, policy=pol)
+    with pytest.raises(PGBenchError, match="vjp returned 3 numbers, expected 4"):  # checked when made
+        LogitsPolicy(lambda t: t.reshape(2, 2), lambda t, c: np.zeros(3), np.zeros(4))
+    pol = LogitsPolicy(lambda t: t.reshape(2, 2), lambda t, c: np.asarray(c).reshape(-1), np.zeros(4))
     with pytest.raises(PGBenchError, match="S=2, A=2"):
         exact(make("garnet:S=3,A=2,b=2,seed=0"), policy=pol)
 

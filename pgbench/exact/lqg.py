@@ -83,6 +83,11 @@ def _parts(problem: LQGProblem, theta):
 def exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> LQGGroundTruth:
     """Exact J, gradient and Fisher at theta. ``horizon``: override (e.g. the sampling cap of an
     unbounded problem); the default -1 uses the problem's."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused in one line, with its reason
+        return _exact_lqg(problem, theta, horizon)
+
+
+def _exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> LQGGroundTruth:
     T = problem.horizon if horizon == -1 else horizon
     K, sigma, F, D, E, Qk, M0 = _parts(problem, theta)
     g = problem.gamma
@@ -102,7 +107,9 @@ def exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> L
         gK = -2.0 * (R @ K + g * B.T @ P @ F) @ Mbar
         gS = -2.0 * np.diag(H) * sigma ** 2 / (1.0 - g)
         J = -(float(np.trace(P @ M0)) + c)
-        return LQGGroundTruth(J, np.concatenate([gK.reshape(-1), gS]), P[None], np.array([c]), Mbar,
+        grad = np.concatenate([gK.reshape(-1), gS])
+        _require_finite(problem, J, grad, F, g, None)
+        return LQGGroundTruth(J, grad, P[None], np.array([c]), Mbar,
                               1.0 / (1.0 - g), sigma, None)
     if T > STEP_LIMIT:
         raise ResourceLimitError(f"lqg: horizon {T} is beyond {STEP_LIMIT} steps: the exact recursion loops over "
@@ -132,7 +139,27 @@ def exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> L
     weight = float(sum(g ** t for t in range(T))) if g < 1.0 else float(T)
     J = -(float(np.trace(P[0] @ M0)) + c[0])
     grad = np.concatenate([(-2.0 * gK).reshape(-1), -2.0 * gS * sigma ** 2])
+    _require_finite(problem, J, grad, F, g, T)
     return LQGGroundTruth(J, grad, P, c, Mbar, weight, sigma, T)
+
+
+def _require_finite(problem, J: float, grad: np.ndarray, F: np.ndarray, g: float, T) -> None:
+    """Refuse an exact J or gradient that overflowed (an unstable closed loop over a long horizon,
+    a huge mu0, Sigma0 or sigma), naming the likely reason: inf and NaN are no exact values."""
+    if math.isfinite(J) and np.all(np.isfinite(grad)):
+        return
+    with np.errstate(all="ignore"):
+        try:
+            rho = float(np.abs(np.linalg.eigvals(math.sqrt(g) * F)).max())
+        except (np.linalg.LinAlgError, ValueError):
+            rho = math.inf
+    if T is not None and rho > 1.0:
+        why = (f"the discounted closed loop sqrt(gamma) (A + B K) is unstable (spectral radius {rho:.4g}) and "
+               f"the state's second moment grows past the largest float over the {T} steps; use a shorter "
+               f"horizon or a stabilising K")
+    else:
+        why = "the magnitudes (mu0, Sigma0, Q, R, W, B, sigma) are too large for floats; rescale the problem"
+    raise PGBenchError(f"lqg: the exact J or gradient of {problem.name} is not finite: {why}")
 
 
 def sampling_cap(problem: LQGProblem, theta=None) -> int:

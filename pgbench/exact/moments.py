@@ -106,7 +106,13 @@ def count_batches(n_traj: float, N: int) -> float:
     """Multisets of N trajectories out of n: ``C(n + N - 1, N)``."""
     if not math.isfinite(n_traj):
         return math.inf
-    return float(math.comb(int(n_traj) + N - 1, N))
+    n, N = int(n_traj), int(N)
+    if n <= 0 or N <= 0:
+        return float(N == 0)
+    # log C(n + N - 1, N) first: the integer itself can have thousands of digits (no float holds it)
+    if math.lgamma(n + N) - math.lgamma(N + 1) - math.lgamma(n) > 700.0:
+        return math.inf
+    return float(math.comb(n + N - 1, N))
 
 
 # ----------------------------------------------------------------------------------------------- listing

@@ -145,7 +145,7 @@ class GroundTruth:
 
     @property
     def grad_norm(self) -> float:
-        return float(np.linalg.norm(self.grad))
+        return safe_norm(self.grad)
 
     @property
     def score_weights(self) -> np.ndarray:
@@ -174,6 +174,16 @@ class GroundTruth:
         return self._cache["nat"]
 
 
+def safe_norm(x) -> float:
+    """``||x||_2``, computed as ``m ||x / m||`` (m the largest magnitude) when the squares
+    overflow: a gradient of 1e200 has a finite norm."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    with np.errstate(over="ignore"):
+        n = float(np.linalg.norm(x))
+    if not np.isfinite(n) and np.all(np.isfinite(x)):
+        m = float(np.abs(x).max())
+        n = m * float(np.linalg.norm(x / m))
+    return n
 
 
 def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:

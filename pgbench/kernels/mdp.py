@@ -568,13 +568,25 @@ def user_kernel(fn, with_end: bool = False):
             buf_s = np.empty(cap + 1, np.int64)
             buf_a = np.empty(cap, np.int64)
             buf_r = np.empty(cap)
+            # the user's function gets copies of the episode (what it writes there cannot move the
+            # weights below) and a psi zeroed per episode (an entry it leaves unwritten is 0, as in
+            # the exact enumeration, not the previous episode's value)
+            u_s = np.empty(cap + 1, np.int64)
+            u_a = np.empty(cap, np.int64)
+            u_r = np.empty(cap)
             psi = np.zeros(cap)
             for i in range(c * per, min(N, (c + 1) * per)):
                 s0, s1 = stream(seed, cell, np.uint64(trial), np.uint64(i))
                 L, u_geo, s0, s1 = _rollout(s0, s1, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                                              step_r, noise_kind, noise_scale, cap, buf_s, buf_a, buf_r)
                 end = END_TERMINAL if (L > 0 and terminal[buf_s[L]]) else cut
-                call(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi, end)
+                for t in range(L):
+                    u_s[t] = buf_s[t]
+                    u_a[t] = buf_a[t]
+                    u_r[t] = buf_r[t]
+                    psi[t] = 0.0
+                u_s[L] = buf_s[L]
+                call(u_s, u_a, u_r, L, gamma, pi, Vtab, Qtab, psi, end)
                 for t in range(L):
                     outC[item, 0, buf_s[t], buf_a[t]] += psi[t]
         return outC

@@ -8,9 +8,11 @@ one compiled call, each trial's steps added in a fixed order (``np.bincount``'s)
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from pgbench.errors import PGBenchError
+from pgbench.errors import PGBenchError, user_exit
 from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, WatchedBatch, as_array
 from pgbench.kernels import groups as KG
 from pgbench.kernels import mdp as K_
@@ -54,6 +56,13 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     v = x.view()
     v.setflags(write=False)
     return v
+
+
+def _frozen_copy(x: np.ndarray) -> np.ndarray:
+    """A read-only copy: what the engine goes on using (theta) is never the array user code holds."""
+    c = np.array(x, dtype=np.float64)
+    c.setflags(write=False)
+    return c
 
 
 def batch_function(spec):
@@ -153,14 +162,15 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
     gidx = _read_only(np.arange(N) // (group or 1)) if group is not None else None
     ref = getattr(problem, "theta_ref", None)
-    trials = _Trials(gamma=t.gamma, pi=_read_only(t.pi), V=_read_only(V), Q=_read_only(Q), theta=th,
+    trials = _Trials(gamma=t.gamma, pi=_read_only(t.pi), V=_read_only(V), Q=_read_only(Q), theta=_frozen_copy(th),
                      policy=problem.policy, horizon=horizon, group=gidx, theta_ref=ref,
                      log_pi_ref=_read_only(problem.log_pi_ref()) if ref is not None else None)
     block = block_size(N, t.cap, K)
     psi = np.empty((block, N, t.cap)) if want_psi else None
     for k0, states, actions, rewards, lengths, term in episode_blocks(t, seed64, cell64, N, K, block, group):
         nb = states.shape[0]
-        trunc = ~term
+        trunc = _read_only(~term)
+        term = _read_only(term)
         b = 0
         try:
             for b in range(nb):
@@ -173,6 +183,8 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
                 except Exception as exc:
                     exc.add_note(f"raised by {where} (trial {k0 + b})")
                     raise
+                except SystemExit as exc:
+                    raise user_exit(where, exc, f" in trial {k0 + b}") from None
                 if first:  # the oracle fields the user's function read: its class (oracle or not) follows
                     watch.seen.update(batch.__dict__.get("_seen", ()))
                 if want_psi:  # the steps past L are past every episode's end: psi_weights never reads them
@@ -225,6 +237,18 @@ def _padded(tr, idx, cap, R, terminal):
     return states, actions, rewards, lengths, term
 
 
+def _too_many(n: float, k: int, limit: float) -> bool:
+    """``n ** k > limit`` without forming ``n ** k`` when it is far beyond the limit (a float power
+    overflows at common batch sizes: 10 trajectories, N = 400)."""
+    if not math.isfinite(n):
+        return True
+    if n <= 1.0:
+        return False
+    if k * math.log(n) > math.log(max(limit, 1.0)) + 1.0:
+        return True
+    return n ** k > limit
+
+
 def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_EXACT_LIMIT):
     """``(mean, variance, mse)`` of a user estimator (per-episode numba or Python batch) at batch
     size N, exactly, by listing every trajectory (per-episode: N = 1, then Var / N) or every ordered
@@ -243,7 +267,7 @@ def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_
         return None
     n_listed = 1 if code == USER_CODE else batch
     n = count_trajectories(problem, stop_above=limit)
-    if n ** n_listed > limit:
+    if _too_many(n, n_listed, limit):
         return None
     th = problem.resolve_theta(theta)
     gt = exact(problem, th)
@@ -264,7 +288,10 @@ def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_
         for i in range(len(tr)):
             L = int(lengths[i])
             psi[:] = 0.0
-            args = (states[i], actions[i], rewards[i], L, gt.problem.mdp.gamma, pi, V, Q, psi)
+            # copies and read-only tables: what the user's function writes cannot change what is
+            # contracted below or the next trajectory's inputs
+            args = (states[i].copy(), actions[i].copy(), rewards[i].copy(), L, gt.problem.mdp.gamma,
+                    _read_only(pi), _read_only(V), _read_only(Q), psi)
             user.fn(*args, *((0 if term[i] else cut,) if user.with_end else ()))
             C = np.zeros((S, A))
             np.add.at(C, (states[i, :L], actions[i, :L]), psi[:L])
@@ -295,11 +322,17 @@ def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_
 def _evaluate_once(spec, problem, th, pi, V, Q, states, actions, rewards, lengths, term, gamma, horizon):
     """One batch's estimate (d,) from a Python batch estimator, as :func:`run_batch` computes it."""
     fn, returns = batch_function(spec)
-    batch = Batch(states=states, actions=actions, rewards=rewards, lengths=lengths, terminated=term,
-                  truncated=~term, gamma=gamma, pi=pi, V=V, Q=Q, theta=th, policy=problem.policy, horizon=horizon).trim()
+    ro = _read_only
+    batch = Batch(states=ro(states), actions=ro(actions), rewards=ro(rewards), lengths=ro(lengths), terminated=ro(term),
+                  truncated=ro(~term), gamma=gamma, pi=ro(pi), V=ro(V), Q=ro(Q), theta=_frozen_copy(th),
+                  policy=problem.policy, horizon=horizon).trim()
     states, actions = batch.states, batch.actions
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
-    out = checked_output(fn(batch), returns, actions.shape, int(th.size), where, 0)
+    try:
+        res = fn(batch)
+    except SystemExit as exc:
+        raise user_exit(where, exc) from None
+    out = checked_output(res, returns, actions.shape, int(th.size), where, 0)
     if returns == "grad":
         return out
     C = np.zeros((1,) + pi.shape)

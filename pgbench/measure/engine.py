@@ -419,11 +419,18 @@ def _run_user(spec: EstimatorSpec, t: Tables, V, Q, seed64, cell64, N: int, K: i
     user = USER_ESTIMATORS[spec.name]
     kern = K_.user_kernel(user.fn, user.with_end)
     out = np.zeros((K, t.pi.shape[0], t.pi.shape[1]))
-    args = (*t.sampler(), t.gamma, t.cap, t.pi, V, Q, t.terminal, K_.END_HORIZON if t.finite else K_.END_CAP)
+    # pi, V and Q read-only: a function that writes into them is refused when compiled
+    ro = [x.view() for x in (t.pi, np.asarray(V), np.asarray(Q))]
+    for x in ro:
+        x.setflags(write=False)
+    args = (*t.sampler(), t.gamma, t.cap, *ro, t.terminal, K_.END_HORIZON if t.finite else K_.END_CAP)
     z = np.zeros((0, 1) + t.pi.shape)
     try:
         kern(seed64, cell64, 0, 0, 1, 1, *args, z)  # compile outside the loop, with a clear error
     except Exception as exc:
+        if "readonly array" in str(exc):
+            raise PGBenchError(f"user estimator {spec.name!r} writes into pi, V or Q, which are read-only: "
+                               f"write only psi") from None
         raise PGBenchError(f"user estimator {spec.name!r} failed to compile or run with the documented "
                            f"signature (states, actions, rewards, L, gamma, pi, V, Q, psi[, end]): {exc}") from None
     block = max(1, min(K, ITEM_MEMORY_BUDGET // max(1, n_chunks * t.pi.size * 8)))

@@ -12,7 +12,7 @@ import numpy as np
 
 from pgbench import inputs
 from pgbench.arrays import as_array
-from pgbench.errors import PGBenchError
+from pgbench.errors import PGBenchError, user_exit
 
 
 def softmax_rows(logits: np.ndarray) -> np.ndarray:
@@ -247,17 +247,60 @@ class LogitsPolicy(SoftmaxPolicy):
         self._shape = th.shape
         th.setflags(write=False)
         self.theta = th
-        out = self._call(self._logits_fn, "logits", th)
+        out = self._call(self._logits_fn, "logits", th.copy())
         if out.ndim != 2 or min(out.shape) < 1:
             raise PGBenchError(f"policy {self.name!r}: logits(theta) must be an (S, A) array; got shape {out.shape}")
         self.S, self.A = out.shape
+        self._check_functions(out)
+
+    FD_RTOL = 1e-2
+    """The vjp's directional derivatives must match logits' central differences to 1% (a step of
+    1e-3 relative to theta: float32 networks pass, a vjp off by a factor or transposed does not)."""
+
+    def _check_functions(self, first: np.ndarray) -> None:
+        """Once per policy, at its default theta: logits gives the same numbers twice, and
+        ``<vjp(theta, c), v>`` agrees with ``<c, (logits(theta + h v) - logits(theta - h v)) / 2h>``
+        for a random cotangent c and two directions v (the vjp's own and a random one). A wrong
+        vjp would make every exact gradient wrong; changing logits would make J a random number."""
+        th = self.theta
+        again = self.logits(th)
+        scale = max(1.0, float(np.abs(first).max()))
+        drift = float(np.abs(again - first).max())
+        if drift > 1e-9 * scale:
+            raise PGBenchError(f"policy {self.name!r}: logits(theta) is not repeatable: two calls at the same "
+                               f"theta differ by {drift:.3g} (max abs); exact values need a deterministic function")
+        rng = np.random.default_rng(20231)
+        c = rng.standard_normal(first.shape)
+        g = self.vjp(th, c).reshape(-1)
+        h = 1e-3 * max(1.0, float(np.abs(th).max()))
+        dirs = [rng.standard_normal(th.size)]
+        if np.any(g != 0.0):
+            dirs.insert(0, g)
+        for v in dirs:
+            v = v / np.linalg.norm(v)
+            step = (h * v).reshape(self._shape)
+            with np.errstate(over="ignore", invalid="ignore"):
+                fd = float(np.sum(c * (self.logits(th + step) - self.logits(th - step)))) / (2 * h)
+            an = float(g @ v)
+            err = abs(an - fd)
+            floor = 1e-7 * float(np.linalg.norm(c)) * max(float(np.linalg.norm(g)), abs(fd), 1e-300)
+            if not err <= self.FD_RTOL * max(abs(an), abs(fd)) + floor:
+                rel = err / max(abs(an), abs(fd), 1e-300)
+                raise PGBenchError(
+                    f"policy {self.name!r}: vjp disagrees with logits: along a direction of theta the vjp gives "
+                    f"the derivative {an:.6g} and a central difference of logits {fd:.6g} (off by {rel:.0%}); "
+                    f"vjp(theta, c) must be (d logits / d theta)^T c")
 
     @property
     def theta_shape(self) -> tuple:
         return self._shape
 
     def _call(self, fn, what: str, *args) -> np.ndarray:
-        arr = as_array(fn(*args))
+        try:
+            res = fn(*args)
+        except SystemExit as exc:
+            raise user_exit(f"policy {self.name!r}: {what}", exc) from None
+        arr = as_array(res)
         if arr is None:
             raise PGBenchError(f"policy {self.name!r}: {what} did not return an array")
         if not np.all(np.isfinite(arr)):
@@ -265,14 +308,16 @@ class LogitsPolicy(SoftmaxPolicy):
         return arr
 
     def logits(self, theta) -> np.ndarray:
-        out = self._call(self._logits_fn, "logits", self.check_theta(theta))
+        out = self._call(self._logits_fn, "logits", self.check_theta(theta).copy())  # a copy: ours stays intact
         if out.shape != (self.S, self.A):
             raise PGBenchError(f"policy {self.name!r}: logits(theta) has shape {out.shape}, expected {(self.S, self.A)}")
         return out
 
     def vjp(self, theta, c) -> np.ndarray:
         """``(d logits / d theta)^T c``, shaped like theta."""
-        out = self._call(self._vjp_fn, "vjp", self.check_theta(theta), np.ascontiguousarray(c, dtype=np.float64))
+        # copies: a vjp that writes into its arguments must not change ours (one cotangent is reused
+        # for every (s, a) of the score table)
+        out = self._call(self._vjp_fn, "vjp", self.check_theta(theta).copy(), np.array(c, dtype=np.float64))
         if out.size != self.dim:
             raise PGBenchError(f"policy {self.name!r}: vjp returned {out.size} numbers, expected {self.dim}")
         return out.reshape(self._shape)

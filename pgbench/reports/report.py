@@ -588,6 +588,11 @@ class _Renderer:
         self.pool = None
 
     def submit(self, fn, args, kwargs):
+        from pgbench.children import safe_path
+        with safe_path():  # the pool's processes (workers spawned on demand, the resource tracker)
+            return self._submit(fn, args, kwargs)  # never import from the working directory
+
+    def _submit(self, fn, args, kwargs):
         if self.workers > 1 and self.pool is None:
             try:
                 import multiprocessing

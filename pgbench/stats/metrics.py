@@ -555,6 +555,43 @@ def bootstrap_max_t(X, target, reference=None, B: int = 1999, seed: int = 0, rto
 # public API
 
 
+MAGNITUDE_RANGE = (1e-20, 1e20)
+"""Trials and exact gradients whose largest magnitude lies outside this range are summarised in
+units of a power of two near it (exact: no rounding) and the results scaled back: the statistics
+take fourth and sixth powers of the spreads (cumulants of ``||b||^2``, the spread of squared
+errors), which overflow from about 1e25 and underflow below about 1e-25. Inside the range
+nothing is scaled, so ordinary cells keep their bits."""
+
+_LINEAR = ("mean", "mean_se", "bias", "grad_norm", "unobserved_grad_norm", "bias_norm", "bias_norm_se",
+           "bias_norm_ci", "mean_diff", "mean_diff_norm")
+_QUADRATIC = ("variance", "variance_se", "variance_ci", "mse", "mse_se", "mse_ci", "mse_a", "mse_b", "mse_diff",
+              "mse_diff_se", "mse_diff_ci", "variance_a", "variance_b")
+
+
+def _magnitude_unit(*arrays: np.ndarray) -> float:
+    """1.0 for ordinary magnitudes, else the power of two at or above the largest magnitude."""
+    M = 0.0
+    for a in arrays:
+        if a.size:
+            M = max(M, float(a.max()), -float(a.min()))
+    lo, hi = MAGNITUDE_RANGE
+    if M == 0.0 or lo <= M <= hi:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(M)[1])
+
+
+def _rescaled(out: dict, c: float) -> dict:
+    """Results computed in units of c, back in the original units (ratios, cosines, p-values
+    and ranks are scale-free)."""
+    for keys, f in ((_LINEAR, c), (_QUADRATIC, c * c)):
+        for k in keys:
+            if k in out:
+                v = out[k]
+                out[k] = tuple(float(x) * f for x in v) if isinstance(v, tuple) else (
+                    v * f if isinstance(v, np.ndarray) else float(v) * f)
+    return out
+
+
 @blas_single_threaded
 def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
               rtol: float = DEFAULT_RTOL, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
@@ -588,6 +625,9 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     X = _check_samples(samples)
     K, d = X.shape
     g = _check_exact(exact, np.shape(samples)[1:], d)
+    c = _magnitude_unit(X, g)
+    if c != 1.0:  # far from 1: in units of c (module MAGNITUDE_RANGE)
+        return _rescaled(summarize(X / c, g / c, level=level, rtol=rtol, bootstrap=bootstrap, seed=seed), c)
 
     # per-column and per-trial sums in compiled loops: no K x d temporary, no per-trial array
     X = np.ascontiguousarray(X)
@@ -725,6 +765,9 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
                            f"got {shape_a} and {shape_b}")
     K, d = A.shape
     g = _check_exact(exact, shape_a[1:], d)
+    c = _magnitude_unit(A, B, g)
+    if c != 1.0:  # far from 1: in units of c (module MAGNITUDE_RANGE)
+        return _rescaled(paired(A / c, B / c, g / c, level=level, rtol=rtol), c)
     z = _z(level)
 
     A, B = np.ascontiguousarray(A), np.ascontiguousarray(B)

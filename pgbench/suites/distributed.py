@@ -58,8 +58,10 @@ def make_executor(kind: str, scheduler: str | None = None, workers: int = 2, thr
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise PGBenchError(f"--workers must be an integer >= 1 (a cluster with no worker never finishes); "
                                f"got {workers!r}")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+        from pgbench.children import safe_path
+        with safe_path():  # the workers' processes do not import from the working directory
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None)
         return DaskExecutor(Client(cluster), cluster, threads_per_cell)
     raise PGBenchError(f"unknown executor {kind!r}; choose local, dask or dask-local")
 

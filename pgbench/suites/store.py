@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import stat
 import subprocess
 import tempfile
 import time
@@ -207,13 +208,13 @@ class RunLock:
     def acquire(self) -> "RunLock":
         os.makedirs(self.dir, exist_ok=True)
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open()
             try:
                 if not self._lock(fd):
                     raise RunLockedError(f"{self.dir} is being written by another run ({self._holder(fd)}); wait "
                                          f"for it to finish, or choose another directory")
                 try:
-                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                    same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
                 except FileNotFoundError:
                     same = False
                 if not same:  # the holder released and removed it between our open and lock: retry
@@ -223,8 +224,10 @@ class RunLock:
                 if previous:
                     self.took_over = previous
                 os.ftruncate(fd, 0)
-                os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
-                                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+                # at offset 0: after reading the old holder the offset is past the new end, and a
+                # write there would pad the file with NULs (and hide this holder from later refusals)
+                os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
+                                          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
                 os.fsync(fd)
                 self.fd = fd
                 return self
@@ -233,6 +236,26 @@ class RunLock:
                     os.close(fd)
                 raise
         raise RunLockedError(f"cannot lock {self.dir}: its lock file keeps changing")
+
+    def _open(self) -> int:
+        """The lock file, opened without following a link: a ``.lock`` planted as a symbolic link
+        (or a FIFO, a directory) must not make this run truncate and write whatever it names."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        why = None
+        try:
+            fd = os.open(self.path, flags, 0o666)
+        except OSError as exc:
+            fd, why = None, f"unusable as a lock file ({exc.strerror or exc})"
+        if fd is not None:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+        if os.path.islink(self.path):
+            why = f"a symbolic link to {os.readlink(self.path)!r}"
+        elif os.path.lexists(self.path) and not os.path.isfile(self.path):
+            why = "not a regular file"
+        raise RunLockedError(f"cannot lock {self.dir}: {self.path} is {why or 'not a regular file'}, not a lock "
+                             f"file pgbench wrote; remove it, or choose another directory")
 
     def _lock(self, fd: int) -> bool:
         try:

@@ -33,10 +33,9 @@ def compile_exact() -> None:
 def _start() -> Optional[subprocess.Popen]:
     import pgbench
     root = os.path.dirname(os.path.dirname(os.path.abspath(pgbench.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        return subprocess.Popen([sys.executable, "-m", "pgbench.suites.warmup"], env=env,
+    from pgbench.children import child_env
+    try:  # -P: the working directory is not put on the child's sys.path (a numpy.py there must not run)
+        return subprocess.Popen([sys.executable, "-P", "-m", "pgbench.suites.warmup"], env=child_env(root),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
