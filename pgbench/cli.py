@@ -84,12 +84,21 @@ def _policy_arg(prob, target):
     path, sep, name = (target or "").rpartition(":")
     if not sep or not path or not name:
         raise PGBenchError(f"--policy takes FILE.py:NAME (a LogitsPolicy or a function of the problem); got {target!r}")
+    if getattr(prob, "kind", None) != "mdp" or not hasattr(prob, "with_policy"):
+        raise PGBenchError(f"--policy replaces the softmax policy of an MDP problem; {prob.name!r} is a "
+                           f"{getattr(prob, 'kind', 'non-MDP')} problem with its own parameterisation (use --theta)")
     module = import_plugin(path)
     if not hasattr(module, name):
         raise PGBenchError(f"{path} defines no {name!r}")
     pol = getattr(module, name)
     if callable(pol) and not hasattr(pol, "probs"):
-        pol = pol(prob)
+        try:
+            pol = pol(prob)
+        except PGBenchError:
+            raise
+        except Exception as exc:  # the user's function: named, on one line
+            exc.add_note(f"raised by --policy {target} (called with the problem)")
+            raise
     return prob.with_policy(pol)
 
 

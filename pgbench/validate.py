@@ -118,9 +118,12 @@ def import_plugin(target: str):
     import importlib.util
     import os
     import sys
-    if target.endswith(".py") or os.path.sep in target:
+    if target.endswith(".py") or os.path.sep in target or (os.path.altsep or os.path.sep) in target \
+            or os.path.isfile(target):
         if not os.path.isfile(target):
             raise PGBenchError(f"cannot import {target}: no such file")
+        if not target.endswith(".py"):
+            raise PGBenchError(f"cannot import {target}: a plug-in is a Python file (.py) or a module name")
         name = "pgbench_plugin_" + os.path.splitext(os.path.basename(target))[0]
         spec = importlib.util.spec_from_file_location(name, target)
         module = importlib.util.module_from_spec(spec)
@@ -214,6 +217,7 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
         ``estimator``, ``references``.
     """
     from pgbench.estimators.catalogue import parse
+    from pgbench.estimators.user import bounds_checked
     from pgbench.measure import metrics
     from pgbench.measure.measure import run_cell
 
@@ -239,7 +243,8 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
                     names.append(rs)
                 ref_labels.append(rs.label)
         t0 = time.perf_counter()
-        cell = run_cell(prob, names, batch, trials, seed=seed, exact=False)
+        with bounds_checked():  # a user's numba function writing out of range: an error, not a crash
+            cell = run_cell(prob, names, batch, trials, seed=seed, exact=False)
         secs = time.perf_counter() - t0
         est = cell.estimates[:, 0, :]
         labels = [s.label for s in cell.specs]

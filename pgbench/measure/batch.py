@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from pgbench.errors import PGBenchError
-from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, as_array
+from pgbench.arrays import real_output
+from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch
 from pgbench.kernels import mdp as K_
 
 BLOCK_BYTES = 4 * 2 ** 20
@@ -62,9 +63,7 @@ def checked_output(res, returns: str, shape: tuple, d: int, where: str, k: int) 
     """The user's output as a float64 array after checking its type and shape: psi (N, T), or
     the gradient (d,) (also checked finite; psi's finiteness is checked on the steps taken, by
     :func:`psi_weights`)."""
-    arr = as_array(res)
-    if arr is None:
-        raise PGBenchError(f"{where} returned {type(res).__name__}, not an array")
+    arr = real_output(res, where)
     if returns == "psi":
         if arr.shape != shape:
             raise PGBenchError(f"{where} returned psi of shape {arr.shape}; expected (N, T) = {shape}")
