@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from pgbench.errors import PGBenchError
-from pgbench.suites.store import FORMAT_VERSION, atomic_write_bytes, atomic_write_text, check_cell, read_json
+from pgbench.suites.store import (FORMAT_VERSION, atomic_write_bytes, atomic_write_text, check_cell,
+                                  check_cell_content, check_meta, read_json, warn_unchecksummed)
 
 ALPHA = 1e-3
 """Level of the per-estimator test of ``mean = exact gradient`` behind the verdicts."""
@@ -67,16 +68,20 @@ def load_run(run_dir) -> tuple[dict, list[dict]]:
         raise PGBenchError(f"{meta_path} has format {meta.get('format')!r}; this pgbench reads {FORMAT_VERSION}")
     if not isinstance(meta.get("suites", []), list):
         raise PGBenchError(f"malformed {meta_path}: 'suites' must be a list of suite ids")
+    check_meta(meta, meta_path)  # provenance present and an object
     cells_dir = os.path.join(path, "cells")
     cells = []
     if os.path.isdir(cells_dir):
         for f in sorted(os.listdir(cells_dir)):
             if f.endswith(".json") and not f.startswith(".tmp-"):
                 rec = _check_cell(read_json(os.path.join(cells_dir, f)), os.path.join(cells_dir, f))
+                check_cell_content(meta, rec, os.path.join(cells_dir, f))  # checksum, no NaN
                 check_cell(meta, rec, os.path.join(cells_dir, f))  # provenance: no cell of another run
                 cells.append(rec)
     elif os.path.exists(cells_dir):
         raise PGBenchError(f"malformed run directory {path}: 'cells' is not a directory")
+    if cells and not meta.get("checksums"):
+        warn_unchecksummed(path)
     return meta, cells
 
 
