@@ -401,10 +401,23 @@ def main(argv=None) -> int:
 
     if debug:
         return go()
+    # numpy's floating-point RuntimeWarnings (overflow, invalid value) are held back until the
+    # command succeeds: a refusal is one line, not the warnings of the arithmetic that led to it
+    held: list = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RuntimeWarning):
+            held.append((message, category, filename, lineno))
+        else:
+            _show_warning(message, category, filename, lineno)
+
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
-            return go()
+            warnings.showwarning = show
+            rc = go()
+        for w in dict.fromkeys((str(m), c) for m, c, _, _ in held):  # each distinct warning once
+            _show_warning(w[0], w[1], "", 0)
+        return rc
     except PGBenchError as exc:
         print(f"pgbench: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_status

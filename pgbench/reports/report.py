@@ -75,8 +75,8 @@ def load_run(run_dir) -> tuple[dict, list[dict]]:
         for f in sorted(os.listdir(cells_dir)):
             if f.endswith(".json") and not f.startswith(".tmp-"):
                 rec = _check_cell(read_json(os.path.join(cells_dir, f)), os.path.join(cells_dir, f))
-                check_cell_content(meta, rec, os.path.join(cells_dir, f))  # checksum, no NaN
                 check_cell(meta, rec, os.path.join(cells_dir, f))  # provenance: no cell of another run
+                check_cell_content(meta, rec, os.path.join(cells_dir, f))  # checksum, no NaN
                 cells.append(rec)
     elif os.path.exists(cells_dir):
         raise PGBenchError(f"malformed run directory {path}: 'cells' is not a directory")
@@ -674,6 +674,24 @@ class _Done:
         return self.data
 
 
+PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a figure worker: end this process as soon as the ``pgbench report`` that started it is
+    gone (killed with SIGKILL it cannot stop its pool; a re-parented worker would otherwise draw
+    on for minutes). A daemon thread polls the parent pid."""
+    import threading
+
+    def watch():
+        import time
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pgbench-parent-watch", daemon=True).start()
+
+
 class _Renderer:
     """Draws figures while the tables are built: matplotlib's layout and rendering are most of a
     report's time (about 0.65 s a figure), and figures are independent, so they go to worker
@@ -691,7 +709,8 @@ class _Renderer:
             try:
                 import multiprocessing
                 from concurrent.futures import ProcessPoolExecutor
-                self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_exit_with_parent, initargs=(os.getpid(),))
             except (OSError, ImportError, NotImplementedError):  # no process pool here: draw in this process
                 self.workers = 1
         if self.pool is None:

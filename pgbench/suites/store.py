@@ -47,6 +47,10 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     readers see the old file or the new one, never a part."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
+    if os.path.islink(d) or os.path.islink(path):
+        # a planted link (figures -> elsewhere) would send the file into its target
+        raise PGBenchError(f"refusing to write {path}: {d if os.path.islink(d) else path} is a symbolic link "
+                           "(pgbench never writes through links in a run directory)")
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         if hasattr(os, "fchmod"):
@@ -145,12 +149,21 @@ def check_new_run_dir(path: str) -> None:
         raise PGBenchError(f"{path} already holds a run; use --resume to continue it or choose another --out")
     if os.path.exists(path) and not os.path.isdir(path):
         raise PGBenchError(f"--out {path} is a file, not a directory")
+    if os.path.islink(path):
+        raise PGBenchError(f"--out {path} is a symbolic link; give the directory itself (pgbench never writes "
+                           "through links)")
     cells = os.path.join(path, "cells")
     left = [f for f in LEFTOVERS if os.path.exists(os.path.join(path, f))
             and not (f == "cells" and os.path.isdir(cells) and not os.listdir(cells))]
     if left:
         raise ProvenanceError(f"{path} holds {', '.join(left)} but no meta.json: the remains of another run, not "
                               "one to continue; choose an empty --out")
+    others = sorted(f for f in (os.listdir(path) if os.path.isdir(path) else [])
+                    if f not in (RunLock.NAME, "cells"))
+    if others:  # the user's own files (paired.csv, report.html, figures/) would be overwritten
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise PGBenchError(f"--out {path} is a non-empty directory that is not a pgbench run (it holds {shown}); "
+                           "choose a new or empty directory")
 
 
 def current_provenance() -> dict:
@@ -449,6 +462,9 @@ class RunDir:
         rec = to_jsonable(record)
         if not isinstance(rec.get("provenance"), dict) and isinstance(meta.get("provenance"), dict):
             # a record this process made without provenance (tests, plug-ins): it is this run's
+            for key, mkey in (("seed", "seed"), ("quick", "quick"), ("K", "trials")):
+                if rec.get(key) is None and meta.get(mkey) is not None:
+                    rec[key] = meta[mkey]
             rec["provenance"] = {"suite": rec.get("suite"), "cell": rec.get("cell"), "seed": rec.get("seed"),
                                  "trials": rec.get("K"), "quick": rec.get("quick"), **meta["provenance"]}
         check_cell(meta, rec, path)
@@ -465,8 +481,8 @@ class RunDir:
             rec = read_json(path)
             if not isinstance(rec, dict):
                 raise PGBenchError(f"malformed cell record {path}: expected a JSON object")
+            check_cell(meta, rec, path)  # provenance first: the more specific message
             check_cell_content(meta, rec, path)
-            check_cell(meta, rec, path)
             out.append(rec)
         if out and not meta.get("checksums"):
             warn_unchecksummed(self.path)
