@@ -163,8 +163,10 @@ def _cmd_measure(args) -> int:
     if args.policy:
         prob = _policy_arg(prob, args.policy)
     theta = _theta_arg(prob, args.theta) if args.theta else None
-    df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
-                 proxy=args.proxy, backend=args.backend)
+    from pgbench.timeouts import time_limit
+    with time_limit(args.timeout, f"measure on {prob.name}"):
+        df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
+                     proxy=args.proxy, backend=args.backend)
     rows = [to_jsonable(r) for r in df.to_dict(orient="records")]
     if args.json:
         if args.proxy and "proxy" in df.attrs:
@@ -198,7 +200,7 @@ def _cmd_measure(args) -> int:
 def _cmd_validate(args) -> int:
     from pgbench.validate import format_validation, validate
     df = validate(args.estimator, problems=args.problems, batch=args.batch, trials=args.trials, seed=args.seed,
-                  alpha=args.alpha)
+                  alpha=args.alpha, timeout=args.timeout or None)
     if args.json:
         print(json.dumps({"estimator": df.attrs["estimator"], "passed": df.attrs["passed"], "alpha": df.attrs["alpha"],
                           "correction": df.attrs["correction"], "references": df.attrs["references"],
@@ -322,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
                     help="where episodes are sampled (default cpu; auto: CUDA when usable)")
     pm.add_argument("--json", action="store_true", help="print JSON: an object for one estimator, a list for several")
+    pm.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="stop the cell after this many seconds (a plug-in that hangs; default: no limit)")
     _add_import(pm)
     pm.add_argument("--policy", default=None, metavar="FILE.py:NAME",
                     help="sample from another policy on the problem's MDP (a LogitsPolicy, or a function of the problem)")
@@ -335,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     pv.add_argument("--alpha", type=float, default=0.05,
                     help="family-wise false-alarm rate over the panel (Holm; default 0.05)")
+    pv.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="stop a problem's cell after this many seconds (a plug-in that hangs; default 600; 0: none)")
     _add_import(pv)
     pv.add_argument("--json", action="store_true", help="print one JSON object with a row per problem")
     pv.set_defaults(fn=_cmd_validate)
@@ -384,7 +390,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"pgbench: warning: {_one_line(message)}", file=sys.stderr)
 
 
+def _check_threads() -> None:
+    """A plug-in's non-daemon thread would keep the process alive after the command: name it and
+    leave without waiting (the command line only; called in-process, main() returns as usual)."""
+    import threading
+    left = [t for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if left:
+        names = ", ".join(repr(t.name) for t in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        sys.stdout.flush()
+        print(f"pgbench: error: user code left {len(left)} non-daemon thread(s) running ({names}); pgbench does "
+              "not wait for them (make them daemon threads, or join them)", file=sys.stderr, flush=True)
+        os._exit(2)
+
+
 def main(argv=None) -> int:
+    command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("PGBENCH_DEBUG", "").strip() not in ("", "0")
     if "--debug" in argv[:argv.index("--")] if "--" in argv else "--debug" in argv:
@@ -397,7 +418,10 @@ def main(argv=None) -> int:
         return 0
     def go() -> int:
         _import_plugins(args)
-        return args.fn(args)
+        rc = args.fn(args)
+        if command_line:
+            _check_threads()
+        return rc
 
     if debug:
         return go()

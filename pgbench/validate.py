@@ -177,8 +177,13 @@ def _exact_bias(prob, spec, N: int, limit: int) -> float:
     return float(em.bias_norm[0])
 
 
+DEFAULT_TIMEOUT = 600.0
+"""Seconds one problem's cell may take in :func:`validate` before it is stopped (see :mod:`pgbench.timeouts`)."""
+
+
 def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int = DEFAULT_TRIALS, seed: int = 0,
-             alpha: float = 0.05, references=REFERENCES, exact_limit: int = 20_000) -> pd.DataFrame:
+             alpha: float = 0.05, references=REFERENCES, exact_limit: int = 20_000,
+             timeout: float | None = DEFAULT_TIMEOUT) -> pd.DataFrame:
     """Test ``estimator`` for unbiasedness on every problem of a panel; one row per problem.
 
     ``p_value`` is the verdict's p-value (:func:`pgbench.measure.metrics.verdict_p`, the policy
@@ -204,6 +209,11 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
     references
         Estimators measured on the same episodes, for the variance ratios (the first one
         also decides which coordinates the sampled episodes observe; see :func:`bootstrap_max_t`).
+    timeout
+        Seconds each problem's cell may run (default :data:`DEFAULT_TIMEOUT`; None: no limit):
+        a plug-in that hangs ends in a :class:`pgbench.timeouts.CellTimeout` naming the cell.
+        User numba functions are compiled with bounds checks here (an index out of range is an
+        error naming the estimator, not a crash).
 
     Returns
     -------
@@ -221,7 +231,9 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
     from pgbench.measure import metrics
     from pgbench.measure.measure import run_cell
 
+    from pgbench.timeouts import check_timeout, time_limit
     alpha = _check_alpha(alpha)
+    timeout = check_timeout(timeout, "timeout")
     panel = _panel(problems)
     rows = []
     refs_used: list = []
@@ -243,7 +255,8 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
                     names.append(rs)
                 ref_labels.append(rs.label)
         t0 = time.perf_counter()
-        with bounds_checked():  # a user's numba function writing out of range: an error, not a crash
+        with bounds_checked(), time_limit(timeout, f"validate {spec.label} on {pid}"):
+            # a user's numba function writing out of range: an error, not a crash
             cell = run_cell(prob, names, batch, trials, seed=seed, exact=False)
         secs = time.perf_counter() - t0
         est = cell.estimates[:, 0, :]

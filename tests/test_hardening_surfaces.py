@@ -373,3 +373,45 @@ def test_figure_workers_exit_when_report_is_killed(cheap_run, tmp_path):
     for k in left:  # ours: started by this test's report
         os.kill(k, signal.SIGKILL)
     assert not left, f"figure workers {left} outlived the killed report"
+
+
+# ------------------------------------------------------------------------ plug-ins that hang
+
+HANG = '''
+import time
+from pgbench.estimators import register_batch_estimator
+@register_batch_estimator("h2_sleeper", unbiased=True, replace=True)
+def h2_sleeper(batch):
+    time.sleep(3600)
+'''
+
+
+def test_a_plug_in_that_hangs_is_stopped_by_the_cell_timeout(capsys, tmp_path):
+    import time
+    (tmp_path / "hang.py").write_text(HANG)
+    t0 = time.perf_counter()
+    err = refused(capsys, "measure", "three_step_bandit", "-e", "h2_sleeper", "--import", str(tmp_path / "hang.py"),
+                  "-N", "2", "-K", "3", "--timeout", "1")
+    assert "time limit of 1 s" in err and time.perf_counter() - t0 < 120
+    err = refused(capsys, "validate", "h2_sleeper", "-p", "three_step_bandit", "-N", "2", "-K", "20",
+                  "--timeout", "1")
+    assert "validate h2_sleeper on three_step_bandit" in err
+    assert "timeout must be a positive" in refused(capsys, "validate", "h2_sleeper", "--timeout", "-3")
+
+
+def test_validate_has_a_default_timeout():
+    import inspect
+    from pgbench.validate import DEFAULT_TIMEOUT, validate
+    assert inspect.signature(validate).parameters["timeout"].default == DEFAULT_TIMEOUT > 0
+
+
+def test_a_plug_in_leaving_a_non_daemon_thread_does_not_hang_the_command(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "thr.py").write_text("import threading, time\n"
+                                     "threading.Thread(target=lambda: time.sleep(3600), name='plugin-worker').start()\n")
+    r = subprocess.run([sys.executable, "-m", "pgbench", "measure", "three_step_bandit", "-e", "reinforce", "-N", "2",
+                        "-K", "3", "--json", "--import", str(tmp_path / "thr.py")], capture_output=True, text=True,
+                       timeout=300, cwd=str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "non-daemon thread" in r.stderr and "'plugin-worker'" in r.stderr
