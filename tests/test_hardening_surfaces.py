@@ -415,3 +415,42 @@ def test_a_plug_in_leaving_a_non_daemon_thread_does_not_hang_the_command(tmp_pat
                        timeout=300, cwd=str(tmp_path))
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "non-daemon thread" in r.stderr and "'plugin-worker'" in r.stderr
+
+
+# ------------------------------------------------------------------------ long solves
+
+def test_lqg_sampling_cap_is_the_first_horizon_within_the_tolerance():
+    """The cap from the closed-form tail equals the definition: the first T of the sequence whose
+    J_T (by the finite-horizon recursion) is within CAP_REL of J."""
+    import math
+    from pgbench.exact import lqg as L
+    from pgbench.problems.lqg import CAP_REL, lqg
+    for p in (point_mass(T=0, gamma=0.9), lqg(n=3, m=2, T=0, gamma=0.95, seed=1)):
+        J = L.exact_lqg(p).J
+        T = max(8, int(math.ceil(math.log(CAP_REL) / math.log(p.gamma))) // 4)
+        while abs(L.exact_lqg(p, horizon=T).J - J) > CAP_REL * abs(J):
+            T = int(T * 1.5) + 1
+        assert L.sampling_cap(p) == T
+
+
+def test_discounted_moment_matches_the_step_by_step_recursion():
+    import math
+    from pgbench.exact import lqg as L
+    from pgbench.problems.lqg import lqg
+    p = lqg(n=3, m=2, T=0, gamma=0.9, seed=3)
+    _, _, F, _, E, _, M0 = L._parts(p, None)
+    g = p.gamma
+    M = M0.copy()
+    for T in range(0, 23):
+        got = L._discounted_moment(math.sqrt(g) * F, M0, E, g, T)
+        np.testing.assert_allclose(got, g ** T * M, rtol=1e-12, atol=1e-14)
+        M = F @ M @ F.T + E
+
+
+def test_a_long_lqg_solve_says_what_it_is_doing(monkeypatch):
+    from pgbench import inputs
+    from pgbench.errors import PGBenchWarning
+    from pgbench.exact.lqg import exact_lqg
+    monkeypatch.setattr(inputs, "SECONDS_WARNING", 0.0)
+    with pytest.warns(PGBenchWarning, match=r"exact solve of point_mass.*will take roughly"):
+        exact_lqg(point_mass(T=5))
