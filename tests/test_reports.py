@@ -599,7 +599,7 @@ def test_compare_added_removed_and_speed(synthetic_run, tmp_path):
 
     b = _copy_run(synthetic_run, tmp_path / "b", edit)
     extra = _record("ladder/three-step-bandit", 64, [_row("reinforce", 64)], ["variance_vs_N"])
-    write_json(os.path.join(b, "cells", cell_filename(extra["cell"])), extra)
+    RunDir(b).write_cell(extra)  # written by the run: with its provenance and checksum
     df = compare(synthetic_run, b)
     removed, added = df[df["status"] == "removed"], df[df["status"] == "added"]
     assert set(removed[removed["scope"] == "cell"]["cell"]) == {"gae/garnet-10/N=16"}

@@ -261,6 +261,9 @@ class LogitsPolicy(SoftmaxPolicy):
         except Exception as exc:  # the user's function: its exception, named
             raise PGBenchError(f"policy {self.name!r}: {what} raised {type(exc).__name__}: "
                                f"{' '.join(str(exc).split())}") from exc
+        if not (isinstance(res, (np.ndarray, np.generic)) or hasattr(res, "__array__")
+                or (hasattr(res, "detach") and hasattr(res, "cpu"))):
+            raise PGBenchError(f"policy {self.name!r}: {what} did not return an array (got {type(res).__name__})")
         arr = real_output(res, f"policy {self.name!r}: {what}")
         if not np.all(np.isfinite(arr)):
             raise PGBenchError(f"policy {self.name!r}: {what} returned a non-finite value (NaN or inf)")
