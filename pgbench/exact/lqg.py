@@ -89,12 +89,9 @@ def exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> L
     A, B, R = problem.A, problem.B, problem.R
     n, m = problem.n, problem.m
     trRD = float(np.trace(R @ D))
-    # rough cost: a Schur-based Lyapunov solve is some 50 n^3 flops (two of them), a finite horizon
-    # a dozen n x n products a step; at about 1e9 flops a second
-    flops = 100.0 * n ** 3 if T is None else T * (12.0 * n ** 3 + 2e4)
-    inputs.warn_seconds(flops / 1e9, f"the exact solve of {problem.name} (n={n}"
-                        + (")" if T is None else f", {T} steps)"))
     if T is None:
+        # rough cost: a Schur-based Lyapunov solve is some 50 n^3 flops (two of them), at about 1e9 a second
+        inputs.warn_seconds(100.0 * n ** 3 / 1e9, f"the exact solve of {problem.name} (n={n})")
         Fs = math.sqrt(g) * F
         if not np.abs(np.linalg.eigvals(Fs)).max() < 1.0:
             raise PGBenchError("lqg: unbounded horizon with an unstable discounted closed loop (J is infinite)")
@@ -115,6 +112,8 @@ def exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> L
     inputs.require_memory(8.0 * (T + 1) * (n * n + 1), f"the exact solve of {problem.name} ({T + 1} x {n} x {n} "
                           "Riccati matrices)", "use a shorter horizon, or T=0 (unbounded) with gamma < 1")
     inputs.warn_steps(T, f"the exact solve of {problem.name} with horizon {T}")
+    # a dozen n x n products a step (and the Python loop's own cost), at about 1e9 flops a second
+    inputs.warn_seconds(T * (12.0 * n ** 3 + 2e4) / 1e9, f"the exact solve of {problem.name} (n={n}, {T} steps)")
     P = np.zeros((T + 1, n, n))
     c = np.zeros(T + 1)
     for t in range(T - 1, -1, -1):
