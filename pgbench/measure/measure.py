@@ -228,7 +228,8 @@ def _exact_bias_norm(cell: Cell, j: int, sp) -> float:
 
 def paired_table(cell: Cell) -> pd.DataFrame:
     """Every estimator against the first one, on the same episodes: MSE difference and variance
-    ratio with their own intervals, and a test that their means agree."""
+    ratio with their own intervals, and a test that their means agree (``p_robust``, named by
+    ``p_test``: the verdicts' policy, normal theory and bootstrap max-t both rejecting)."""
     rows = []
     if len(cell.specs) < 2:
         return pd.DataFrame(rows)
@@ -237,7 +238,7 @@ def paired_table(cell: Cell) -> pd.DataFrame:
     for j in range(1, len(cell.specs)):
         if not same_target[j]:
             continue
-        p = metrics.paired(cell.estimates[:, j, :], cell.estimates[:, 0, :], cell.targets[0])
+        p = metrics.paired(cell.estimates[:, j, :], cell.estimates[:, 0, :], cell.targets[0], bootstrap=BOOTSTRAP)
         rows.append({"estimator": cell.specs[j].label, "reference": ref.label, **{k: v for k, v in p.items()
                                                                                if np.isscalar(v) or isinstance(v, tuple)}})
     return pd.DataFrame(rows)

@@ -3,6 +3,7 @@ provenance, exact extras). Run in this process by :mod:`pgbench.suites.runner` a
 by :mod:`pgbench.suites.distributed`, which both import it."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -63,8 +64,9 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
     t0 = time.time()
     # objectives and user estimators run on the CPU whatever the run's backend
     be = backend if prob.kind == "mdp" else "cpu"
-    df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta, backend=be,
-                 proxy=suite.proxy and N >= 2)
+    with _compile_timer() as compiled:  # a cold cell compiles kernels: its wall time says how much
+        df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta, backend=be,
+                     proxy=suite.proxy and N >= 2)
     from pgbench.measure.cost import add_own_costs
     t_own = time.time()
     add_own_costs(df, prob, N, theta, be)  # each estimator's own time, so efficiency ranks by what it costs
@@ -73,6 +75,7 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
            "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
            "rows": df.to_dict(orient="records"), "paired": list(df.attrs["paired"]),
            "wall_seconds": time.time() - t0 - t_own, "own_cost_seconds": t_own,
+           "compile_seconds": compiled.seconds,
            "provenance": cell_provenance(suite, N, quick, seed, suite.n_trials(quick))}
     if prob.kind == "mdp":
         from pgbench.exact import exact
@@ -86,6 +89,27 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
         from pgbench.measure.engine import episode_samples
         rec["scatter"] = episode_samples(prob, theta, n=SCATTER_EPISODES, seed=seed)
     return to_jsonable(rec)
+
+
+class _Compiled:
+    seconds = 0.0
+
+
+@contextlib.contextmanager
+def _compile_timer():
+    """Seconds numba spends compiling (cache misses, nested compiles counted once) in the block."""
+    out = _Compiled()
+    try:
+        from numba.core import event
+    except ImportError:  # pragma: no cover - numba is a dependency
+        yield out
+        return
+    tl = event.TimingListener()
+    with event.install_listener("numba:compile", tl):
+        try:
+            yield out
+        finally:
+            out.seconds = float(tl.duration) if tl.done else 0.0
 
 
 def exact_decomposition(prob, estimators, N: int, theta) -> list:
