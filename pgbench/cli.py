@@ -85,6 +85,9 @@ def _policy_arg(prob, target):
     path, sep, name = (target or "").rpartition(":")
     if not sep or not path or not name:
         raise PGBenchError(f"--policy takes FILE.py:NAME (a LogitsPolicy or a function of the problem); got {target!r}")
+    if getattr(prob, "kind", None) != "mdp" or not hasattr(prob, "with_policy"):
+        raise PGBenchError(f"--policy replaces the softmax policy of an MDP problem; {prob.name!r} is a "
+                           f"{getattr(prob, 'kind', 'non-MDP')} problem with its own parameterisation (use --theta)")
     module = import_plugin(path)
     if not hasattr(module, name):
         raise PGBenchError(f"{path} defines no {name!r}")
@@ -94,6 +97,11 @@ def _policy_arg(prob, target):
             pol = pol(prob)
         except SystemExit as exc:
             raise user_exit(f"--policy {target}", exc) from None
+        except PGBenchError:
+            raise
+        except Exception as exc:  # the user's function: named, on one line
+            exc.add_note(f"raised by --policy {target} (called with the problem)")
+            raise
     return prob.with_policy(pol)
 
 
@@ -192,8 +200,10 @@ def _cmd_measure(args) -> int:
     if args.policy:
         prob = _policy_arg(prob, args.policy)
     theta = _theta_arg(prob, args.theta) if args.theta else None
-    df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
-                 proxy=args.proxy, backend=args.backend, group=args.group)
+    from pgbench.timeouts import time_limit
+    with time_limit(args.timeout, f"measure on {prob.name}"):
+        df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
+                     proxy=args.proxy, backend=args.backend, group=args.group)
     rows = [to_jsonable(r) for r in df.to_dict(orient="records")]
     if args.json:
         if args.proxy and "proxy" in df.attrs:
@@ -230,7 +240,7 @@ def _cmd_measure(args) -> int:
 def _cmd_validate(args) -> int:
     from pgbench.validate import format_validation, validate
     df = validate(args.estimator, problems=args.problems, batch=args.batch, trials=args.trials, seed=args.seed,
-                  alpha=args.alpha)
+                  alpha=args.alpha, timeout=args.timeout or None)
     if args.json:
         _emit(json.dumps({"estimator": df.attrs["estimator"], "passed": df.attrs["passed"], "alpha": df.attrs["alpha"],
                           "correction": df.attrs["correction"], "references": df.attrs["references"],
@@ -402,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
                     help="where episodes are sampled (default cpu; auto: CUDA when usable)")
     pm.add_argument("--json", action="store_true", help="print JSON: an object for one estimator, a list for several")
+    pm.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="stop the cell after this many seconds (a plug-in that hangs; default: no limit)")
     _add_import(pm)
     pm.add_argument("--policy", default=None, metavar="FILE.py:NAME",
                     help="sample from another policy on the problem's MDP (a LogitsPolicy, or a function of the problem)")
@@ -415,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     pv.add_argument("--alpha", type=float, default=0.05,
                     help="family-wise false-alarm rate over the panel (Holm; default 0.05)")
+    pv.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="stop a problem's cell after this many seconds (a plug-in that hangs; default 600; 0: none)")
     _add_import(pv)
     pv.add_argument("--json", action="store_true", help="print one JSON object with a row per problem")
     pv.set_defaults(fn=_cmd_validate)
@@ -502,7 +516,22 @@ def _warning_printer():
     return show
 
 
+def _check_threads() -> None:
+    """A plug-in's non-daemon thread would keep the process alive after the command: name it and
+    leave without waiting (the command line only; called in-process, main() returns as usual)."""
+    import threading
+    left = [t for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if left:
+        names = ", ".join(repr(t.name) for t in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        sys.stdout.flush()
+        print(f"pgbench: error: user code left {len(left)} non-daemon thread(s) running ({names}); pgbench does "
+              "not wait for them (make them daemon threads, or join them)", file=sys.stderr, flush=True)
+        os._exit(2)
+
+
 def main(argv=None) -> int:
+    command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("PGBENCH_DEBUG", "").strip() not in ("", "0")
     if "--debug" in argv[:argv.index("--")] if "--" in argv else "--debug" in argv:
@@ -513,17 +542,38 @@ def main(argv=None) -> int:
     if getattr(args, "fn", None) is None:  # 'pgbench' alone: the usage, not an error
         parser.print_help()
         return 0
+
     def go() -> int:
         with _json_channel(bool(getattr(args, "json", False))):
             _import_plugins(args)
-            return args.fn(args)
+            rc = args.fn(args)
+        if command_line:
+            _check_threads()
+        return rc
 
     if debug:
         return go()
+    # numpy's floating-point RuntimeWarnings (overflow, invalid value) are held back until the
+    # command succeeds: a refusal is one line, not the warnings of the arithmetic that led to it
+    held: list = []
+    printer = _warning_printer()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RuntimeWarning):
+            held.append((message, category, filename, lineno))
+        else:
+            printer(message, category, filename, lineno, file, line)
+
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _warning_printer()
-            return go()
+            warnings.showwarning = show
+            rc = go()
+        seen: set = set()
+        for m, c, f, n in held:  # each distinct warning once, with its origin
+            if (str(m), c) not in seen:
+                seen.add((str(m), c))
+                printer(m, c, f, n)
+        return rc
     except PGBenchError as exc:
         print(f"pgbench: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_status

@@ -38,6 +38,22 @@ def make(problem, render_mode=None):
 _CLASS = []
 
 
+def _action(action, A: int) -> int:
+    """The action as an int in [0, A): Python or NumPy integers (or a 0-d integer array) only, as
+    ``Discrete(A).contains`` has it; a float (1.7), a string ('1'), None or a longer array is refused
+    rather than read as some action."""
+    a = action
+    if isinstance(a, np.ndarray):
+        if a.ndim != 0:
+            raise PGBenchError(f"an action of Discrete({A}) is one integer; got an array of shape {a.shape}")
+        a = a[()]
+    if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
+        raise PGBenchError(f"an action of Discrete({A}) is an integer in [0, {A}); got {type(a).__name__} {a!r}")
+    if not 0 <= int(a) < A:
+        raise PGBenchError(f"action {int(a)} outside Discrete({A})")
+    return int(a)
+
+
 def _env_class():
     if _CLASS:
         return _CLASS[0]
@@ -79,9 +95,7 @@ def _env_class():
                 raise PGBenchError(f"step() after the episode ended ({self._ended} at t={self._t}); "
                                    "call reset() to start the next episode")
             mdp = self.problem.mdp
-            a = int(action)
-            if not 0 <= a < mdp.A:
-                raise PGBenchError(f"action {action!r} outside Discrete({mdp.A})")
+            a = _action(action, mdp.A)
             s = self._s
             k = self._draw(self._next_cdf[s, a], self.np_random.random())
             s_next = int(self._next_idx[s, a, k])

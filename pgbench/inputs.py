@@ -67,6 +67,16 @@ def require_memory(nbytes: float, what: str, alternative: str = "") -> None:
                                  f"{fmt_bytes(limit)} ({MEMORY_ENV} raises it){alt}")
 
 
+SECONDS_WARNING = 10.0
+"""Estimated seconds of one solve beyond which a warning says what it is doing and how long it may take."""
+
+
+def warn_seconds(seconds: float, what: str) -> None:
+    """Say (a :class:`PGBenchWarning`, printed at once by the CLI) that a solve will be long."""
+    if seconds > SECONDS_WARNING:
+        warnings.warn(f"{what} will take roughly {seconds:.3g} s", PGBenchWarning, stacklevel=3)
+
+
 def warn_steps(steps: float, what: str) -> None:
     if steps > STEP_WARNING:
         warnings.warn(f"{what} loops over {steps:.3g} steps in Python (at roughly 10 us a step, "

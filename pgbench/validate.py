@@ -119,9 +119,12 @@ def import_plugin(target: str):
     import importlib.util
     import os
     import sys
-    if target.endswith(".py") or os.path.sep in target:
+    if target.endswith(".py") or os.path.sep in target or (os.path.altsep or os.path.sep) in target \
+            or os.path.isfile(target):
         if not os.path.isfile(target):
             raise PGBenchError(f"cannot import {target}: no such file")
+        if not target.endswith(".py"):
+            raise PGBenchError(f"cannot import {target}: a plug-in is a Python file (.py) or a module name")
         name = "pgbench_plugin_" + os.path.splitext(os.path.basename(target))[0]
         spec = importlib.util.spec_from_file_location(name, target)
         module = importlib.util.module_from_spec(spec)
@@ -180,9 +183,14 @@ def _exact_bias(prob, spec, N: int, limit: int) -> float:
     return float(em.bias_norm[0])
 
 
+DEFAULT_TIMEOUT = 600.0
+"""Seconds one problem's cell may take in :func:`validate` before it is stopped (see :mod:`pgbench.timeouts`)."""
+
+
 @keeps_thread_settings
 def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int = DEFAULT_TRIALS, seed: int = 0,
-             alpha: float = 0.05, references=REFERENCES, exact_limit: int = 20_000) -> pd.DataFrame:
+             alpha: float = 0.05, references=REFERENCES, exact_limit: int = 20_000,
+             timeout: float | None = DEFAULT_TIMEOUT) -> pd.DataFrame:
     """Test ``estimator`` for unbiasedness on every problem of a panel; one row per problem.
 
     ``p_value`` is the verdict's p-value (:func:`pgbench.stats.metrics.verdict_p`, the policy
@@ -208,6 +216,11 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
     references
         Estimators measured on the same episodes, for the variance ratios (the first one
         also decides which coordinates the sampled episodes observe; see :func:`bootstrap_max_t`).
+    timeout
+        Seconds each problem's cell may run (default :data:`DEFAULT_TIMEOUT`; None: no limit):
+        a plug-in that hangs ends in a :class:`pgbench.timeouts.CellTimeout` naming the cell.
+        User numba functions are compiled with bounds checks here (an index out of range is an
+        error naming the estimator, not a crash).
 
     Returns
     -------
@@ -221,10 +234,13 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
         ``estimator``, ``references``.
     """
     from pgbench.estimators.catalogue import parse
+    from pgbench.estimators.user import bounds_checked
     from pgbench.stats import metrics
     from pgbench.measure.api import run_cell
 
+    from pgbench.timeouts import check_timeout, time_limit
     alpha = _check_alpha(alpha)
+    timeout = check_timeout(timeout, "timeout")
     panel = _panel(problems)
     rows = []
     refs_used: list = []
@@ -246,7 +262,9 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
                     names.append(rs)
                 ref_labels.append(rs.label)
         t0 = time.perf_counter()
-        cell = run_cell(prob, names, batch, trials, seed=seed, exact=False)
+        with bounds_checked(), time_limit(timeout, f"validate {spec.label} on {pid}"):
+            # a user's numba function writing out of range: an error, not a crash
+            cell = run_cell(prob, names, batch, trials, seed=seed, exact=False)
         secs = time.perf_counter() - t0
         est = cell.estimates[:, 0, :]
         labels = [s.label for s in cell.specs]

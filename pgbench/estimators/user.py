@@ -19,6 +19,8 @@ The function fills per-step weights ``psi[t]``; pgbench turns them into the esti
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 from pgbench.errors import PGBenchError
@@ -72,6 +74,27 @@ def register_estimator(name: str, unbiased: bool, doc: str = "user-defined estim
         return fn
 
     return deco
+
+
+_BOUNDSCHECK = contextvars.ContextVar("pgbench_user_boundscheck", default=False)
+
+
+@contextlib.contextmanager
+def bounds_checked():
+    """Within this block user numba functions are compiled with ``boundscheck=True``: an index
+    out of range is an ``IndexError`` naming the estimator, not a crashed process (``validate``
+    measures every estimator this way; the functions a user's function calls keep their own
+    compilation options)."""
+    token = _BOUNDSCHECK.set(True)
+    try:
+        yield
+    finally:
+        _BOUNDSCHECK.reset(token)
+
+
+def bounds_checking() -> bool:
+    """Whether user numba functions are compiled with bounds checks here (see :func:`bounds_checked`)."""
+    return _BOUNDSCHECK.get()
 
 
 def unregister_estimator(name: str) -> None:

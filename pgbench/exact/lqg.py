@@ -95,6 +95,8 @@ def _exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> 
     n, m = problem.n, problem.m
     trRD = float(np.trace(R @ D))
     if T is None:
+        # rough cost: a Schur-based Lyapunov solve is some 50 n^3 flops (two of them), at about 1e9 a second
+        inputs.warn_seconds(100.0 * n ** 3 / 1e9, f"the exact solve of {problem.name} (n={n})")
         Fs = math.sqrt(g) * F
         if not np.abs(np.linalg.eigvals(Fs)).max() < 1.0:
             raise PGBenchError("lqg: unbounded horizon with an unstable discounted closed loop (J is infinite)")
@@ -117,6 +119,8 @@ def _exact_lqg(problem: LQGProblem, theta=None, horizon: Optional[int] = -1) -> 
     inputs.require_memory(8.0 * (T + 1) * (n * n + 1), f"the exact solve of {problem.name} ({T + 1} x {n} x {n} "
                           "Riccati matrices)", "use a shorter horizon, or T=0 (unbounded) with gamma < 1")
     inputs.warn_steps(T, f"the exact solve of {problem.name} with horizon {T}")
+    # a dozen n x n products a step (and the Python loop's own cost), at about 1e9 flops a second
+    inputs.warn_seconds(T * (12.0 * n ** 3 + 2e4) / 1e9, f"the exact solve of {problem.name} (n={n}, {T} steps)")
     P = np.zeros((T + 1, n, n))
     c = np.zeros(T + 1)
     for t in range(T - 1, -1, -1):
@@ -162,14 +166,44 @@ def _require_finite(problem, J: float, grad: np.ndarray, F: np.ndarray, g: float
     raise PGBenchError(f"lqg: the exact J or gradient of {problem.name} is not finite: {why}")
 
 
+def _discounted_moment(Fs: np.ndarray, M0: np.ndarray, E: np.ndarray, g: float, T: int) -> np.ndarray:
+    """``gamma^T M_T = gamma^T E[s_T s_T^T]`` in O(log T) products, by binary powering of the
+    affine step ``G -> Fs G Fs^T + gamma^(t+1) E`` (``Fs = sqrt(gamma) F``): with
+    ``G_k(M0) = Fs^k M0 Fs^kT + H_k``, ``H_(a+b) = Fs^b H_a Fs^bT + gamma^a H_b``. Everything stays
+    bounded when ``rho(Fs) < 1``, even where F itself is unstable."""
+    n = Fs.shape[0]
+    # the result so far covers `done` steps: (power Fs^done, H_done, gamma^done)
+    R_pow, R_H, R_g = np.eye(n), np.zeros((n, n)), 1.0
+    # the block being squared covers `size` steps
+    B_pow, B_H, B_g = Fs.copy(), g * E, g
+    k = int(T)
+    while k:
+        if k & 1:  # append the block after the result: H_(done+size) = Fs^size H_done Fs^sizeT + g^done H_size
+            R_H = B_pow @ R_H @ B_pow.T + R_g * B_H
+            R_pow, R_g = B_pow @ R_pow, R_g * B_g
+        k >>= 1
+        if k:
+            B_H = B_pow @ B_H @ B_pow.T + B_g * B_H
+            B_pow, B_g = B_pow @ B_pow, B_g * B_g
+    return R_pow @ M0 @ R_pow.T + R_H
+
+
 def sampling_cap(problem: LQGProblem, theta=None) -> int:
-    """Steps an unbounded problem is sampled for: the first T whose J_T is within ``CAP_REL`` of J
-    (J_T decreases monotonically to J: every reward is <= 0)."""
-    J = exact_lqg(problem, theta).J
-    T = max(8, int(math.ceil(math.log(CAP_REL) / math.log(problem.gamma))) // 4)
+    """Steps an unbounded problem is sampled for: the first T of the sequence ``T0, 1.5 T0 + 1, ..``
+    whose J_T is within ``CAP_REL`` of J (J_T decreases monotonically to J: every reward is <= 0).
+
+    ``J_T - J = gamma^T (tr(P M_T) + c)`` (the stationary value of the state reached at T), with
+    ``gamma^T M_T`` by binary powering: each candidate T costs O(log T) n x n products, not a
+    recursion over T steps (gamma = 0.99999 took minutes of re-solves at growing T)."""
+    gt = exact_lqg(problem, theta)
+    J, P, c = gt.J, gt.P[0], float(gt.c[0])
+    _, _, F, _, E, _, M0 = _parts(problem, theta)
+    g = problem.gamma
+    Fs = math.sqrt(g) * F
+    T = max(8, int(math.ceil(math.log(CAP_REL) / math.log(g))) // 4)
     while True:
-        JT = exact_lqg(problem, theta, horizon=T).J
-        if abs(JT - J) <= CAP_REL * max(abs(J), 1e-300) or T > 10 ** 6:
+        tail = float(np.trace(P @ _discounted_moment(Fs, M0, E, g, T))) + g ** T * c
+        if abs(tail) <= CAP_REL * max(abs(J), 1e-300) or T > 10 ** 6:
             return T
         T = int(T * 1.5) + 1
 

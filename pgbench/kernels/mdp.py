@@ -541,15 +541,19 @@ def _score_weights(seed, cell, trial0, n_trials, N, n_chunks,
 _USER_KERNELS: dict = {}
 
 
-def user_kernel(fn, with_end: bool = False):
+def user_kernel(fn, with_end: bool = False, boundscheck: bool = False):
     """The pass-2 kernel for a user's per-episode weight function ``fn`` (compiled once per fn).
 
     ``with_end``: fn takes a tenth argument, how the episode ended (``END_TERMINAL``,
     ``END_HORIZON`` or ``END_CAP``); 9-argument functions are called without it.
+    ``boundscheck``: fn (recompiled from its Python source) and the kernel check every index, so
+    a write out of range raises ``IndexError`` instead of corrupting memory or crashing.
     """
-    key = (fn, with_end)
+    key = (fn, with_end, boundscheck)
     if key in _USER_KERNELS:
         return _USER_KERNELS[key]
+    if boundscheck:
+        fn = njit(boundscheck=True)(fn.py_func)
     if with_end:
         call = fn
     else:
@@ -557,7 +561,7 @@ def user_kernel(fn, with_end: bool = False):
         def call(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi, end):
             fn(buf_s, buf_a, buf_r, L, gamma, pi, Vtab, Qtab, psi)
 
-    @njit(parallel=True)
+    @njit(parallel=True, boundscheck=boundscheck)
     def kernel(seed, cell, trial0, n_trials, N, n_chunks, rho_thr, rho_alias, n_slots, step_thr, step_off, step_word,
                step_r, noise_kind, noise_scale, gamma, cap, pi, Vtab, Qtab, terminal, cut, outC):
         n_items = n_trials * n_chunks

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from pgbench.arrays import real_output
 from pgbench.errors import PGBenchError, user_exit
 from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, WatchedBatch, as_array
 from pgbench.kernels import groups as KG
@@ -77,9 +78,7 @@ def checked_output(res, returns: str, shape: tuple, d: int, where: str, k: int) 
     """The user's output as a float64 array after checking its type and shape: psi (N, T), or
     the gradient (d,) (also checked finite; psi's finiteness is checked on the steps taken, by
     :func:`psi_weights`)."""
-    arr = as_array(res)
-    if arr is None:
-        raise PGBenchError(f"{where} returned {type(res).__name__}, not an array")
+    arr = real_output(res, where)
     if returns == "psi":
         if arr.shape != shape:
             raise PGBenchError(f"{where} returned psi of shape {arr.shape}; expected (N, T) = {shape}")

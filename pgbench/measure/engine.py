@@ -414,10 +414,26 @@ def optimal_constant_baseline(problem: MDPProblem, th: np.ndarray, seed: int,
     return float(s[K_.ST_ZR] / s[K_.ST_Z]) if s[K_.ST_Z] > 0 else 0.0
 
 
+def _user_error(name: str, exc: BaseException) -> PGBenchError:
+    """One line naming the user estimator whose numba function raised (the original exception,
+    which numba's parallel kernel reports as a SystemError, is its cause)."""
+    cause, seen = exc, 0
+    while isinstance(cause, SystemError) and seen < 10:  # numba chains SystemErrors to the user's exception
+        nxt = cause.__cause__ or cause.__context__
+        if nxt is None:
+            break
+        cause, seen = nxt, seen + 1
+    msg = " ".join(str(cause).split())
+    hint = " (an index out of range, found by the bounds checks validate compiles user functions with)" \
+        if isinstance(cause, IndexError) else ""
+    return PGBenchError(f"user estimator {name!r} raised {type(cause).__name__} in its numba function: {msg}{hint}")
+
+
 def _run_user(spec: EstimatorSpec, t: Tables, V, Q, seed64, cell64, N: int, K: int, n_chunks: int) -> np.ndarray:
     """Score weights of a user estimator, per trial, on the cell's streams."""
+    from pgbench.estimators.user import bounds_checking
     user = USER_ESTIMATORS[spec.name]
-    kern = K_.user_kernel(user.fn, user.with_end)
+    kern = K_.user_kernel(user.fn, user.with_end, bounds_checking())
     out = np.zeros((K, t.pi.shape[0], t.pi.shape[1]))
     # pi, V and Q read-only: a function that writes into them is refused when compiled
     ro = [x.view() for x in (t.pi, np.asarray(V), np.asarray(Q))]
@@ -437,7 +453,10 @@ def _run_user(spec: EstimatorSpec, t: Tables, V, Q, seed64, cell64, N: int, K: i
     for k0 in range(0, K, block):
         nb = min(block, K - k0)
         outC = np.zeros((nb * n_chunks, 1) + t.pi.shape)
-        kern(seed64, cell64, k0, nb, N, n_chunks, *args, outC)
+        try:
+            kern(seed64, cell64, k0, nb, N, n_chunks, *args, outC)
+        except Exception as exc:  # raised in the user's function (numba wraps it in a SystemError)
+            raise _user_error(spec.name, exc) from exc
         out[k0:k0 + nb] = _reduce(outC[:, 0], nb, n_chunks)
     return out
 

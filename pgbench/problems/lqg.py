@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from pgbench import inputs
 from pgbench.errors import PGBenchError
 
 # The sampling cap of an unbounded problem (:func:`pgbench.exact.lqg.sampling_steps`): the first t where the exact J of the first t steps is
@@ -25,14 +26,8 @@ CAP_REL = 1e-10
 
 
 def _matrix(name: str, x, shape) -> np.ndarray:
-    try:
-        a = np.array(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PGBenchError(f"lqg: {name} must be a numeric array") from None
-    if a.shape != shape:
-        raise PGBenchError(f"lqg: {name} has shape {a.shape}, expected {shape}")
-    if not np.all(np.isfinite(a)):
-        raise PGBenchError(f"lqg: {name} has a non-finite entry (NaN or inf)")
+    # the MDP rules: complex (imaginary part dropped), boolean and string entries are refused
+    a = inputs.real_array(f"lqg: {name}", x, shape)
     a.setflags(write=False)
     return a
 
@@ -84,16 +79,16 @@ class LQGProblem:
             object.__setattr__(self, nm, _matrix(nm, getattr(self, nm), shape))
         for nm in ("Q", "R", "W", "Sigma0"):
             _sym_psd(nm, getattr(self, nm))
-        try:
-            g = float(self.gamma)
-        except (TypeError, ValueError):
-            raise PGBenchError(f"lqg: gamma must be a number; got {self.gamma!r}") from None
+        g = inputs.real_scalar("lqg: gamma", self.gamma)
         if not 0.0 <= g <= 1.0:
             raise PGBenchError(f"lqg: gamma must be in [0, 1]; got {self.gamma!r}")
         object.__setattr__(self, "gamma", g)
         h = self.horizon
         if h is not None:
-            if isinstance(h, bool) or not float(h) == int(h) or int(h) < 0:
+            if isinstance(h, np.ndarray) and h.ndim == 0:
+                h = h.item()
+            if (isinstance(h, (bool, np.bool_)) or not isinstance(h, (int, float, np.integer, np.floating))
+                    or not math.isfinite(h) or not float(h) == int(h) or int(h) < 0):
                 raise PGBenchError(f"lqg: horizon must be a non-negative integer (0 or None = unbounded); got {h!r}")
             h = int(h) or None
         object.__setattr__(self, "horizon", h)
@@ -137,10 +132,7 @@ class LQGProblem:
         return float(math.sqrt(self.gamma) * np.abs(np.linalg.eigvals(self.A + self.B @ K)).max())
 
     def check_theta(self, theta) -> np.ndarray:
-        try:
-            th = np.array(theta, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise PGBenchError("lqg: theta must be a numeric array") from None
+        th = inputs.real_array("lqg: theta", theta).reshape(-1)
         m, n = self.B.shape[1], self.A.shape[0]
         if th.shape != (m * n + m,):
             raise PGBenchError(f"lqg: theta has {th.size} entries, expected m n + m = {m * n + m} "
@@ -193,7 +185,6 @@ def lqg(n: int = 4, m: int = 2, T: int = 50, gamma: float = 0.99, seed: int = 0,
     n, m = int(n), int(m)
     if n < 1 or m < 1 or int(seed) < 0 or int(T) < 0:
         raise PGBenchError(f"lqg needs n >= 1, m >= 1, T >= 0, seed >= 0; got n={n}, m={m}, T={T}, seed={seed}")
-    from pgbench import inputs
     # a dozen n x n matrices (system, cost, covariances, Lyapunov solutions) and the Fisher over d = m n + m
     inputs.require_memory(8.0 * (12 * n * n + 4 * n * m + (m * n + m) ** 2), f"lqg:n={n},m={m}",
                           "use a smaller n or m")
@@ -253,16 +244,20 @@ def from_arrays(data: dict, path: str, name: str) -> LQGProblem:
     for k in ("gamma", "horizon"):
         if np.ndim(data[k]) != 0:
             raise PGBenchError(f"{path}: {k} must be a scalar")
+    for k in NPZ_ARRAYS:  # the rules of MDP files: real numbers only (no complex, boolean or string entries)
+        if k != "horizon":
+            inputs.real_array(f"{path}: {k}", data[k])
     h = data["horizon"].item()
-    if not isinstance(h, (int, float)) or not math.isfinite(h) or h != int(h) or h < 0:
+    if (isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h != int(h)
+            or h < 0):
         raise PGBenchError(f"{path}: horizon must be a non-negative integer (0 = unbounded); got {h!r}")
     B = np.asarray(data["B"])
     A = np.asarray(data["A"])
     if B.ndim != 2 or A.ndim != 2:
         raise PGBenchError(f"{path}: A and B must be matrices; got shapes {A.shape} and {B.shape}")
     m, n = B.shape[1], A.shape[0]
-    K = np.asarray(data["K"], dtype=np.float64)
-    ls = np.asarray(data["log_sigma"], dtype=np.float64)
+    K = inputs.real_array(f"{path}: K", data["K"])
+    ls = inputs.real_array(f"{path}: log_sigma", data["log_sigma"])
     if K.shape != (m, n) or ls.shape != (m,):
         raise PGBenchError(f"{path}: K must have shape ({m}, {n}) and log_sigma ({m},); got {K.shape} and {ls.shape}")
     return LQGProblem(data["A"], data["B"], data["Q"], data["R"], data["W"], data["mu0"], data["Sigma0"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgbench import inputs
-from pgbench.arrays import as_array
+from pgbench.arrays import as_array, real_output
 from pgbench.errors import PGBenchError, user_exit
 
 
@@ -237,10 +237,7 @@ class LogitsPolicy(SoftmaxPolicy):
     def __init__(self, logits, vjp, theta, name: str = "logits"):
         if not callable(logits) or not callable(vjp):
             raise PGBenchError("LogitsPolicy takes two functions, logits(theta) and vjp(theta, c), and a theta")
-        try:
-            th = np.array(theta, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise PGBenchError("theta must be a numeric array") from None
+        th = inputs.real_array(f"LogitsPolicy {name!r}: theta", theta)  # no complex, string, boolean theta
         if th.ndim == 0 or th.size == 0 or not np.all(np.isfinite(th)):
             raise PGBenchError(f"theta must be a non-empty finite array; got shape {th.shape}")
         self._logits_fn, self._vjp_fn, self.name = logits, vjp, str(name)
@@ -300,9 +297,15 @@ class LogitsPolicy(SoftmaxPolicy):
             res = fn(*args)
         except SystemExit as exc:
             raise user_exit(f"policy {self.name!r}: {what}", exc) from None
-        arr = as_array(res)
-        if arr is None:
-            raise PGBenchError(f"policy {self.name!r}: {what} did not return an array")
+        except PGBenchError:
+            raise
+        except Exception as exc:  # the user's function: its exception, named
+            raise PGBenchError(f"policy {self.name!r}: {what} raised {type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())}") from exc
+        if not (isinstance(res, (np.ndarray, np.generic)) or hasattr(res, "__array__")
+                or (hasattr(res, "detach") and hasattr(res, "cpu"))):
+            raise PGBenchError(f"policy {self.name!r}: {what} did not return an array (got {type(res).__name__})")
+        arr = real_output(res, f"policy {self.name!r}: {what}")
         if not np.all(np.isfinite(arr)):
             raise PGBenchError(f"policy {self.name!r}: {what} returned a non-finite value (NaN or inf)")
         return arr

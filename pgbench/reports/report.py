@@ -42,7 +42,8 @@ import pandas as pd
 from pgbench.errors import PGBenchError
 # Doc, render_markdown, render_html, fmt: re-exported (report sections and tests use them here)
 from pgbench.reports.document import B, C, Doc, Inline, _finite, fmt, fmt_ci, fmt_p, render_html, render_markdown  # noqa: F401
-from pgbench.suites.store import FORMAT_VERSION, atomic_write_bytes, atomic_write_text, check_cell, read_json
+from pgbench.suites.store import (FORMAT_VERSION, atomic_write_bytes, atomic_write_text, check_cell,
+                                  check_cell_content, check_meta, read_json, warn_unchecksummed)
 
 ALPHA = 1e-3
 """Level of the per-estimator test of ``mean = exact gradient`` behind the verdicts."""
@@ -70,6 +71,7 @@ def load_run(run_dir) -> tuple[dict, list[dict]]:
         raise PGBenchError(f"{meta_path} has format {meta.get('format')!r}; this pgbench reads {FORMAT_VERSION}")
     if not isinstance(meta.get("suites", []), list):
         raise PGBenchError(f"malformed {meta_path}: 'suites' must be a list of suite ids")
+    check_meta(meta, meta_path)  # provenance present and an object
     cells_dir = os.path.join(path, "cells")
     cells = []
     if os.path.isdir(cells_dir):
@@ -77,9 +79,12 @@ def load_run(run_dir) -> tuple[dict, list[dict]]:
             if f.endswith(".json") and not f.startswith(".tmp-"):
                 rec = _check_cell(read_json(os.path.join(cells_dir, f)), os.path.join(cells_dir, f))
                 check_cell(meta, rec, os.path.join(cells_dir, f))  # provenance: no cell of another run
+                check_cell_content(meta, rec, os.path.join(cells_dir, f))  # checksum, no NaN
                 cells.append(rec)
     elif os.path.exists(cells_dir):
         raise PGBenchError(f"malformed run directory {path}: 'cells' is not a directory")
+    if cells and not meta.get("checksums"):
+        warn_unchecksummed(path)
     return meta, cells
 
 
@@ -575,6 +580,24 @@ class _Done:
         return self.data
 
 
+PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a figure worker: end this process as soon as the ``pgbench report`` that started it is
+    gone (killed with SIGKILL it cannot stop its pool; a re-parented worker would otherwise draw
+    on for minutes). A daemon thread polls the parent pid."""
+    import threading
+
+    def watch():
+        import time
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pgbench-parent-watch", daemon=True).start()
+
+
 class _Renderer:
     """Draws figures while the tables are built: matplotlib's layout and rendering are most of a
     report's time (about 0.65 s a figure), and figures are independent, so they go to worker
@@ -597,7 +620,8 @@ class _Renderer:
             try:
                 import multiprocessing
                 from concurrent.futures import ProcessPoolExecutor
-                self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_exit_with_parent, initargs=(os.getpid(),))
             except (OSError, ImportError, NotImplementedError):  # no process pool here: draw in this process
                 self.workers = 1
         if self.pool is None:

@@ -48,9 +48,8 @@ def suite_definition(suite: Suite, quick: bool) -> str:
 
 def run_provenance() -> dict:
     """What a run's cells must share: the pgbench version and the sampler's fingerprint."""
-    import pgbench
-    from pgbench.measure.fingerprint import sampler_fingerprint
-    return {"pgbench": pgbench.__version__, "sampler": sampler_fingerprint()}
+    from pgbench.suites.store import current_provenance
+    return current_provenance()
 
 
 def cell_provenance(suite: Suite, N: int, quick: bool, seed: int, K: int) -> dict:

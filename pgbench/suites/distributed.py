@@ -53,6 +53,9 @@ def make_executor(kind: str, scheduler: str | None = None, workers: int = 2, thr
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
             raise PGBenchError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        except (ValueError, TypeError) as exc:  # not an address: 'not a url', a missing port
+            raise PGBenchError(f"--scheduler {scheduler!r} is not a Dask scheduler address like tcp://host:8786: "
+                               f"{' '.join(str(exc).split())}") from None
         return DaskExecutor(client, None, threads_per_cell)
     if kind == "dask-local":
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

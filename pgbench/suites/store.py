@@ -22,8 +22,11 @@ dies, so a lock left by a killed run is taken over).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import warnings
 import platform
 import re
 import stat
@@ -35,7 +38,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from pgbench.errors import PGBenchError, ProvenanceError, RunLockedError
+from pgbench.errors import PGBenchError, PGBenchWarning, ProvenanceError, RunLockedError
 
 FORMAT_VERSION = 1
 
@@ -45,6 +48,10 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     readers see the old file or the new one, never a part."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
+    if os.path.islink(d) or os.path.islink(path):
+        # a planted link (figures -> elsewhere) would send the file into its target
+        raise PGBenchError(f"refusing to write {path}: {d if os.path.islink(d) else path} is a symbolic link "
+                           "(pgbench never writes through links in a run directory)")
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         if hasattr(os, "fchmod"):
@@ -143,12 +150,105 @@ def check_new_run_dir(path: str) -> None:
         raise PGBenchError(f"{path} already holds a run; use --resume to continue it or choose another --out")
     if os.path.exists(path) and not os.path.isdir(path):
         raise PGBenchError(f"--out {path} is a file, not a directory")
+    if os.path.islink(path):
+        raise PGBenchError(f"--out {path} is a symbolic link; give the directory itself (pgbench never writes "
+                           "through links)")
     cells = os.path.join(path, "cells")
     left = [f for f in LEFTOVERS if os.path.exists(os.path.join(path, f))
             and not (f == "cells" and os.path.isdir(cells) and not os.listdir(cells))]
     if left:
         raise ProvenanceError(f"{path} holds {', '.join(left)} but no meta.json: the remains of another run, not "
                               "one to continue; choose an empty --out")
+    others = sorted(f for f in (os.listdir(path) if os.path.isdir(path) else [])
+                    if f not in (RunLock.NAME, "cells"))
+    if others:  # the user's own files (paired.csv, report.html, figures/) would be overwritten
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise PGBenchError(f"--out {path} is a non-empty directory that is not a pgbench run (it holds {shown}); "
+                           "choose a new or empty directory")
+
+
+def current_provenance() -> dict:
+    """What a run's cells must share: the pgbench version and the sampler's fingerprint."""
+    import pgbench
+    from pgbench.measure.fingerprint import sampler_fingerprint
+    return {"pgbench": pgbench.__version__, "sampler": sampler_fingerprint()}
+
+
+def cell_checksum(rec: dict) -> str:
+    """SHA-256 (first 32 hex digits) of a cell record as JSON with sorted keys, leaving out the
+    checksum itself (``provenance.checksum``): any number edited after the run wrote the cell
+    changes it."""
+    body = to_jsonable(rec)
+    prov = body.get("provenance")
+    if isinstance(prov, dict):
+        body = {**body, "provenance": {k: v for k, v in prov.items() if k != "checksum"}}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def check_meta(meta, where: str) -> dict:
+    """Refuse a malformed ``meta.json`` (one line naming it): not an object, another format,
+    ``suites`` not a list of ids, ``provenance`` missing or not an object. Returns meta."""
+    if not isinstance(meta, dict):
+        raise PGBenchError(f"malformed {where}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT_VERSION:
+        raise PGBenchError(f"{where} has format {meta.get('format')!r}; this pgbench reads {FORMAT_VERSION}")
+    suites = meta.get("suites", [])
+    if not isinstance(suites, list) or not all(isinstance(x, str) for x in suites):
+        raise PGBenchError(f"malformed {where}: 'suites' must be a list of suite ids")
+    prov = meta.get("provenance")
+    if prov is None:
+        raise ProvenanceError(f"{where} has no provenance (pgbench version and sampler fingerprint): its cells "
+                              "cannot be told from another run's; regenerate the run with this pgbench")
+    if not isinstance(prov, dict) or not all(isinstance(prov.get(k), str) for k in ("pgbench", "sampler")):
+        raise PGBenchError(f"malformed {where}: 'provenance' must be an object with the pgbench version and the "
+                           f"sampler fingerprint; got {prov!r}"[:300])
+    return meta
+
+
+def _non_finite(x, path: str = ""):
+    """The path of the first NaN or infinite number in a JSON value (pgbench writes null for a
+    missing number), or None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return path or "."
+    if isinstance(x, dict):
+        for k, v in x.items():
+            found = _non_finite(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            found = _non_finite(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_cell_content(meta: dict, rec: dict, where: str) -> None:
+    """Refuse a cell whose numbers were not written by pgbench: ``rows`` not a list of objects,
+    a NaN or infinity (written as null by pgbench), or a checksum that does not match. Cells of
+    runs written before checksums existed (no ``checksums`` in meta.json) are read with a warning."""
+    cell = rec.get("cell")
+    rows = rec.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise PGBenchError(f"malformed cell record {where}: 'rows' must be a list of objects, got "
+                           f"{type(rows).__name__}")
+    if "paired" in rec and not (isinstance(rec["paired"], list) and all(isinstance(p, dict) for p in rec["paired"])):
+        raise PGBenchError(f"malformed cell record {where}: 'paired' must be a list of objects")
+    bad = _non_finite(rec)
+    if bad:
+        raise PGBenchError(f"cell {cell!r} ({where}) has a NaN or infinite number at {bad}; pgbench writes a "
+                           "missing number as null, so the file was edited or damaged")
+    prov = rec.get("provenance")
+    want = prov.get("checksum") if isinstance(prov, dict) else None
+    if want is None:
+        if meta.get("checksums"):
+            raise ProvenanceError(f"cell {cell!r} ({where}) has no checksum, but its run checksums every cell: "
+                                  "edited or copied from elsewhere")
+        return
+    if want != cell_checksum(rec):
+        raise ProvenanceError(f"cell {cell!r} ({where}) does not match its checksum: its numbers were edited after "
+                              "the run wrote it; rerun the cell (delete the file and --resume)")
 
 
 def check_cell(meta: dict, rec: dict, where: str) -> None:
@@ -164,6 +264,8 @@ def check_cell(meta: dict, rec: dict, where: str) -> None:
         raise ProvenanceError(f"cell {cell!r} ({where}) belongs to suite {rec.get('suite')!r}, which this run does "
                               f"not include")
     run_prov = meta.get("provenance")
+    if run_prov is not None and not isinstance(run_prov, dict):
+        raise PGBenchError(f"malformed meta.json of the run of {where}: 'provenance' must be an object")
     prov = rec.get("provenance")
     if run_prov is not None and not isinstance(prov, dict):
         raise ProvenanceError(f"cell {cell!r} ({where}) carries no provenance: this run did not make it")
@@ -188,6 +290,11 @@ def check_cell(meta: dict, rec: dict, where: str) -> None:
         if prov.get(key) != run_prov.get(key):
             raise ProvenanceError(f"cell {cell!r} ({where}) was made with {label} {prov.get(key)!r}, but this run "
                                   f"with {run_prov.get(key)!r}: another sampler's numbers must not mix")
+
+
+def warn_unchecksummed(path: str) -> None:
+    warnings.warn(f"{path} was written by a pgbench without per-cell checksums: hand edits to its cells cannot "
+                  "be detected (regenerate the run to add them)", PGBenchWarning, stacklevel=3)
 
 
 class RunLock:
@@ -338,8 +445,8 @@ class RunDir:
                 "trials": trials, "git_commit": git_commit(), "environment": environment(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ended": None, "status": "running",
                 "source": source}
-        if provenance is not None:
-            meta["provenance"] = dict(provenance)
+        meta["provenance"] = dict(current_provenance() if provenance is None else provenance)
+        meta["checksums"] = True  # every cell carries provenance.checksum (check_cell_content)
         write_json(rd.meta_path, meta)
         return rd
 
@@ -348,13 +455,14 @@ class RunDir:
         rd = cls(path)
         if not os.path.isdir(path):
             raise PGBenchError(f"no run directory at {path}")
-        meta = rd.meta()
-        if meta.get("format") != FORMAT_VERSION:
-            raise PGBenchError(f"{path}/meta.json has format {meta.get('format')!r}; this pgbench reads {FORMAT_VERSION}")
+        check_meta(rd.meta(), rd.meta_path)
         return rd
 
     def meta(self) -> dict:
-        return read_json(self.meta_path)
+        meta = read_json(self.meta_path)
+        if not isinstance(meta, dict):
+            raise PGBenchError(f"malformed {self.meta_path}: expected a JSON object, got {type(meta).__name__}")
+        return meta
 
     def update_meta(self, **kw) -> None:
         m = self.meta()
@@ -373,20 +481,34 @@ class RunDir:
         """Write a finished cell, after checking that it belongs to this run (a worker with
         another sampler, say, is refused before its numbers land)."""
         path = os.path.join(self.cells_dir, cell_filename(record["cell"]))
-        check_cell(self.meta(), to_jsonable(record), path)
-        write_json(path, record)
+        meta = self.meta()
+        rec = to_jsonable(record)
+        if not isinstance(rec.get("provenance"), dict) and isinstance(meta.get("provenance"), dict):
+            # a record this process made without provenance (tests, plug-ins): it is this run's
+            for key, mkey in (("seed", "seed"), ("quick", "quick"), ("K", "trials")):
+                if rec.get(key) is None and meta.get(mkey) is not None:
+                    rec[key] = meta[mkey]
+            rec["provenance"] = {"suite": rec.get("suite"), "cell": rec.get("cell"), "seed": rec.get("seed"),
+                                 "trials": rec.get("K"), "quick": rec.get("quick"), **meta["provenance"]}
+        check_cell(meta, rec, path)
+        if meta.get("checksums"):
+            rec["provenance"] = {**rec["provenance"], "checksum": cell_checksum(rec)}
+        write_json(path, rec)
 
     def cells(self) -> list[dict]:
         """The finished cells, each checked against the run's provenance (:func:`check_cell`)."""
-        meta = self.meta()
+        meta = check_meta(self.meta(), self.meta_path)
         out = []
         for f in sorted(self.done()):
             path = os.path.join(self.cells_dir, f)
             rec = read_json(path)
             if not isinstance(rec, dict):
                 raise PGBenchError(f"malformed cell record {path}: expected a JSON object")
-            check_cell(meta, rec, path)
+            check_cell(meta, rec, path)  # provenance first: the more specific message
+            check_cell_content(meta, rec, path)
             out.append(rec)
+        if out and not meta.get("checksums"):
+            warn_unchecksummed(self.path)
         return out
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
