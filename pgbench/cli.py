@@ -402,9 +402,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("pgbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; a run also handles SIGTERM (RunInterrupted: 130 or 143)
+        print(f"pgbench: {getattr(exc, 'message', None) or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
     except MemoryError:
         print("pgbench: error: out of memory; lower the work (or PGBENCH_MAX_MEMORY, so that it is refused "
               "up front)", file=sys.stderr)

@@ -30,3 +30,13 @@ class RunLockedError(PGBenchError):
 
 class PGBenchWarning(UserWarning):
     """Something will work but costs more than one would expect (memory, time)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM after saving what it had; the message says
+    where its finished cells are, ``exit_status`` is 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, exit_status: int = 130):
+        super().__init__(message)
+        self.message = message
+        self.exit_status = exit_status
