@@ -281,9 +281,21 @@ EPILOG = """examples:
 'pgbench COMMAND --help' describes a command's options."""
 
 
+def version_text() -> str:
+    """``pgbench --version``: this package's version and location, so that PostgreSQL's
+    ``pgbench`` (another program of the same name) or another environment's copy is easy to tell
+    apart; ``python -m pgbench`` always reaches this one."""
+    import pgbench
+    where = os.path.dirname(os.path.abspath(pgbench.__file__))
+    return (f"pgbench {pgbench.__version__} (policy-gradient estimator benchmark; Python "
+            f"{sys.version.split()[0]}; {where})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgbench", description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_text(),
+                   help="print pgbench's version and where it is installed, then exit")
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of a failure (also PGBENCH_DEBUG=1); any position on the line")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
