@@ -127,6 +127,8 @@ def _cmd_exact(args) -> int:
     for k in ("S", "A", "n", "m", "gamma", "horizon", "policy", "method"):
         if k in out:
             print(f"{k:9s} {out[k]}")
+    if out.get("beta"):
+        print(f"beta      {out['beta']:g} (entropy-regularised: J and its gradient include beta * entropy)")
     print(f"J         {out['J']:.10g}")
     print(f"|grad J|  {out['grad_norm']:.10g}")
     if "truncated_mass" in out:
@@ -136,6 +138,9 @@ def _cmd_exact(args) -> int:
     with np.printoptions(precision=6, suppress=True, threshold=200):
         print("grad J =")
         print(g)
+        if "natural_grad" in out:
+            print("natural gradient F^+ grad J =")
+            print(np.asarray(out["natural_grad"]))
     return 0
 
 
@@ -170,9 +175,12 @@ def _cmd_measure(args) -> int:
         cols += ["exact_variance", "exact_mse"]
     if "exact_bias_norm" in df and df["exact_bias_norm"].notna().any():  # exact mean in closed form
         cols += ["exact_bias_norm"]
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+    table, notes = _measure_table(df, cols)
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print(f"{prob.name}: N={args.batch}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
-        print(df[cols].rename(columns={"p_robust": "p (mean = exact)", "p_test": "test"}).to_string(index=False))
+        print(table.to_string(index=False, na_rep="-"))
+        for line in notes:
+            print(line)
         print(f"sampling: {df['seconds'][0]:.3g} s, {df['episodes_per_second'][0]:.3g} episodes/s")
         if not np.isnan(df["truncated_mass"][0]):
             print(f"episode cap cuts off probability {df['truncated_mass'][0]:.3g} of still running")
@@ -184,6 +192,25 @@ def _cmd_measure(args) -> int:
         if "proxy" in df.attrs:
             print("W(tau) proxy: " + ", ".join(f"{k}={v:.4g}" for k, v in df.attrs["proxy"].items()))
     return 0
+
+
+def _measure_table(df, cols):
+    """``measure``'s text table: the report's verdict beside the p-value, and ``-`` (never NaN)
+    where a value is missing, with a line saying why an exact value is missing."""
+    from pgbench.reports.report import ALPHA, _p_and_test, _why_no_exact, verdict
+    rows = df.to_dict(orient="records")
+    table = df[cols].rename(columns={"p_robust": "p (mean = exact)", "p_test": "test"}).copy()
+    table.insert(list(table.columns).index("test") + 1, "verdict",
+                 [verdict(r.get("unbiased"), _p_and_test(r)[0]).text for r in rows])
+    notes = [f"verdict: the claim of unbiasedness against the test of mean = exact gradient at level {ALPHA:g}"]
+    ex_cols = [c for c in ("exact_variance", "exact_mse", "exact_bias_norm") if c in table]
+    reasons: dict = {}
+    for r in rows:
+        if any(not np.isfinite(r.get(c, np.nan)) for c in ex_cols):
+            reasons.setdefault(_why_no_exact(str(r["estimator"])), []).append(str(r["estimator"]))
+    for why, names in reasons.items():
+        notes.append(f"exact -: {', '.join(names)}: {why} (MC only)")
+    return table, notes
 
 
 def _cmd_validate(args) -> int:
@@ -399,8 +426,13 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     def go() -> int:
-        _import_plugins(args)
-        return args.fn(args)
+        from pgbench import compile_notice
+        compile_notice.watch()  # any numba compilation of this command says so on stderr
+        try:
+            _import_plugins(args)
+            return args.fn(args)
+        finally:
+            compile_notice.finish()
 
     if debug:
         return go()

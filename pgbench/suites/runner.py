@@ -295,8 +295,9 @@ def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report,
         progress = sys.stderr.isatty()
     cold = None
     if cells and not kernels_cached():
-        if not quiet:
-            _say("compiling kernels (first run only: a minute or two; cached afterwards)")
+        from pgbench import compile_notice
+        msg = "compiling kernels (first run only: a minute or two; cached afterwards)"
+        compile_notice.announce(None if quiet else msg)
         if executor is None:
             from pgbench.suites.warmup import ColdStart
             cold = ColdStart(cells, _is_mdp_suite)
