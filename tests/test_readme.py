@@ -33,10 +33,14 @@ def _blocks(lang: str) -> list[str]:
 
 
 def _bash_lines() -> list[str]:
+    """The command lines of the bash blocks; ``python -m pgbench ...`` runs as ``pgbench ...``
+    (the same entry point; the module form avoids PostgreSQL's program of the same name)."""
     out = []
     for block in _blocks("bash"):
         for line in block.splitlines():
             line = line.strip()
+            if line.startswith("python -m pgbench "):
+                line = line[len("python -m "):]
             if line and not line.startswith("#"):
                 out.append(line)
     return out
