@@ -72,7 +72,11 @@ def scenario(name: str, problem: str, full_first: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="pgbench-compile-") as cache:
         steps = {}
         if full_first:
-            steps["precompile (what a pgbench run compiles)"] = _precompile(cache)
+            steps["precompile: the all-branch sampler"] = _precompile(cache)
+            # what any measure compiles once whatever its estimators (statistics, contraction), as
+            # after a `pgbench run`: a measure of another set
+            args = ["measure", problem, "-N", "16", "-K", "100", "-e", "reinforce"]
+            steps["a measure of another set (reinforce)"] = dict(_child(args, cache), estimators=["reinforce"])
         for when in ("cold", "warm"):
             for which, ests in SETS.items():
                 args = ["measure", problem, "-N", "16", "-K", "100"] + [a for e in ests for a in ("-e", e)]
@@ -84,12 +88,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", default=os.path.join(ROOT, "results", "bench", "compile_new_sets.json"))
     ap.add_argument("--problem", default="frozen_lake")
+    ap.add_argument("--only", choices=["fresh", "after_full_kernel"], default=None,
+                    help="one scenario; its result replaces that scenario in an existing OUT")
     a = ap.parse_args(argv)
     t0 = time.time()
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {"problem": a.problem, "python": platform.python_version(), "machine": platform.machine(),
               "cpus": os.cpu_count(), "load_average_before": load0,
-              "scenarios": [scenario("fresh", a.problem, False), scenario("after_full_kernel", a.problem, True)]}
+              "scenarios": [scenario(name, a.problem, name != "fresh") for name in ("fresh", "after_full_kernel")
+                            if a.only in (None, name)]}
+    if a.only and os.path.isfile(a.out):  # keep the other scenario's figures from the earlier run
+        with open(a.out) as f:
+            old = json.load(f)
+        keep = [sc for sc in old.get("scenarios", []) if sc["scenario"] != a.only]
+        for sc in keep:
+            sc.setdefault("from_run_with_load_average", old.get("load_average_before"))
+        result["scenarios"] = sorted(keep + result["scenarios"], key=lambda sc: sc["scenario"] != "fresh")
     result["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     result["total_seconds"] = time.time() - t0
     import numba
