@@ -100,7 +100,8 @@ def lqg_bench(episodes: int = 20_000, repeat: int = 3) -> dict:
     for a score-function and the pathwise estimator alone, for both on the same episodes, and for
     the normal draws alone ((n + m) / 2 Box-Muller pairs a step); timed in interleaved rounds, each
     keeping its best, so the ratio to the draws survives a loaded machine."""
-    from pgbench.kernels.lqg import normal_floor, sample_lqg
+    from pgbench.kernels.lqg import normal_floor
+    from pgbench.measure.lqg import sample_lqg
     prob = make(LQG_BENCH_PROBLEM)
     T = prob.horizon
     K = 2 * max(2, numba.config.NUMBA_NUM_THREADS)

@@ -102,13 +102,15 @@ def _cmd_exact(args) -> int:
     theta = _theta_arg(prob, args.theta)
     if prob.kind != "mdp":
         th = prob.check_theta(theta)
-        out = {"problem": prob.name, "J": prob.J(th), "grad": prob.grad(th).tolist(),
-               "grad_norm": float(np.linalg.norm(prob.grad(th)))}
         if prob.kind == "lqg":  # theta = (K row-major, log sigma)
-            out.update(n=prob.n, m=prob.m, gamma=prob.gamma, horizon=prob.horizon)
+            gt = exact(prob, th)
+            out = {"problem": prob.name, "J": gt.J, "grad": gt.grad.tolist(), "grad_norm": float(np.linalg.norm(gt.grad)),
+                   "n": prob.n, "m": prob.m, "gamma": prob.gamma, "horizon": prob.horizon}
             if args.natural:
-                from pgbench.exact.lqg import exact_lqg
-                out["natural_grad"] = exact_lqg(prob, th).natural_gradient().tolist()
+                out["natural_grad"] = gt.natural_gradient().tolist()
+        else:
+            out = {"problem": prob.name, "J": prob.J(th), "grad": prob.grad(th).tolist(),
+                   "grad_norm": float(np.linalg.norm(prob.grad(th)))}
     else:
         gt = exact(prob, theta, beta=args.beta, method=args.method)
         out = {"problem": prob.name, "J": gt.J, "grad": gt.grad.tolist(), "grad_norm": gt.grad_norm,

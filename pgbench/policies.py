@@ -4,7 +4,7 @@
 vector-Jacobian product into a policy with exact J, gradient and Fisher:
 ``pgbench.exact(problem, policy=pol)``, ``measure(problem, estimators, ..., policy=pol)``.
 """
-from pgbench.problems.policies import LinearSoftmax, LogitsPolicy, SoftmaxPolicy, TabularSoftmax
+from pgbench.problems.softmax import LinearSoftmax, LogitsPolicy, SoftmaxPolicy, TabularSoftmax
 
 __all__ = ["LogitsPolicy", "TabularSoftmax", "LinearSoftmax", "SoftmaxPolicy", "jax_policy"]
 

@@ -30,7 +30,7 @@ Options
 
 A terminal summary lists, per cell and estimator, bias norm, variance and MSE (each ± its
 standard error) and the unbiasedness p-value that verdicts use (``p_robust``, from
-:func:`pgbench.measure.metrics.verdict_p`) with the test it comes from, flagging (``!``) an
+:func:`pgbench.stats.metrics.verdict_p`) with the test it comes from, flagging (``!``) an
 estimator that claims to be unbiased and has ``p < 1e-3``.
 
 The plugin is loaded in every pytest session of an environment where pgbench is installed: at

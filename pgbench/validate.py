@@ -10,7 +10,7 @@ estimator fails anywhere on the panel is at most ``alpha`` (the family-wise fals
 The per-problem test is a bootstrap max-t test (:func:`bootstrap_max_t`): the largest studentised
 coordinate of ``mean - grad J``, referred to its bootstrap distribution under the null (trials
 resampled after centring at their mean). Trial estimates of sparse-reward problems are skewed and
-zero-inflated, and there the normal-theory tests of :func:`pgbench.measure.metrics.summarize`
+zero-inflated, and there the normal-theory tests of :func:`pgbench.stats.metrics.summarize`
 (Hotelling's T^2, Holm-adjusted t-tests) reject a correct estimator far more often than their
 level (``calibration()`` measures it: on ``frozen_lake`` at N = 10, K = 400 about 60% of cells at
 the 5% level); the bootstrap-t corrects the skewness to second order and the maximum over
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from pgbench.errors import PGBenchError
-from pgbench.measure.metrics import MIN_OBSERVED, bootstrap_max_t  # noqa: F401  (re-exported)
+from pgbench.stats.metrics import MIN_OBSERVED, bootstrap_max_t  # noqa: F401  (re-exported)
 
 __all__ = ["PANEL", "PanelProblem", "REFERENCES", "validate", "holm", "bootstrap_max_t", "calibration",
            "format_validation", "import_plugin"]
@@ -70,7 +70,7 @@ PANEL = (
                  "random theta (small enough for exact moments)"),
     PanelProblem("garnet:S=6,A=3,b=3,seed=1,gamma=0.8", 2, why="unbounded, discounted (gamma = 0.8), no terminal state"),
     PanelProblem("gridworld:n=3,slip=0.1,gamma=0.9", 3, why="unbounded, terminal goal, discounted"),
-    PanelProblem("boltzmann_bandit", why="linear softmax (one feature), the SPEC closed form"),
+    PanelProblem("boltzmann_bandit", why="linear softmax (one feature), closed form dJ/dtheta = -20.79"),
     PanelProblem("frozen_lake", why="terminal holes and goal, sparse reward, gamma = 0.99"),
 )
 """The default panel (see :func:`validate`)."""
@@ -164,8 +164,7 @@ def _exact_bias(prob, spec, N: int, limit: int) -> tuple:
     """Exact bias norm by enumeration when the problem is small enough, and why not otherwise:
     ``(value, "")`` or ``(nan, reason)``."""
     from pgbench.exact import moments
-    from pgbench.estimators.batch import BATCH_CODE
-    from pgbench.estimators.user import USER_CODE
+    from pgbench.estimators.registry import BATCH_CODE, USER_CODE
     if getattr(prob, "kind", None) != "mdp":
         return math.nan, "no exact moments for objectives"
     if spec.info.code in (USER_CODE, BATCH_CODE):
@@ -199,7 +198,7 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
              alpha: float = 0.05, references=REFERENCES, exact_limit: int = 20_000) -> pd.DataFrame:
     """Test ``estimator`` for unbiasedness on every problem of a panel; one row per problem.
 
-    ``p_value`` is the verdict's p-value (:func:`pgbench.measure.metrics.verdict_p`, the policy
+    ``p_value`` is the verdict's p-value (:func:`pgbench.stats.metrics.verdict_p`, the policy
     of the reports and the pytest summary: the larger of the bootstrap max-t p ``p_bootstrap``
     and the normal-theory p ``p_metrics``, the latter alone once the bootstrap is at its floor),
     ``test`` names the test it comes from, ``p_holm`` is its Holm adjustment over the panel
@@ -237,7 +236,7 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
         ``estimator``, ``references``.
     """
     from pgbench.estimators.catalogue import parse
-    from pgbench.measure import metrics
+    from pgbench.stats import metrics
     from pgbench.measure.measure import run_cell
 
     alpha = _check_alpha(alpha)
@@ -383,7 +382,7 @@ def calibration(problem="three_step_bandit", unbiased=("reinforce_rtg", "rloo"),
 
     from pgbench.estimators.catalogue import parse
     from pgbench.exact.moments import exact_moments
-    from pgbench.measure import metrics
+    from pgbench.stats import metrics
     from pgbench.measure.engine import sample_mdp
     from pgbench.problems import make
 

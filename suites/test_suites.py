@@ -21,7 +21,7 @@ from pgbench.suites.registry import SUITES
 
 # Every estimator that claims to be unbiased is tested for H0: E g = grad J in every cell, so one
 # full run makes ~150 such tests (~40 in the quick subset). A cell fails when the verdict's
-# p-value p_robust (pgbench.measure.metrics.verdict_p, the one reports show) is at most 1e-6 (a
+# p-value p_robust (pgbench.stats.metrics.verdict_p, the one reports show) is at most 1e-6 (a
 # Bonferroni correction at a family-wise rate of 1.5e-4 per full run). Below the bootstrap's floor
 # 1/2000 that p is the normal-theory one, reached only when the bootstrap max-t rejects at its
 # floor too: the normal-theory test alone over-rejects on sparse-reward problems (skewed trial

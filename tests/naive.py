@@ -1,4 +1,4 @@
-"""Slow, obvious references for the exact ground truth (SPEC section 2).
+"""Slow, obvious references for the exact ground truth (the contract's Conventions and ground truth, docs/contract.rst).
 
 Everything here is written from the definitions with explicit loops and explicit matrix
 inverses, independently of ``pgbench.exact``: dense arrays only, no sparse forms, no

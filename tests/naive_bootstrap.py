@@ -1,6 +1,6 @@
 """Plain-NumPy reference of the bootstrap max-t test (the pre-compiled algorithm: a B x n
 multinomial weight matrix and two matrix products), fed the same resample indices as the
-compiled kernel (pgbench.kernels.bootstrap.max_t_resamples) so the two can be compared number
+compiled kernel (pgbench.stats.passes.max_t_resamples) so the two can be compared number
 for number."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from pgbench.kernels.bootstrap import BOOT_CELL
+from pgbench.stats.passes import BOOT_CELL
 from pgbench.kernels.rng import seed_u64, uniforms
 
 

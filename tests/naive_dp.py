@@ -1,7 +1,7 @@
 """Plain-NumPy reference of the exact-moment dynamic programme (pgbench.exact.dp).
 
 Independent of the numba passes: dense ``P[s, a, s']``, every (state, action) at once, each
-estimator's per-step pieces written out again from SPEC section 3 (``g = sum_k (q_k Y_k + W_k)``
+estimator's per-step pieces written out again from docs/moments.rst (``g = sum_k (q_k Y_k + W_k)``
 with the eligibility trace ``Y_k = alpha Y_(k-1) + beta_k u_k``), the return family
 (``E[R^k z]``, ``E[R^k z * z]``) by the same expansion of ``(R + c r)^m (z + u)``.
 """

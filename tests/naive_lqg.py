@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from pgbench.exact.lqg import exact_lqg
+from pgbench.exact.lqg import exact_lqg, sampling_steps
 from pgbench.kernels.rng import seed_u64, uniforms
 from pgbench.problems.lqg import psd_sqrt
 
@@ -79,7 +79,7 @@ def pathwise(problem, theta, S, E, Xi, Lw):
 def reference_lqg(problem, names_params, N, Ktr, seed, cell, theta=None):
     """(Ktr, n_estimators, d) from the formulas; names_params: list of (name, params dict)."""
     th = problem.resolve_theta(theta)
-    T = problem.sampling_steps(th)
+    T = sampling_steps(problem, th)
     n, m, d = problem.n, problem.m, problem.dim
     g = problem.gamma
     gt = exact_lqg(problem, th)

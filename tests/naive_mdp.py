@@ -1,4 +1,5 @@
-"""Slow, obvious references for the MDP sampling kernels (pgbench.kernels.mdp), SPEC sections 3 and 5.
+"""Slow, obvious references for the MDP sampling kernels (pgbench.kernels.mdp), the contract's
+Estimators and Randomness (docs/contract.rst).
 
 Episodes are replayed in plain Python from the uniforms of their own streams
 (``pgbench.kernels.rng.uniforms(seed, cell, trial, episode, n)``), reading the alias tables of

@@ -19,7 +19,7 @@ GARNET = "garnet:S=6,A=3,b=3,seed=1,gamma=0.8"  # unbounded: episodes cut by the
 
 
 def np_rtg(batch):
-    """reward_to_go written from the SPEC formula with NumPy: psi_t = gamma^t G_t."""
+    """reward_to_go written from the contract's formula with NumPy: psi_t = gamma^t G_t."""
     G = np.zeros_like(batch.rewards)
     acc = np.zeros(batch.rewards.shape[0])
     for t in range(batch.rewards.shape[1] - 1, -1, -1):
@@ -243,7 +243,7 @@ def _end_counts(problem, N=300):
     from pgbench.exact import exact
     from pgbench.kernels.rng import seed_u64
     from pgbench.measure import engine
-    from pgbench.measure.batch import run_batch
+    from pgbench.measure.batch_runner import run_batch
     from pgbench.estimators.catalogue import parse
     prob = make(problem)
     t = engine.make_tables(prob, prob.theta)

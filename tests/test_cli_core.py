@@ -86,7 +86,7 @@ def test_exact_json_unbounded(capsys):
 def test_exact_json_finite_horizon_has_no_truncation(capsys):
     out = exact_json(capsys, "three_step_bandit")
     expect = np.full((3, 3), -1 / 9)
-    np.fill_diagonal(expect, 2 / 9)  # SPEC section 2 closed form
+    np.fill_diagonal(expect, 2 / 9)  # the contract's closed form
     np.testing.assert_allclose(out["grad"], expect, atol=1e-15)
     assert out["horizon"] == 3 and "truncated_mass" not in out
 

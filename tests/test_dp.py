@@ -1,6 +1,6 @@
 """Exact moments by dynamic programming over (t, s) (pgbench.exact.dp) against trajectory
 enumeration (pgbench.exact.moments), the plain-NumPy reference (tests/naive_dp.py), the exact
-gradient, and Monte-Carlo measurements (SPEC section 8).
+gradient, and Monte-Carlo measurements (docs/moments.rst).
 
 Monte-Carlo comparisons use fixed seeds and Bonferroni critical values of at least 5 standard
 errors; everything else is exact and compared to 1e-10 relative.

@@ -1,6 +1,6 @@
 """The full covariance by the moment DP (pgbench.exact.dp.dp_second_moments) against trajectory
 enumeration, and ppo_gae in the DP against a plain listing of trajectories, its closed-form mean
-and Monte-Carlo measurements (SPEC section 8).
+and Monte-Carlo measurements (docs/moments.rst).
 
 Exact comparisons: 1e-10 relative to the covariance's Frobenius norm (or to the squared gradient
 when the covariance is exactly zero); Monte-Carlo ones: Bonferroni critical values of at least 5
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pgbench import PGBenchError, exact, make
-from pgbench.estimators import practice
+from pgbench.exact import practice
 from pgbench.estimators.catalogue import parse
 from pgbench.exact import dp
 from pgbench.exact import moments as M

@@ -1,4 +1,4 @@
-"""Exact ground truth (SPEC section 2) against finite differences, naive references and closed forms."""
+"""Exact ground truth (docs/contract.rst) against finite differences, naive references and closed forms."""
 from __future__ import annotations
 
 import numpy as np
@@ -281,7 +281,7 @@ def test_gamma_zero_is_the_expected_immediate_reward():
     assert gt.truncated_J == 0.0
 
 
-# ---------------------------------------------------------------------------- SPEC closed forms
+# ------------------------------------------------------------------------- the contract's closed forms
 def test_boltzmann_bandit_closed_form():
     p = make("boltzmann_bandit")
     gt = exact(p)

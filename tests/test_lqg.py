@@ -8,8 +8,9 @@ import pytest
 
 from pgbench.errors import PGBenchError
 from pgbench.estimators.catalogue import parse
-from pgbench.exact.lqg import exact_lqg
-from pgbench.kernels.lqg import CHUNK, sample_lqg
+from pgbench.exact.lqg import exact_lqg, sampling_steps
+from pgbench.kernels.lqg import CHUNK
+from pgbench.measure.lqg import sample_lqg
 from pgbench.problems import load_npz, make, save_npz
 from pgbench.problems.lqg import LQGProblem, lqg
 
@@ -57,7 +58,7 @@ def test_unbounded_is_the_limit_of_long_horizons():
     np.testing.assert_allclose(fin.grad, inf.grad, rtol=1e-8, atol=1e-9 * np.abs(inf.grad).max())
     np.testing.assert_allclose(fin.fisher_matrix(), inf.fisher_matrix(), rtol=1e-8, atol=1e-9)
     # and the sampling cap keeps the J it cuts off below the documented fraction
-    cut = inf.J - exact_lqg(p, th, horizon=p.sampling_steps(th)).J
+    cut = inf.J - exact_lqg(p, th, horizon=sampling_steps(p, th)).J
     assert abs(cut) <= 1e-10 * abs(inf.J)
 
 
@@ -84,7 +85,7 @@ def test_scalar_closed_form():
 def test_J_and_fisher_against_monte_carlo(spec):
     """Exact J and Fisher against means over NumPy-reference rollouts (5 standard errors)."""
     p = make(spec)
-    T = p.max_steps
+    T = sampling_steps(p)
     gt = exact_lqg(p)
     rng = np.random.default_rng(0)
     M = 4000

@@ -1,5 +1,5 @@
 """MDP sampling kernels (pgbench.kernels.mdp via pgbench.measure.engine.sample_mdp) against the
-plain-Python references of tests/naive_mdp.py and the exact ground truth (SPEC sections 3-5).
+plain-Python references of tests/naive_mdp.py and the exact ground truth (docs/contract.rst).
 
 Every statistical check uses fixed seeds, so it is deterministic; thresholds are at least 5
 standard errors with a Bonferroni correction over the coordinates checked, so that with another
@@ -62,7 +62,7 @@ def problem(key: str) -> MDPProblem:
     if key == "terminal_finite_linear":  # linear softmax, gamma = 1, terminal states and a horizon, gaussian noise
         m = random_terminal_mdp(6, S=6, A=2, gamma=1.0, horizon=4)
         return linear_version(MDPProblem.tabular(_with_noise(m, "term6g", reward_std=0.7)), 6, d=3)
-    if key == "three_step_bandit":  # SPEC closed form; uniform noise; theta = 0
+    if key == "three_step_bandit":  # the contract's closed form; uniform noise; theta = 0
         return make("three_step_bandit")
     if key == "small_finite_discounted":  # few enough trajectories to enumerate; gamma < 1, terminal states
         m = random_terminal_mdp(16, S=5, A=2, gamma=0.9, horizon=3)
@@ -512,7 +512,7 @@ def test_three_step_bandit_variance_ladder():
     assert exact_v[0] > exact_v[1] > exact_v[2]
     for (vm, se), ve in zip(v, exact_v):
         assert abs(vm - ve / N) <= 5 * se
-    for j in range(3):  # all three are unbiased for the SPEC closed form
+    for j in range(3):  # all three are unbiased for the contract's closed form
         expect = np.full((3, 3), -1 / 9)
         np.fill_diagonal(expect, 2 / 9)
         np.testing.assert_allclose(res.targets[j], expect.reshape(-1), atol=1e-15)

@@ -1,4 +1,4 @@
-"""The measurement API (pgbench.measure.measure.measure) and ``pgbench measure`` (SPEC section 4)."""
+"""The measurement API (pgbench.measure.measure.measure) and ``pgbench measure`` (the contract's Metrics, docs/contract.rst)."""
 from __future__ import annotations
 
 import json
@@ -114,7 +114,7 @@ def test_measure_stochastic_objective():
     assert list(df["unbiased"]) == [False, True, True]
     assert (df["exact_grad_norm"] == 4.0).all()  # dJ/dtheta = 1 + 3 theta^2 at theta = 1
     naive = df.iloc[0]
-    assert naive["mean"][0] == pytest.approx(2.0, abs=5 * np.sqrt(naive["variance"] / 2000))  # bias -2 (SPEC)
+    assert naive["mean"][0] == pytest.approx(2.0, abs=5 * np.sqrt(naive["variance"] / 2000))  # bias -2 (the contract)
     assert naive["p_value"] < 1e-6
     for j in (1, 2):
         row = df.iloc[j]

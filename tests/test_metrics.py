@@ -1,4 +1,4 @@
-"""Tests of pgbench.measure.metrics: exact point formulas, calibration and coverage by simulation.
+"""Tests of pgbench.stats.metrics: exact point formulas, calibration and coverage by simulation.
 
 Every statistical check uses a fixed seed and a tolerance of four Monte-Carlo standard errors
 (for a rate p over n repetitions, ``4 sqrt(p (1 - p) / n)``).
@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from pgbench.errors import PGBenchError
-from pgbench.measure.metrics import HOTELLING_MIN_RATIO, HOTELLING_MIN_DF, cost, paired, summarize
+from pgbench.stats.metrics import HOTELLING_MIN_RATIO, HOTELLING_MIN_DF, cost, paired, summarize
 
 REPS = 400
 MC_SE = math.sqrt(0.05 * 0.95 / REPS)  # Monte-Carlo se of a 5% rate (and of 95% coverage)
@@ -425,7 +425,7 @@ def test_cost_bad_input(args, match):
 
 
 def test_verdict_p_is_the_larger_p_while_the_bootstrap_resolves_it():
-    from pgbench.measure.metrics import verdict_p
+    from pgbench.stats.metrics import verdict_p
     assert verdict_p(0.02, "hotelling", 0.3, 1999) == (0.3, "bootstrap max-t")
     assert verdict_p(0.4, "holm", 0.01, 1999) == (0.4, "Holm t-tests")
     # no bootstrap: the normal-theory p and its test
@@ -435,7 +435,7 @@ def test_verdict_p_is_the_larger_p_while_the_bootstrap_resolves_it():
 def test_verdict_p_below_the_bootstrap_floor_is_the_normal_theory_p_and_says_so():
     """With B = 1999 no bootstrap p can fall below 1/2000; a cell both tests reject that hard gets
     the normal-theory p, named with the bootstrap's bound, so a 1e-6 threshold stays reachable."""
-    from pgbench.measure.metrics import verdict_p
+    from pgbench.stats.metrics import verdict_p
     p, test = verdict_p(1.3e-31, "hotelling", 1 / 2000, 1999)
     assert p == 1.3e-31 and test == "Hotelling T2; bootstrap p < 0.0005"
     # at the floor but the normal-theory p larger: it is the max anyway

@@ -1,6 +1,6 @@
 """Exact second moments by trajectory enumeration (pgbench.exact.moments) against the exact
 gradient, an independent plain-Python enumeration (tests/naive_mdp.py), closed forms, and the
-Monte-Carlo kernels (SPEC sections 2-4).
+Monte-Carlo kernels (docs/contract.rst).
 
 Monte-Carlo comparisons use fixed seeds and 5-standard-error thresholds with a Bonferroni
 correction, so they are deterministic and would fail for a correct implementation with

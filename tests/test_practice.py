@@ -96,7 +96,7 @@ TINY = "garnet:S=3,A=2,b=2,seed=0,gamma=0.9,horizon=2"  # 48 trajectories, 2304 
 def test_enumerated_moments_of_a_numpy_estimator_equal_the_builtin_ones():
     from pgbench.estimators import register_batch_estimator, unregister_batch_estimator
     from pgbench.exact.moments import exact_moments
-    from pgbench.measure.batch import exact_user_moments
+    from pgbench.measure.batch_runner import exact_user_moments
     register_batch_estimator("t_np_rtg2", unbiased=True, replace=True)(lambda b: b.discount() * b.reward_to_go())
     try:
         prob = make(TINY)
@@ -112,7 +112,7 @@ def test_enumerated_moments_of_a_per_episode_function():
     import numba
     from pgbench.estimators import register_estimator, unregister_estimator
     from pgbench.exact.moments import exact_moments
-    from pgbench.measure.batch import exact_user_moments
+    from pgbench.measure.batch_runner import exact_user_moments
 
     @numba.njit
     def rtg_end(states, actions, rewards, L, gamma, pi, V, Q, psi, end):
@@ -135,8 +135,8 @@ def test_enumerated_moments_of_a_per_episode_function():
 def test_practice_estimators_exact_by_enumeration():
     """ppo_gae: enumeration = closed form; normalized_advantage: the sampled mean agrees with the
     enumerated one (its exact bias), which is far from zero."""
-    from pgbench.estimators.practice import exact_mean
-    from pgbench.measure.batch import exact_user_moments
+    from pgbench.exact.practice import exact_mean
+    from pgbench.measure.batch_runner import exact_user_moments
     prob = make(TINY)
     gt = exact(prob)
     m_enum, _, _ = exact_user_moments(prob, parse("ppo_gae:lambda=0.8"), batch=2)

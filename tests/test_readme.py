@@ -1,15 +1,28 @@
-"""The README's code blocks run: every ```python block (in order, in one namespace, in a scratch
-directory), and every `pgbench ...` line of the ```bash blocks in-process, except the long or
-environment-changing ones, each skipped below with its reason."""
+"""The code blocks of the README and of every documentation page under docs/ run.
+
+Per document (README.md, docs/**/*.rst): every python block (in order, in one namespace, in a
+scratch directory of its own: the blocks of a page build on each other like a notebook), then
+every `pgbench ...` (or `python -m pgbench ...`) line of its bash blocks, in-process, in the same
+scratch directory, except the long or environment-changing ones, each skipped below with its
+reason. Markdown blocks are ```python / ```bash fences; rst blocks are `.. code-block:: python` /
+`.. code-block:: bash` directives. Blocks of other languages (console transcripts, text) are
+shown, not run."""
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shlex
+import textwrap
 
 import pytest
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+DOCS = [README] + sorted(
+    p for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.rst"), recursive=True)
+    if os.sep + "_build" + os.sep not in p
+)
 
 # a bash line starting with one of these prefixes is not run here; the reason says what covers it
 SKIPPED = {
@@ -17,6 +30,8 @@ SKIPPED = {
     "pip install": "installs packages",
     "python -m pytest": "the test suite itself",
     "pytest": "the test suite itself",
+    "python -m sphinx": "the documentation build (CI's .ci/run builds docs/ with warnings as errors)",
+    "python benchmarks/": "a benchmark or device check (minutes; tests/test_gpu_check.py covers gpu_check.py)",
     "pgbench run": "runs suites for minutes (.ci/run runs the quick one; tests/test_store.py small ones)",
     "pgbench report results/": "needs a run directory (tests/test_reports.py)",
     "pgbench compare": "needs two run directories (tests/test_reports.py)",
@@ -24,23 +39,30 @@ SKIPPED = {
     "pgbench bench": "a timing run (tests/test_bench.py)",
 }
 SKIPPED_IF = {"--backend cuda": "needs a CUDA GPU"}
+RUN_PREFIXES = ("pgbench ", "python -m pgbench ")
 
 
-def _blocks(lang: str) -> list[str]:
-    with open(README, encoding="utf-8") as f:
+def _rel(doc: str) -> str:
+    return os.path.relpath(doc, ROOT)
+
+
+def _blocks(doc: str, lang: str) -> list[str]:
+    with open(doc, encoding="utf-8") as f:
         text = f.read()
-    return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M)
-
-
-def _bash_lines() -> list[str]:
-    """The command lines of the bash blocks; ``python -m pgbench ...`` runs as ``pgbench ...``
-    (the same entry point; the module form avoids PostgreSQL's program of the same name)."""
+    if doc.endswith(".md"):
+        return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M)
+    # rst: the directive, its options, a blank line, then the indented body
     out = []
-    for block in _blocks("bash"):
+    for m in re.finditer(rf"^\.\. code-block:: {lang}[ \t]*\n((?:[ \t]+:.*\n)*)((?:[ \t]*\n|[ \t]+\S.*\n)*)", text, flags=re.M):
+        out.append(textwrap.dedent(m.group(2)).strip("\n") + "\n")
+    return out
+
+
+def _bash_lines(doc: str) -> list[str]:
+    out = []
+    for block in _blocks(doc, "bash"):
         for line in block.splitlines():
             line = line.strip()
-            if line.startswith("python -m pgbench "):
-                line = line[len("python -m "):]
             if line and not line.startswith("#"):
                 out.append(line)
     return out
@@ -56,54 +78,121 @@ def _skip_reason(line: str):
     return None
 
 
-def test_readme_has_code_to_run():
-    assert len(_blocks("python")) >= 3 and any(ln.startswith("pgbench exact") for ln in _bash_lines())
+def _runnable(line: str) -> bool:
+    return line.startswith(RUN_PREFIXES)
+
+
+def test_block_parser_reads_both_formats(tmp_path):
+    rst = tmp_path / "page.rst"
+    rst.write_text("Title\n=====\n\n.. code-block:: python\n   :caption: x\n\n   a = 1\n\n   b = a + 1\n\ntext\n"
+                   ".. code-block:: bash\n\n   pgbench list\n", encoding="utf-8")
+    assert _blocks(str(rst), "python") == ["a = 1\n\nb = a + 1\n"]
+    assert _bash_lines(str(rst)) == ["pgbench list"]
+    md = tmp_path / "page.md"
+    md.write_text("```python\nx = 2\n```\n```bash\npgbench exact boltzmann_bandit  # c\n```\n", encoding="utf-8")
+    assert _blocks(str(md), "python") == ["x = 2\n"] and _bash_lines(str(md)) == ["pgbench exact boltzmann_bandit  # c"]
+
+
+def test_docs_have_code_to_run():
+    assert len(_blocks(README, "python")) >= 1 and any(ln.startswith("pgbench exact") for ln in _bash_lines(README))
+    assert len(DOCS) > 5  # the README and the pages under docs/
+    assert sum(len(_blocks(d, "python")) for d in DOCS) >= 10
     # every bash line is either run below or skipped with a reason
-    for line in _bash_lines():
-        assert line.startswith("pgbench ") or _skip_reason(line), line
+    for doc in DOCS:
+        for line in _bash_lines(doc):
+            assert _runnable(line) or _skip_reason(line), f"{_rel(doc)}: {line}"
+
+
+# checks of what a page's python blocks computed, beyond running without an error
+def _check_readme(ns):
+    df = ns["df"]  # the first look's frame: one row per estimator, classes from the catalogue
+    assert {"estimator", "class", "p_robust", "p_test"} <= set(df.columns)
+    assert len(df) == 4
+
+
+def _check_mdp(ns):
+    assert os.path.isfile("my_mdp.npz")
+
+
+def _check_moments(ns):
+    assert ns["ob"].b_star == pytest.approx(1.0)  # the page's comment: b* = 1 on the three-step bandit
+
+
+def _check_tutorial(ns):
+    df = ns["df"]
+    assert list(df["estimator"]) == ["reinforce", "reinforce_rtg", "value_baseline", "rloo"]
+    # the page says the variance falls from the full return to the reward-to-go and again with a baseline
+    v = dict(zip(df["estimator"], df["exact_variance"]))
+    assert v["reinforce"] > v["reinforce_rtg"] > v["value_baseline"]
+
+
+def _check_pytest(ns):
+    assert ns["test_my_estimator_is_unbiased"]() is None  # the page's test function, as pytest would call it
+
+
+CHECKS = {
+    os.path.join("docs", "howto", "pytest.rst"): _check_pytest,
+    "README.md": _check_readme,
+    os.path.join("docs", "howto", "mdp.rst"): _check_mdp,
+    os.path.join("docs", "moments.rst"): _check_moments,
+    os.path.join("docs", "tutorial.rst"): _check_tutorial,
+}
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory):
-    d = tmp_path_factory.mktemp("readme")
-    old = os.getcwd()
-    os.chdir(d)
-    yield d
-    os.chdir(old)
-
-
-@pytest.fixture(scope="module")
-def python_blocks_ran(scratch):
-    """Run the python blocks in order (they build on each other like a notebook)."""
+def ran(tmp_path_factory):
+    """Run a document's python blocks once, in its own scratch directory; returns (dir, namespace)."""
     import matplotlib
     matplotlib.use("Agg")
     from pgbench.estimators.batch import BATCH_ESTIMATORS
     from pgbench.estimators.user import USER_ESTIMATORS
     saved = [(r, dict(r)) for r in (BATCH_ESTIMATORS, USER_ESTIMATORS)]
-    ns: dict = {"__name__": "readme"}
-    for i, code in enumerate(_blocks("python")):
-        exec(compile(code, f"README.md python block {i + 1}", "exec"), ns)
-    yield ns
+    cache: dict = {}
+    old = os.getcwd()
+
+    def run(doc: str):
+        if doc not in cache:
+            d = tmp_path_factory.mktemp(re.sub(r"\W+", "_", _rel(doc)))
+            ns: dict = {"__name__": "docs"}
+            os.chdir(d)
+            try:
+                for i, code in enumerate(_blocks(doc, "python")):
+                    exec(compile(code, f"{_rel(doc)} python block {i + 1}", "exec"), ns)
+            finally:
+                os.chdir(old)
+            cache[doc] = (d, ns)
+        return cache[doc]
+
+    yield run
+    os.chdir(old)
     # what the blocks registered stays in this module (other tests register the same names)
     for registry, before in saved:
         registry.clear()
         registry.update(before)
 
 
-def test_python_blocks(python_blocks_ran, capsys):
-    ns = python_blocks_ran
-    df = ns["df"]
-    # the first snippet's frame: one row per estimator, classes from the catalogue
-    assert {"estimator", "class", "p_robust", "p_test"} <= set(df.columns)
-    assert os.path.isfile("my_mdp.npz")
-    assert ns["ob"].b_star == pytest.approx(1.0)  # the README's comment: b* = 1 on the three-step bandit
+@pytest.mark.parametrize("doc", [d for d in DOCS if _blocks(d, "python")], ids=_rel)
+def test_python_blocks(doc, ran, monkeypatch, capsys):
+    d, ns = ran(doc)
+    check = CHECKS.get(_rel(doc))
+    if check:
+        monkeypatch.chdir(d)
+        check(ns)
 
 
-@pytest.mark.parametrize("line", [ln for ln in _bash_lines() if ln.startswith("pgbench ")])
-def test_bash_pgbench_lines(line, python_blocks_ran, capsys, request):
+def test_checked_pages_exist():
+    for rel in CHECKS:
+        assert os.path.isfile(os.path.join(ROOT, rel)), rel
+
+
+@pytest.mark.parametrize("doc,line", [(d, ln) for d in DOCS for ln in _bash_lines(d) if _runnable(ln)],
+                         ids=lambda v: _rel(v) if os.path.isabs(str(v)) else str(v))
+def test_bash_pgbench_lines(doc, line, ran, monkeypatch, capsys, request):
     why = _skip_reason(line)
     if why:
         pytest.skip(why)
+    d, _ = ran(doc)  # the page's python blocks first: lines use the files they write
+    monkeypatch.chdir(d)
     from pgbench.cli import main
     if "--import" in line:  # a fresh process in real use: none of the python blocks' registrations
         from pgbench.estimators.batch import BATCH_ESTIMATORS
@@ -112,10 +201,12 @@ def test_bash_pgbench_lines(line, python_blocks_ran, capsys, request):
             saved = dict(registry)
             registry.clear()
             request.addfinalizer(lambda r=registry, s=saved: (r.clear(), r.update(s)))
-    # lines run in the scratch directory (beside the python blocks' files); the repository's
-    # examples/ are named from the checkout
-    examples = os.path.join(os.path.dirname(README), "examples") + os.sep
-    argv = [a.replace("examples/", examples) for a in shlex.split(line, comments=True)[1:]]
+    # the repository's examples/ are named from the checkout
+    examples = os.path.join(ROOT, "examples") + os.sep
+    words = shlex.split(line, comments=True)
+    words = words[3:] if words[:3] == ["python", "-m", "pgbench"] else words[1:]
+    argv = [a.replace("examples/", examples) for a in words]
+    capsys.readouterr()
     try:
         rc = main(argv)
     except SystemExit as exc:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from naive_bootstrap import naive_bootstrap_p, naive_max_t, resample_weights
-from pgbench.kernels.bootstrap import max_t_resamples
+from pgbench.stats.passes import max_t_resamples
 from pgbench.kernels.rng import seed_u64
-from pgbench.measure import metrics
+from pgbench.stats import metrics
 from pgbench.problems.registry import make
 
 
@@ -37,7 +37,7 @@ def test_compiled_resamples_equal_the_numpy_reference():
 
 
 def test_resamples_do_not_depend_on_the_thread_count():
-    from pgbench.kernels.bootstrap import GRAM_BLOCK, direction_norms, gram_centred
+    from pgbench.stats.passes import GRAM_BLOCK, direction_norms, gram_centred
     C = np.ascontiguousarray(skewed(2 * GRAM_BLOCK + 77, 4, 1))  # three blocks, the last one short
     C -= C.mean(axis=0)
     m, V = np.full(4, 0.1), np.linalg.qr(np.random.default_rng(0).normal(size=(4, 2)))[0]

@@ -14,15 +14,15 @@ on the batch, clipping) are expressible.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 from pgbench.arrays import as_array  # noqa: F401  (re-exported: what user functions may return)
 from pgbench.errors import PGBenchError
+from pgbench.estimators.catalogue import MDP_ESTIMATORS, EstimatorInfo, EstimatorSpec
+from pgbench.estimators.registry import BATCH_CODE, BATCH_ESTIMATORS, USER_ESTIMATORS
+from pgbench.estimators.returns import discounted_cumsum  # noqa: F401  (re-exported for users' batch estimators)
 
-BATCH_ESTIMATORS: dict = {}
-BATCH_CODE = -3
 RETURNS = ("psi", "grad")
 
 
@@ -84,29 +84,6 @@ class Batch:
         return v, q
 
 
-def discounted_cumsum(x: np.ndarray, factor: float) -> np.ndarray:
-    """``y[:, t] = sum_{k >= t} factor^(k-t) x[:, k]`` along the rows of x (N, T).
-
-    One product with the (T, T) matrix ``M[k, t] = factor^(k-t)`` for k >= t when T is small, the
-    backward recursion ``y_t = x_t + factor y_(t+1)`` as a linear filter (``scipy.signal.lfilter``,
-    compiled) otherwise: at T = 220 the matrix product cost 0.6 ms a call, the filter 0.06 ms."""
-    T = x.shape[1]
-    if T <= 32:
-        return x @ _discount_matrix(float(factor), T)
-    from scipy.signal import lfilter
-    y = lfilter([1.0], [1.0, -float(factor)], np.asarray(x, dtype=np.float64)[:, ::-1], axis=1)
-    return np.ascontiguousarray(y[:, ::-1])
-
-
-@lru_cache(maxsize=16)
-def _discount_matrix(gamma: float, T: int) -> np.ndarray:
-    """``M[k, t] = gamma^(k-t)`` for k >= t, else 0 (read-only, shared between batches)."""
-    lag = np.arange(T)[:, None] - np.arange(T)[None, :]
-    M = np.where(lag >= 0, gamma ** np.maximum(lag, 0).astype(np.float64), 0.0)
-    M.setflags(write=False)
-    return M
-
-
 @dataclass(frozen=True)
 class BatchEstimator:
     name: str
@@ -116,7 +93,6 @@ class BatchEstimator:
     doc: str
 
     def spec(self, params: dict):
-        from pgbench.estimators.catalogue import EstimatorInfo, EstimatorSpec
         if params:
             raise PGBenchError(f"batch estimator {self.name} takes no parameters; got {', '.join(params)}")
         info = EstimatorInfo(self.name, self.doc, "yes" if self.unbiased else "no", target="mdp", code=BATCH_CODE)
@@ -131,9 +107,6 @@ def register_batch_estimator(name: str, unbiased: bool, returns: str = "psi", do
     estimate (theta's size). ``unbiased`` is your claim; pgbench tests it against the exact gradient.
     NumPy arrays, torch tensors and JAX arrays are accepted.
     """
-    from pgbench.estimators.catalogue import MDP_ESTIMATORS
-    from pgbench.estimators.user import USER_ESTIMATORS
-
     if not isinstance(name, str) or not name.isidentifier():
         raise PGBenchError(f"an estimator name must be an identifier; got {name!r}")
     if name in MDP_ESTIMATORS:

@@ -1,4 +1,4 @@
-"""The estimator catalogue (SPEC section 3): names, parameters, unbiasedness.
+"""The estimator catalogue (the contract's :ref:`contract-estimators`): names, parameters, unbiasedness.
 
 An estimator is a name with parameters, ``gae:lambda=0.9,critic=perturbed,scale=0.1``. Almost
 every MDP estimator is a sum of per-step weights on scores,
@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgbench.errors import PGBenchError
-from pgbench.estimators.batch import BATCH_CODE
+from pgbench.estimators.lqg import LQG_ESTIMATORS
+from pgbench.estimators.objectives import OBJECTIVE_ESTIMATORS
+from pgbench.estimators.registry import BATCH_CODE, BATCH_ESTIMATORS, USER_ESTIMATORS  # noqa: F401
 
 # kernel codes for psi_t rules
 REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B, \
@@ -200,16 +202,14 @@ def parse(spec, kind: str = "mdp") -> EstimatorSpec:
     if kind != "mdp" and name in _objective_names():
         return _objective_spec(name, _split_params(rest, spec), spec)
     if name not in MDP_ESTIMATORS:
-        from pgbench.estimators import user
-        if name in user.USER_ESTIMATORS:
-            return user.USER_ESTIMATORS[name].spec(_split_params(rest, spec))
-        from pgbench.estimators.batch import BATCH_ESTIMATORS
+        if name in USER_ESTIMATORS:
+            return USER_ESTIMATORS[name].spec(_split_params(rest, spec))
         if name in BATCH_ESTIMATORS:
             return BATCH_ESTIMATORS[name].spec(_split_params(rest, spec))
         objective_names = _objective_names()
         if name in objective_names:
             return _objective_spec(name, _split_params(rest, spec), spec)
-        known = sorted(set(MDP_ESTIMATORS) | set(objective_names) | set(user.USER_ESTIMATORS) | set(BATCH_ESTIMATORS))
+        known = sorted(set(MDP_ESTIMATORS) | set(objective_names) | set(USER_ESTIMATORS) | set(BATCH_ESTIMATORS))
         raise PGBenchError(f"unknown estimator {name!r}; known: {', '.join(known)} (your own estimators: register "
                            f"them in a file and pass it with --import FILE.py)")
     info = MDP_ESTIMATORS[name]
@@ -268,10 +268,6 @@ def _validate(name: str, p: dict) -> None:
 
 
 def _objective_names() -> dict:
-    try:
-        from pgbench.kernels.objectives import OBJECTIVE_ESTIMATORS
-    except ImportError:
-        return {}
     names = {}
     for kind, table in OBJECTIVE_ESTIMATORS.items():
         for n, entry in table.items():
@@ -293,10 +289,6 @@ def _objective_spec(name: str, raw: dict, spec: str) -> EstimatorSpec:
 
 
 def _lqg_table() -> dict:
-    try:
-        from pgbench.kernels.lqg import LQG_ESTIMATORS
-    except ImportError:
-        return {}
     return LQG_ESTIMATORS
 
 
@@ -353,10 +345,8 @@ def describe() -> list[tuple[str, str, str, str]]:
         unb = entry["unbiased"]
         rows.append((name, ",".join(f"{k}={_fmt(v)}" for k, v in entry["params"].items()),
                      unb if isinstance(unb, str) else ("yes" if unb else "no"), "[lqg] " + entry["doc"]))
-    from pgbench.estimators.user import USER_ESTIMATORS
     for name, u in USER_ESTIMATORS.items():
         rows.append((name, "", "yes" if u.unbiased else "no", "[user] " + u.doc))
-    from pgbench.estimators.batch import BATCH_ESTIMATORS
     for name, u in BATCH_ESTIMATORS.items():
         rows.append((name, "", "yes" if u.unbiased else "no", f"[user batch, returns {u.returns}] " + u.doc))
     return rows

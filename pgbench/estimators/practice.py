@@ -1,9 +1,9 @@
-"""Estimators as practice writes them (SPEC section 7), run on the Python batch path.
+"""Estimators as practice writes them (:ref:`practice-estimators`), run on the Python batch path.
 
 - ``ppo_gae(lambda)``: ``psi_t = A^GAE_t`` with the exact critic and no ``gamma^t`` (PPO
   implementations weight every step alike). Its mean is exactly
   ``sum_{t < cap} sum_s d_t(s) sum_a pi(a|s) A_t(s, a) grad log pi(a|s)`` with the *undiscounted*
-  running visitation ``d_t`` (:func:`exact_mean`), so its bias is a number, not a debate.
+  running visitation ``d_t`` (:func:`pgbench.exact.practice.exact_mean`), so its bias is a number, not a debate.
 - ``normalized_advantage(base)``: the base estimator's ``psi`` normalised over the batch's steps
   (mean 0, std 1, as PPO implementations normalise advantages): a batch-level step.
 - ``gpomdp_baseline``: ``g_k = sum_t gamma^t (r_t - b_t^k) c_{t,k}`` with the cumulative score
@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from pgbench.errors import PGBenchError
-from pgbench.estimators.batch import discounted_cumsum
+from pgbench.estimators.returns import discounted_cumsum
 
 NORMALIZE_EPS = 1e-8  # added to the std, as Stable-Baselines3 and CleanRL do
 PSI_BASES = ("ppo_gae", "gae", "reinforce_rtg", "rtg_no_gamma_t", "value_baseline", "true_advantage")
@@ -118,21 +118,3 @@ def function(spec):
     if spec.name == "gpomdp_baseline":
         return gpomdp_baseline, "grad"
     raise PGBenchError(f"{spec.name} is not a practice estimator")
-
-
-def exact_mean(problem, theta, gt, spec):
-    """The exact mean of the estimate where it is known in closed form (else None): ``ppo_gae``'s
-    ``sum_{t < cap} d_t(s) pi(a|s) A_t(s, a)`` score weights (undiscounted visitation, the
-    episode cap included), ``gpomdp_baseline``'s ``grad J``."""
-    if spec.name == "gpomdp_baseline":
-        return np.asarray(gt.grad, dtype=np.float64).reshape(-1)
-    if spec.name != "ppo_gae":
-        return None
-    from pgbench.exact.solve import visitation_per_step
-    mdp = problem.mdp
-    if mdp.horizon is not None:
-        C = np.einsum("ts,sa,tsa->sa", gt.d, gt.pi, gt.A)
-    else:
-        D = visitation_per_step(problem, gt.pi, mdp.episode_cap).sum(axis=0)
-        C = D[:, None] * gt.pi * gt.A
-    return problem.policy.contract(theta, C).reshape(-1)

@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgbench.errors import PGBenchError
+from pgbench.estimators.catalogue import MDP_ESTIMATORS, EstimatorInfo, EstimatorSpec
+from pgbench.estimators.registry import (BATCH_ESTIMATORS, END_CAP, END_HORIZON, END_TERMINAL,  # noqa: F401
+                                        USER_CODE, USER_ESTIMATORS)
 
-USER_ESTIMATORS: dict = {}
-USER_CODE = -2
-END_TERMINAL, END_HORIZON, END_CAP = 0, 1, 2  # how an episode ended: the ``end`` argument
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class UserEstimator:
     with_end: bool = False  # fn takes the tenth argument ``end``
 
     def spec(self, params: dict):
-        from pgbench.estimators.catalogue import EstimatorInfo, EstimatorSpec
         if params:
             raise PGBenchError(f"user estimator {self.name} takes no parameters; got {', '.join(params)}")
         info = EstimatorInfo(self.name, self.doc, "yes" if self.unbiased else "no", target="mdp", code=USER_CODE)
@@ -50,10 +49,9 @@ UserSpec = UserEstimator
 def register_estimator(name: str, unbiased: bool, doc: str = "user-defined estimator", replace: bool = False):
     """Decorator: register a numba-compiled per-episode weight function under ``name``.
 
-    ``unbiased`` is your claim; pgbench tests it (``p_value``) against the exact gradient.
+    ``unbiased`` is your claim; pgbench tests it against the exact gradient with the p-value every
+    verdict uses, ``p_robust`` (its test named in ``p_test``; see :func:`pgbench.stats.metrics.verdict_p`).
     """
-    from pgbench.estimators.catalogue import MDP_ESTIMATORS
-
     if not isinstance(name, str) or not name.isidentifier():
         raise PGBenchError(f"an estimator name must be an identifier; got {name!r}")
     if name in MDP_ESTIMATORS:
@@ -62,7 +60,6 @@ def register_estimator(name: str, unbiased: bool, doc: str = "user-defined estim
     def deco(fn):
         if not hasattr(fn, "py_func"):
             raise PGBenchError(f"estimator {name!r} must be a numba.njit function (got {type(fn).__name__})")
-        from pgbench.estimators.batch import BATCH_ESTIMATORS
         if (name in USER_ESTIMATORS or name in BATCH_ESTIMATORS) and not replace:
             raise PGBenchError(f"estimator {name!r} is already registered (pass replace=True to redefine it)")
         import inspect

@@ -56,7 +56,7 @@ two episodes' sums reduce to per-step moments and to sums over pairs of steps
 ``E[<u_b, psi_a(s_a)>]`` (b < a), each done by one backward pass in NumPy
 (:func:`time_baseline_loo_coords`).
 
-*Variance split* (SPEC 8): given the state sequence, actions are independent with posterior
+*Variance split* (:ref:`moments-split`): given the state sequence, actions are independent with posterior
 ``pi(a|s) P(s'|s, a) / P_pi(s'|s)``, so ``E[g | states]`` is again a sum over steps whose second
 moment a pass over (t, s, s') gives; ``Var(E[g | states])`` is the start-state and transition
 part, the reward-noise part comes out of the main pass, and action sampling is the rest.

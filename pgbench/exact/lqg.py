@@ -30,7 +30,7 @@ import scipy.linalg as sla
 
 from pgbench import inputs
 from pgbench.errors import PGBenchError, ResourceLimitError
-from pgbench.exact.solve import STEP_LIMIT
+from pgbench.exact.limits import STEP_LIMIT
 from pgbench.problems.lqg import CAP_REL, LQGProblem
 
 
@@ -145,3 +145,15 @@ def sampling_cap(problem: LQGProblem, theta=None) -> int:
         if abs(JT - J) <= CAP_REL * max(abs(J), 1e-300) or T > 10 ** 6:
             return T
         T = int(T * 1.5) + 1
+
+
+def sampling_steps(problem: LQGProblem, theta=None) -> int:
+    """Episode length when sampling at theta: the horizon T, or for an unbounded problem the cap of
+    :func:`sampling_cap` (computed once per theta and kept on the problem)."""
+    if problem.horizon is not None:
+        return problem.horizon
+    th = problem.resolve_theta(theta)
+    key = th.tobytes()
+    if key not in problem._caps:
+        problem._caps[key] = sampling_cap(problem, th)
+    return problem._caps[key]

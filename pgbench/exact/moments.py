@@ -1,4 +1,4 @@
-"""Exact second moments of gradient estimators by enumerating trajectories (SPEC section 4), or
+"""Exact second moments of gradient estimators by enumerating trajectories (the contract's :ref:`contract-metrics`), or
 by the moment DP of :mod:`pgbench.exact.dp` (:func:`exact_moments` with ``method="auto"`` takes
 the DP whenever it covers every estimator asked for; :func:`variance_decomposition` splits the
 variance; :func:`optimal_baselines` uses the DP by default).
@@ -732,7 +732,7 @@ def _exact_moments_dp(prob, specs, N: int, th, max_steps, opt_b, cov: bool = Fal
 
 
 def variance_decomposition(problem, estimators, batch: int = 1, theta=None, max_steps: Optional[int] = None):
-    """Exact split of each estimator's trace variance (SPEC section 8, the law of total variance
+    """Exact split of each estimator's trace variance (:ref:`moments-split`, the law of total variance
     conditioned on the state sequence): a DataFrame with ``variance`` and its parts ``state``
     (start state and transitions: ``Var(E[g | s_0, s_1, ...])``), ``action`` (action sampling)
     and ``noise`` (reward noise), each for a batch of N (one episode's divided by N).

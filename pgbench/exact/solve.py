@@ -1,4 +1,4 @@
-"""Exact ground truth for tabular MDPs (SPEC section 2): no sampling anywhere.
+"""Exact ground truth for tabular MDPs (the contract's :ref:`contract-ground-truth`): no sampling anywhere.
 
 Finite horizon T: backward recursion ``V_T = 0, Q_t = R + gamma P V_{t+1}, V_t = sum_a pi Q_t``
 and forward visitation ``d_0 = rho0, d_{t+1} = P_pi^T d_t`` (terminal states absorb, so
@@ -24,6 +24,8 @@ import scipy.sparse.linalg as spla
 
 from pgbench import inputs
 from pgbench.errors import PGBenchError
+from pgbench.exact.limits import STEP_LIMIT
+from pgbench.exact.lqg import exact_lqg
 from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.problem import MDPProblem
 
@@ -172,8 +174,6 @@ class GroundTruth:
         return self._cache["nat"]
 
 
-STEP_LIMIT = 10 ** 9
-"""Horizons (and sampling caps) beyond this many steps are refused: the exact solve loops over them."""
 
 
 def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:
@@ -212,7 +212,6 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
     if getattr(problem, "kind", None) == "lqg":  # linear-Gaussian control: closed form
         if beta:
             raise PGBenchError("exact(): no entropy regularisation for lqg problems")
-        from pgbench.exact.lqg import exact_lqg
         return exact_lqg(problem, theta)
     if not isinstance(problem, MDPProblem):
         raise PGBenchError(f"exact() takes an MDP problem; got {type(problem).__name__} (objectives have .J and .grad)")

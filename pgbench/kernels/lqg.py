@@ -44,25 +44,14 @@ import numpy as np
 from numba import njit, prange
 
 from pgbench.errors import PGBenchError
+from pgbench.estimators.lqg import LQG_ESTIMATORS
 from pgbench.kernels.rng import seed_u64, stream, uniform
+from pgbench.problems.lqg import psd_sqrt
 
 __all__ = ["LQG_ESTIMATORS", "CHUNK", "sample_lqg", "normal_pair"]
 
 #: Episodes per work unit; part of the result's definition (it fixes the summation order).
 CHUNK = 1024
-
-LQG_ESTIMATORS: dict[str, dict] = {
-    "reinforce": {"params": {}, "unbiased": True, "doc": "R z: discounted return times the trajectory score"},
-    "reinforce_rtg": {"params": {}, "unbiased": True, "doc": "sum_t gamma^t G_t grad log pi_t (reward-to-go)"},
-    "value_baseline": {"params": {}, "unbiased": True,
-                       "doc": "sum_t gamma^t (G_t - V_t(s_t)) grad log pi_t, exact quadratic V"},
-    "svg_inf": {"params": {}, "unbiased": True,
-                "doc": "pathwise: backprop the realised return through the known dynamics, noises fixed"},
-    "svg0": {"params": {"scale": 0.0}, "unbiased": "yes with scale=0 (exact Q); no otherwise",
-             "doc": "sum_t gamma^t dQ_t/da da/dtheta with Q's P scaled by (1 + scale)"},
-    "mppi": {"params": {"lambda": 1.0}, "unbiased": False,
-             "doc": "lambda sum_i (softmax_i(R/lambda) - 1/N) z_i: exponentially weighted perturbations"},
-}
 
 # rows of the per-episode sums
 _RF, _RTG, _VB, _SVG = 0, 1, 2, 3
@@ -318,14 +307,16 @@ def _resolve(names, params):
     return out
 
 
-def sample_lqg(problem, names, params, N: int, K: int, seed: int, cell: int, theta=None) -> np.ndarray:
+def sample_lqg(problem, names, params, N: int, K: int, seed: int, cell: int, theta, T: int, value_P,
+               value_c) -> np.ndarray:
     """K trials of batch-N gradient estimates for each named LQG estimator: (K, len(names), d).
 
     All estimators share the episodes (common random numbers). ``params[j]``: estimator j's
-    parameters (``None``: defaults). An unbounded problem is sampled for ``problem.sampling_steps(theta)`` steps.
+    parameters (``None``: defaults). Episodes run ``T`` steps; ``value_P`` (T+1, n, n) and ``value_c`` are the
+    exact quadratic value's matrices at theta (the value baseline and the pathwise estimators read them):
+    the caller (:func:`pgbench.measure.lqg.sample_lqg`) takes them from the exact solver, which this
+    layer does not import.
     """
-    from pgbench.exact.lqg import exact_lqg
-    from pgbench.problems.lqg import psd_sqrt
     specs = _resolve(list(names), list(params) if params is not None else [None] * len(names))
     if N < 1 or K < 1:
         raise PGBenchError(f"batch size N and trials K must be >= 1; got N={N}, K={K}")
@@ -333,9 +324,7 @@ def sample_lqg(problem, names, params, N: int, K: int, seed: int, cell: int, the
         raise PGBenchError(f"mppi weights the episodes of a batch against each other: it needs N >= 2; got N={N}")
     th = problem.resolve_theta(theta)
     Kg, sigma = problem.unpack(th)
-    T = problem.sampling_steps(th)
-    gt = exact_lqg(problem, th)
-    P = np.ascontiguousarray(gt.P)
+    P = np.ascontiguousarray(value_P)
     BtP = np.ascontiguousarray(np.einsum("ji,tjk->tik", problem.B, P[1:] if P.shape[0] > 1 else P))
     want = np.array([any(n == x for n, _ in specs) for x in ("reinforce", "reinforce_rtg", "value_baseline",
                                                                 "svg_inf")], dtype=np.bool_)
@@ -345,7 +334,7 @@ def sample_lqg(problem, names, params, N: int, K: int, seed: int, cell: int, the
     c = np.uint64(int(cell) % (1 << 64))
     sums, zsum, mx, ws, wz = _lqg_partials(
         problem.A, problem.B, problem.Q, problem.R, np.ascontiguousarray(Kg), sigma, psd_sqrt(problem.Sigma0),
-        psd_sqrt(problem.W), problem.mu0, problem.gamma, problem.gamma ** np.arange(T, dtype=np.float64), T, P, np.ascontiguousarray(gt.c), BtP, want,
+        psd_sqrt(problem.W), problem.mu0, problem.gamma, problem.gamma ** np.arange(T, dtype=np.float64), T, P, np.ascontiguousarray(value_c), BtP, want,
         np.array(scales, dtype=np.float64), np.array(lambdas, dtype=np.float64), s, c, N, K, CHUNK)
     tot = _chunk_sum(sums)  # (K, 4 + n0, d)
     out = np.empty((K, len(specs), problem.dim))

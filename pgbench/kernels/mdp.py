@@ -1,4 +1,5 @@
-"""Numba CPU kernels: roll out episodes and accumulate score weights (SPEC sections 3 and 5).
+"""Numba CPU kernels: roll out episodes and accumulate score weights (the contract's
+:ref:`contract-estimators` and :ref:`contract-randomness`).
 
 Layout (stumpy-style): ``_rollout`` is one episode's work; ``_batch_stats`` (pass 1) and
 ``_score_weights`` (pass 2) are the parallel loops over work items; the public entry point is
@@ -27,7 +28,7 @@ from numba import njit, prange
 from pgbench.estimators.catalogue import (
     REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B,
     VALUE_B, TIME_B_LOO, TRUE_ADV, ALL_ACTION, GAE, GEOMETRIC, IS_PD, ENTROPY, FISHER)
-from pgbench.estimators.user import END_TERMINAL, END_HORIZON, END_CAP  # noqa: F401  (how an episode ended)
+from pgbench.estimators.registry import END_TERMINAL, END_HORIZON, END_CAP  # noqa: F401  (how an episode ended)
 from pgbench.kernels.rng import next_u64, stream, uniform, normal
 
 # batch statistics (pass 1), per trial

@@ -1,4 +1,5 @@
-"""Monte-Carlo gradient estimators for stochastic objectives (SPEC sections 1, 3, 5).
+"""Monte-Carlo gradient estimators for stochastic objectives (the contract's :ref:`contract-objectives`,
+:ref:`contract-estimators` and :ref:`contract-randomness`).
 
 ``J(theta) = E_{x ~ p(x; theta)} f(x, theta)`` for the two objectives of
 :mod:`pgbench.problems.objectives`:
@@ -35,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from pgbench.errors import PGBenchError
+from pgbench.estimators.objectives import OBJECTIVE_ESTIMATORS
 from pgbench.kernels.rng import seed_u64, stream, normal, uniform
 
 __all__ = ["OBJECTIVE_ESTIMATORS", "CHUNK", "sample_objective"]
@@ -45,29 +47,6 @@ CHUNK = 4096
 
 #: u = 0 (probability 2^-53 per draw) would give G = -inf; it is read as half a grid step.
 _U_ZERO = 2.0 ** -54
-
-_TAU = {"tau": 1.0}
-
-OBJECTIVE_ESTIMATORS: dict[str, dict[str, dict]] = {
-    "gaussian": {
-        "naive": {"params": {}, "unbiased": False,
-                  "doc": "d/dtheta of the sample average with x held fixed (x^2): misses the score term"},
-        "score_function": {"params": {}, "unbiased": True,
-                           "doc": "f(x,theta) (x - theta) + df/dtheta at fixed x (likelihood ratio)"},
-        "reparameterization": {"params": {}, "unbiased": True,
-                               "doc": "pathwise: d/dtheta f(theta + eps, theta) with eps ~ N(0,1) fixed"},
-    },
-    "categorical": {
-        "score_function": {"params": {}, "unbiased": True,
-                           "doc": "f(x) (e_x - softmax(theta)) (REINFORCE)"},
-        "rloo": {"params": {}, "unbiased": True,
-                 "doc": "score function with the leave-one-out batch mean of f as baseline (N >= 2)"},
-        "gumbel_softmax": {"params": dict(_TAU), "unbiased": False,
-                           "doc": "pathwise gradient of f(y), y = softmax((theta + G)/tau) relaxed sample"},
-        "straight_through": {"params": dict(_TAU), "unbiased": False,
-                             "doc": "f at the hard one-hot e_x forward, backward through the relaxed y"},
-    },
-}
 
 # kernel-side codes
 _G_NAIVE, _G_SF, _G_RP = 0, 1, 2

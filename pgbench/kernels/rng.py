@@ -1,4 +1,4 @@
-"""Counter-based seeding and an inline xoroshiro128+ generator (SPEC section 5).
+"""Counter-based seeding and an inline xoroshiro128+ generator (the contract's :ref:`contract-randomness`).
 
 Every episode owns a stream keyed by ``(seed, cell, trial, episode)``: the key is mixed
 with splitmix64 (Steele, Lea & Flood 2014) into the two words of a xoroshiro128+ state

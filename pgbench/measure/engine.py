@@ -14,8 +14,8 @@ import numpy as np
 from pgbench.errors import PGBenchError
 from pgbench.estimators import catalogue as cat
 from pgbench.estimators.catalogue import EstimatorSpec, parse
-from pgbench.estimators.batch import BATCH_CODE
-from pgbench.estimators.user import USER_CODE, USER_ESTIMATORS
+from pgbench.estimators.registry import BATCH_CODE
+from pgbench.estimators.registry import USER_CODE, USER_ESTIMATORS
 from pgbench.exact import GroundTruth, exact
 from pgbench.kernels import mdp as K_
 from pgbench.kernels.rng import cell_key, seed_u64
@@ -152,7 +152,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         if key[0] == "batch":
             if backend != "cpu":
                 raise PGBenchError("Python batch estimators run on the CPU backend only")
-            from pgbench.measure.batch import run_batch
+            from pgbench.measure.batch_runner import run_batch
             t0 = time.perf_counter()
             kind, out = run_batch(kspecs[members[0]], problem, th, tabs, V, Q, seed64, cell64, N, K, mdp.horizon)
             seconds += time.perf_counter() - t0
@@ -234,7 +234,7 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     for r, (kind, j, _) in enumerate(plan):
         if j in direct:
             est[:, r] = direct[j]
-    from pgbench.estimators.practice import exact_mean
+    from pgbench.exact.practice import exact_mean
     means = {sp.label: m for sp in specs if (m := exact_mean(problem, th, gt, sp)) is not None}
     if means:
         extras["exact_mean"] = means

@@ -8,15 +8,25 @@ import time
 import numpy as np
 
 from pgbench.errors import PGBenchError
+from pgbench.measure.cell import Cell
+
+
+def sample_lqg(problem, names, params, N: int, K: int, seed: int, cell: int, theta=None) -> np.ndarray:
+    """K trials of batch-N estimates of each named LQG estimator, (K, len(names), d), on common
+    random numbers: :func:`pgbench.kernels.lqg.sample_lqg` given the episode length and the exact
+    value's matrices at theta."""
+    from pgbench.exact.lqg import exact_lqg, sampling_steps
+    from pgbench.kernels import lqg as kernel
+    th = problem.resolve_theta(theta)
+    gt = exact_lqg(problem, th)
+    return kernel.sample_lqg(problem, names, params, N, K, seed, cell, th, sampling_steps(problem, th), gt.P, gt.c)
 
 
 def run_lqg_cell(prob, specs, batch: int, trials: int, seed: int, theta, cell, exact: bool = True):
     from dataclasses import replace
 
-    from pgbench.exact.lqg import exact_lqg
-    from pgbench.kernels.lqg import sample_lqg
+    from pgbench.exact.lqg import exact_lqg, sampling_steps
     from pgbench.kernels.rng import cell_key
-    from pgbench.measure.measure import Cell
     for s in specs:
         if s.info.target != "lqg":
             raise PGBenchError(f"estimator {s.name} does not apply to an lqg problem")
@@ -33,7 +43,7 @@ def run_lqg_cell(prob, specs, batch: int, trials: int, seed: int, theta, cell, e
     extras = {}
     if prob.horizon is None:
         # every episode runs to the cap: the J beyond it is the truncation (reported, not hidden)
-        cap = prob.sampling_steps(th)
+        cap = sampling_steps(prob, th)
         extras["max_steps"] = cap
         extras["truncated_J"] = gt.J - exact_lqg(prob, th, horizon=cap).J
     if exact:

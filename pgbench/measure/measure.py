@@ -1,4 +1,4 @@
-"""Measure estimators on one cell (problem, theta, batch size N): SPEC section 4.
+"""Measure estimators on one cell (problem, theta, batch size N): the contract's :ref:`contract-metrics`.
 
 ``measure(problem, estimators, batch=N, trials=K, seed=S)`` runs K independent trials of
 batch size N for every estimator on common random numbers and returns a tidy DataFrame, one
@@ -9,7 +9,6 @@ unbiasedness p-value and cost. Paired comparisons between estimators (same episo
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,8 @@ import pandas as pd
 from pgbench import inputs
 from pgbench.errors import PGBenchError, PGBenchWarning, ResourceLimitError
 from pgbench.estimators.catalogue import parse
-from pgbench.measure import metrics
+from pgbench.stats import metrics
+from pgbench.measure.cell import Cell
 from pgbench.problems.registry import make
 
 BOOTSTRAP = metrics.BOOTSTRAP  # resamples of the bootstrap max-t test (p resolution 1/2000)
@@ -34,23 +34,6 @@ when at most this many trajectories (or batches, for in-batch estimators) are to
 EXACT_DP_WORK = 5e8
 """... and by the moment DP (:mod:`pgbench.exact.dp`) for the estimators it covers when their total
 :func:`pgbench.exact.dp.dp_work` is at most this (a few seconds)."""
-
-
-@dataclass
-class Cell:
-    """Raw output of one cell: the K estimates of every estimator and what they estimate."""
-
-    problem: object
-    specs: list
-    estimates: np.ndarray  # (K, n_est, d)
-    targets: np.ndarray  # (n_est, d)
-    N: int
-    K: int
-    seed: int
-    seconds: float
-    episodes: int
-    theta_shape: tuple
-    extras: dict = field(default_factory=dict)
 
 
 def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
@@ -94,7 +77,7 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
             extras["truncated_J"] = gt.truncated_J
         if exact:
             extras["exact_moments"] = _exact_columns(prob, res.specs, batch, theta, extras)
-            from pgbench.measure.batch import exact_user_columns
+            from pgbench.measure.batch_runner import exact_user_columns
             exact_user_columns(prob, res.specs, batch, theta, extras)
         return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
                     th_shape, extras)

@@ -1,6 +1,6 @@
 """Problems: tabular MDPs, softmax policies, stochastic objectives and the registry of built-ins."""
 from pgbench.problems.mdp import TabularMDP
-from pgbench.problems.policies import LinearSoftmax, TabularSoftmax
+from pgbench.problems.softmax import LinearSoftmax, TabularSoftmax
 from pgbench.problems.problem import MDPProblem
 from pgbench.problems.objectives import CategoricalObjective, GaussianToy
 from pgbench.problems.registry import REGISTRY, make

@@ -1,4 +1,4 @@
-"""Bring your own MDP: the ``.npz`` format of SPEC section 6."""
+"""Bring your own MDP: the ``.npz`` format (:ref:`npz-format`)."""
 from __future__ import annotations
 
 import os

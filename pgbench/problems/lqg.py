@@ -19,7 +19,7 @@ import numpy as np
 
 from pgbench.errors import PGBenchError
 
-# ``max_steps`` of an unbounded problem: the first t where the exact J of the first t steps is
+# The sampling cap of an unbounded problem (:func:`pgbench.exact.lqg.sampling_steps`): the first t where the exact J of the first t steps is
 # within this fraction of the unbounded J (the cut-off J is reported, never hidden)
 CAP_REL = 1e-10
 
@@ -103,7 +103,7 @@ class LQGProblem:
         th = np.array(th, dtype=np.float64)
         th.setflags(write=False)
         object.__setattr__(self, "theta", th)
-        object.__setattr__(self, "_caps", {})  # sampling cap per theta (unbounded horizon)
+        object.__setattr__(self, "_caps", {})  # sampling cap per theta (unbounded horizon), filled by pgbench.exact.lqg
 
     # ----------------------------------------------------------------- shapes and parameters
     @property
@@ -163,32 +163,6 @@ class LQGProblem:
     def with_theta(self, theta) -> "LQGProblem":
         from dataclasses import replace
         return replace(self, theta=self.check_theta(theta))
-
-    # ----------------------------------------------------------------- exact values (pgbench.exact.lqg)
-    def J(self, theta=None) -> float:
-        from pgbench.exact.lqg import exact_lqg
-        return exact_lqg(self, theta).J
-
-    def grad(self, theta=None) -> np.ndarray:
-        from pgbench.exact.lqg import exact_lqg
-        return exact_lqg(self, theta).grad
-
-    @property
-    def max_steps(self) -> int:
-        """Episode length when sampling at the problem's theta (see :meth:`sampling_steps`)."""
-        return self.sampling_steps()
-
-    def sampling_steps(self, theta=None) -> int:
-        """Episode length when sampling: T, or for an unbounded problem the cap of :data:`CAP_REL`
-        at theta (computed once per theta)."""
-        if self.horizon is not None:
-            return self.horizon
-        th = self.resolve_theta(theta)
-        key = th.tobytes()
-        if key not in self._caps:
-            from pgbench.exact.lqg import sampling_cap
-            self._caps[key] = sampling_cap(self, th)
-        return self._caps[key]
 
     def __repr__(self):
         h = "unbounded" if self.horizon is None else f"T={self.horizon}"

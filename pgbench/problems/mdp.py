@@ -1,4 +1,4 @@
-"""The tabular MDP type (SPEC section 1).
+"""The tabular MDP type (the contract's :ref:`contract-mdps`).
 
 Transitions are stored in a fixed-width sparse form: for every (s, a) the K possible
 next states ``next_idx[s, a, :K]`` with probabilities ``next_prob[s, a, :K]`` (padding has
@@ -56,7 +56,7 @@ class TabularMDP:
 
     Build it with :meth:`from_dense` (a full ``P[s, a, s']``) or :meth:`from_sparse`.
 
-    Conventions (SPEC section 1): ``J = E[sum_{t<T} gamma^t r_t]``; entering a terminal state
+    Conventions (the contract's :ref:`contract-ground-truth`): ``J = E[sum_{t<T} gamma^t r_t]``; entering a terminal state
     ends the episode; ``horizon=None`` means unbounded, and sampling such a problem stops at
     ``max_steps`` (the exact truncated mass is reported by :func:`pgbench.exact.truncation`).
     """

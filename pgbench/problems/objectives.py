@@ -1,4 +1,4 @@
-"""Stochastic objectives without an MDP: ``J(theta) = E_{x ~ p(x; theta)} f(x, theta)`` (SPEC section 1)."""
+"""Stochastic objectives without an MDP: ``J(theta) = E_{x ~ p(x; theta)} f(x, theta)`` (the contract's :ref:`contract-objectives`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ import numpy as np
 
 from pgbench import inputs
 from pgbench.errors import PGBenchError
-from pgbench.problems.policies import softmax_rows
+from pgbench.problems.softmax import softmax_rows
 
 
 def _numeric_theta(theta) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 
 from pgbench.errors import PGBenchError
 from pgbench.problems.mdp import TabularMDP
-from pgbench.problems.policies import SoftmaxPolicy, TabularSoftmax, LinearSoftmax
+from pgbench.problems.softmax import SoftmaxPolicy, TabularSoftmax, LinearSoftmax
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,7 +17,7 @@ intervals, exact values beside them when the rows carry ``exact_variance`` / ``e
 cosine, the verdict's p-value and the test it comes from, verdict, cost), the paired
 comparisons against the cell's reference estimator, and the suite's figures.
 
-The p-value shown is the one the verdict uses (:func:`pgbench.measure.metrics.verdict_p`).
+The p-value shown is the one the verdict uses (:func:`pgbench.stats.metrics.verdict_p`).
 Verdicts (``ALPHA = 0.001``): claimed unbiased and ``p < ALPHA`` -> **BIAS DETECTED**;
 claimed unbiased otherwise -> ``consistent``; claimed biased and ``p < ALPHA`` ->
 ``biased (expected)``; claimed biased otherwise -> ``bias not resolved`` (too small to see
@@ -325,8 +325,8 @@ def _claim(v) -> Optional[bool]:
 
 def _p_and_test(r: dict) -> tuple:
     """``(p, test name)``: the p-value the verdict uses and the test it comes from
-    (:func:`pgbench.measure.metrics.verdict_p`; recomputed for rows written before ``p_test``)."""
-    from pgbench.measure.metrics import BOOTSTRAP, verdict_p
+    (:func:`pgbench.stats.metrics.verdict_p`; recomputed for rows written before ``p_test``)."""
+    from pgbench.stats.metrics import BOOTSTRAP, verdict_p
     if isinstance(r.get("p_test"), str) and _finite(r.get("p_robust")):
         return float(r["p_robust"]), r["p_test"]
     if not _finite(r.get("p_value")):
@@ -877,7 +877,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
 
 
 def _B() -> int:
-    from pgbench.measure.metrics import BOOTSTRAP
+    from pgbench.stats.metrics import BOOTSTRAP
     return BOOTSTRAP
 
 

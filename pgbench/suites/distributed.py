@@ -16,7 +16,7 @@ RETRIES = 3
 def _cell_task(suite_id: str, N: int, quick: bool, seed: int, backend: str, threads: int) -> dict:
     import numba
     from pgbench.kernels import mdp
-    from pgbench.suites.runner import run_cell_record
+    from pgbench.suites.cell import run_cell_record
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     mdp.PER_BRANCH = False  # as a local run: one all-branch pass 2 per worker, not one per branch set
     return run_cell_record(suite_id, N, quick, seed, backend)

@@ -1,111 +1,21 @@
 """Running suites: cells in order, each written as soon as it finishes; ``resume`` skips
 finished cells. The same engine serves ``pgbench run`` and the pytest plugin.
 
-Each cell record carries its provenance (:func:`cell_provenance`); a run holds the lock of its
+Each cell record carries its provenance (:func:`pgbench.suites.cell.cell_provenance`); a run holds the lock of its
 directory while it writes; ``meta.json`` says ``complete`` only once the report is written."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
 
-import numpy as np
-
 from pgbench import inputs
 from pgbench.errors import PGBenchError, ProvenanceError, RunInterrupted
+# cell_id, exact_decomposition, run_cell_record, run_provenance: re-exported (the plug-in and tests use them here)
+from pgbench.suites.cell import (cell_id, exact_decomposition, run_cell_record, run_provenance,  # noqa: F401
+                                 suite_definition)
 from pgbench.suites.registry import Suite, get_suite, select
-from pgbench.suites.store import RunDir, RunLock, check_new_run_dir, to_jsonable
-
-SCATTER_EPISODES = 1500
-LOO_ESTIMATORS = ("rloo", "w_baseline_loo", "time_baseline_loo")
-
-
-def suite_theta(suite: Suite, problem):
-    """The parameters a suite evaluates at: the problem's own, zeros, or N(0, 1) from a seed."""
-    if suite.theta is None:
-        return None
-    shape = problem.policy.theta_shape if problem.kind == "mdp" else problem.theta_shape
-    if suite.theta == "zeros":
-        return np.zeros(shape)
-    if suite.theta.startswith("random:"):
-        return np.random.default_rng(int(suite.theta.split(":")[1])).normal(size=shape)
-    raise PGBenchError(f"suite {suite.id}: theta must be None, 'zeros' or 'random:SEED'")
-
-
-def cell_id(suite: Suite, N: int) -> str:
-    return f"{suite.id}/N={N}"
-
-
-def suite_definition(suite: Suite, quick: bool) -> str:
-    """A hash of what a suite's cells measure (problem, theta, estimators, trials): a cell made
-    under another definition of the suite must not be resumed into this one."""
-    what = [suite.problem, suite.theta, list(suite.estimators), suite.n_trials(quick), bool(suite.proxy)]
-    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
-
-
-def run_provenance() -> dict:
-    """What a run's cells must share: the pgbench version and the sampler's fingerprint."""
-    import pgbench
-    from pgbench.measure.fingerprint import sampler_fingerprint
-    return {"pgbench": pgbench.__version__, "sampler": sampler_fingerprint()}
-
-
-def cell_provenance(suite: Suite, N: int, quick: bool, seed: int, K: int) -> dict:
-    return {"suite": suite.id, "cell": cell_id(suite, N), "seed": seed, "trials": K, "quick": bool(quick),
-            "definition": suite_definition(suite, quick), **run_provenance()}
-
-
-def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str = "cpu") -> dict:
-    """Measure one cell of a suite; a JSON-ready record (rows, paired comparisons, diagnostics)."""
-    from pgbench.problems import make
-    from pgbench.measure.measure import measure
-    suite = get_suite(suite_id)
-    prob = make(suite.problem)
-    theta = suite_theta(suite, prob)
-    # leave-one-out estimators need a second episode in the batch; at N = 1 they sit the cell out
-    ests = [e for e in suite.estimators if N >= 2 or e.split(":")[0] not in LOO_ESTIMATORS]
-    t0 = time.time()
-    # objectives and user estimators run on the CPU whatever the run's backend
-    be = backend if prob.kind == "mdp" else "cpu"
-    df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta, backend=be,
-                 proxy=suite.proxy and N >= 2)
-    from pgbench.measure.cost import add_own_costs
-    t_own = time.time()
-    add_own_costs(df, prob, N, theta, be)  # each estimator's own time, so efficiency ranks by what it costs
-    t_own = time.time() - t_own
-    rec = {"suite": suite.id, "cell": cell_id(suite, N), "N": N, "K": suite.n_trials(quick), "seed": seed,
-           "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
-           "rows": df.to_dict(orient="records"), "paired": list(df.attrs["paired"]),
-           "wall_seconds": time.time() - t0 - t_own, "own_cost_seconds": t_own,
-           "provenance": cell_provenance(suite, N, quick, seed, suite.n_trials(quick))}
-    if prob.kind == "mdp":
-        from pgbench.exact import exact
-        gt = exact(prob, theta)
-        rec["exact"] = {"J": gt.J, "grad_norm": gt.grad_norm, "truncated_mass": gt.truncated_mass,
-                       "truncated_J": gt.truncated_J}
-    if "variance_decomposition" in suite.figures and prob.kind == "mdp":
-        rec["variance_decomposition"] = exact_decomposition(prob, ests, N, theta)
-    if "proxy" in df.attrs:
-        rec["proxy"] = df.attrs["proxy"]
-        from pgbench.measure.engine import episode_samples
-        rec["scatter"] = episode_samples(prob, theta, n=SCATTER_EPISODES, seed=seed)
-    return to_jsonable(rec)
-
-
-def exact_decomposition(prob, estimators, N: int, theta) -> list:
-    """The exact variance split (state, action, noise) of the estimators the moment DP splits
-    (the per-step ones), as JSON-ready rows; [] when none applies or the DP is over its budget."""
-    from pgbench.estimators.catalogue import parse
-    from pgbench.exact import dp
-    from pgbench.exact.moments import variance_decomposition
-    from pgbench.measure.measure import EXACT_DP_WORK
-    specs = [parse(e) for e in estimators]
-    ok = [sp.label for sp in specs if sp.name in dp.TRACE and dp.dp_supports(sp)]
-    if not ok or len(ok) * dp.dp_work(prob) > EXACT_DP_WORK:
-        return []
-    return variance_decomposition(prob, ok, batch=N, theta=theta).to_dict(orient="records")
+from pgbench.suites.store import RunDir, RunLock, check_new_run_dir
 
 
 def kernels_cached() -> bool:

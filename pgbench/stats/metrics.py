@@ -1,4 +1,4 @@
-"""Bias, variance, MSE and their uncertainties for one measured cell (SPEC section 4).
+"""Bias, variance, MSE and their uncertainties for one measured cell (the contract's :ref:`contract-metrics`).
 
 A cell runs ``K`` independent trials of an estimator and records the trial estimates
 ``g_1 .. g_K`` (each already a batch average over ``N`` episodes) of the exact gradient
@@ -82,7 +82,7 @@ Test of ``H0: E g_k = g`` (``p_value``, ``test``)
 - Hotelling's ``T^2`` is exact for Gaussian trials but sensitive to heavy tails when ``r`` is
   not small against ``K`` (trial estimates on sparse-reward problems are skewed), hence the
   ``K >= 10 r`` rule; the per-coordinate t-tests are far more robust there.
-- The normal-theory p-value (the SPEC's test) over-rejects on skewed, zero-inflated trial
+- The normal-theory p-value (the contract's test, :ref:`contract-unbiasedness`) over-rejects on skewed, zero-inflated trial
   estimates (sparse rewards: on ``frozen_lake`` at N = 10, K = 400 Hotelling rejected a correct
   estimator in 2/3 of cells at the 5% level). With ``bootstrap = B > 0`` a bootstrap max-t test
   (:func:`bootstrap_max_t`) gives ``p_bootstrap`` (resolution ``1 / (B + 1)``), and
@@ -109,6 +109,9 @@ from scipy import special, stats
 from scipy.optimize import brentq
 
 from pgbench.errors import PGBenchError
+from pgbench.kernels.rng import seed_u64
+from pgbench.stats.passes import (column_moments, direction_norms, gram_centred, max_t_resamples, row_sums,
+                                  row_terms)
 from pgbench.threads import blas_single_threaded
 
 __all__ = ["summarize", "paired", "cost", "verdict_p", "BOOTSTRAP", "HOTELLING_MIN_DF", "HOTELLING_MIN_RATIO", "DEFAULT_RTOL"]
@@ -316,7 +319,6 @@ def _svd_centred(X: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     K, d = X.shape
     if K <= 8 * d or K * d <= SVD_DIRECT_ELEMENTS:
         return _svd_residuals(X - m)
-    from pgbench.kernels.bootstrap import direction_norms, gram_centred
     X = np.ascontiguousarray(X)
     m = np.ascontiguousarray(m, dtype=float)
     lam, V = np.linalg.eigh(gram_centred(X, m))
@@ -499,17 +501,15 @@ def bootstrap_max_t(X, target, reference=None, B: int = 1999, seed: int = 0, rto
     of :func:`bootstrap_rows` (the K trials, or group means of them when K is large); its null
     distribution is that of ``T* = max_j |m*_j - m_j| / (s*_j / sqrt(n))`` over B multinomial
     resamples of the rows, drawn on the fly in compiled code
-    (:func:`pgbench.kernels.bootstrap.max_t_resamples`: O(B + d) memory, the same result
+    (:func:`pgbench.stats.passes.max_t_resamples`: O(B + d) memory, the same result
     whatever the thread count); ``p = (1 + #{T* >= T}) / (B + 1)``. Coordinates where fewer than
     ``min_observed`` trials of ``X`` (and of ``reference``, trial estimates of a reference
     estimator on the same episodes, when given) are non-zero are left out (``unobserved``). An
     observed coordinate with zero spread is known exactly: if its mean misses the target by more
     than ``rtol * scale`` that is a certain violation (``p = 0``); that catches an estimator that
     never moves a coordinate the reference's episodes visit. ``moments``: X's
-    :func:`pgbench.kernels.bootstrap.column_moments` if the caller has them (one pass fewer).
+    :func:`pgbench.stats.passes.column_moments` if the caller has them (one pass fewer).
     """
-    from pgbench.kernels.bootstrap import column_moments, max_t_resamples
-    from pgbench.kernels.rng import seed_u64
     X = np.ascontiguousarray(X, dtype=float)
     K, d = X.shape
     g = np.asarray(target, dtype=float).reshape(d)
@@ -590,7 +590,6 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
     g = _check_exact(exact, np.shape(samples)[1:], d)
 
     # per-column and per-trial sums in compiled loops: no K x d temporary, no per-trial array
-    from pgbench.kernels.bootstrap import column_moments, row_sums
     X = np.ascontiguousarray(X)
     moments = column_moments(X, g)
     m, m2, nz, _ = moments
@@ -723,7 +722,6 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
     g = _check_exact(exact, shape_a[1:], d)
     z = _z(level)
 
-    from pgbench.kernels.bootstrap import column_moments, row_terms
     A, B = np.ascontiguousarray(A), np.ascontiguousarray(B)
     ta = row_terms(A, column_moments(A, g)[0], g)  # per trial, no K x d temporaries
     tb = row_terms(B, column_moments(B, g)[0], g)

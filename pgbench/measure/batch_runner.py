@@ -191,11 +191,11 @@ def exact_user_moments(problem, spec, batch: int, theta=None, limit: int = USER_
     reward noise (the estimate need not be affine in the rewards) or too many to list."""
     import itertools
 
-    from pgbench.estimators.batch import BATCH_CODE
-    from pgbench.estimators.user import USER_CODE, USER_ESTIMATORS
+    from pgbench.estimators.registry import BATCH_CODE
+    from pgbench.estimators.registry import USER_CODE, USER_ESTIMATORS
     from pgbench.exact import exact
     from pgbench.exact.moments import count_trajectories, enumerate_trajectories
-    from pgbench.measure.engine import oracle_tables
+    from pgbench.kernels.tables import oracle_tables
     mdp = problem.mdp
     code = spec.info.code
     if code not in (USER_CODE, BATCH_CODE) or mdp.reward_noise != "none":

@@ -1,4 +1,4 @@
-"""Softmax policies over a tabular MDP (SPEC section 1).
+"""Softmax policies over a tabular MDP (the contract's :ref:`contract-policies`).
 
 A policy turns parameters ``theta`` into a table ``pi[s, a]`` and knows its score
 ``g(s, a) = grad_theta log pi(a|s)``. Estimators and the exact gradient are written as
