@@ -10,6 +10,7 @@ listener then only counts.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -22,11 +23,10 @@ def _say(msg: str) -> None:
 
 
 def announce(msg: str | None = None) -> None:
-    """Say (once) that compiling starts; ``msg`` replaces the default line."""
-    if not _state["announced"]:
-        _state["announced"] = True
-        if msg:
-            _say(msg)
+    """Say that compiling starts (``msg``; none: say nothing); the listener then does not repeat it."""
+    _state["announced"] = True
+    if msg:
+        _say(msg)
 
 
 def _make_listener():
@@ -54,8 +54,14 @@ def _make_listener():
     return _Listener()
 
 
+ENV = "PGBENCH_COMPILE_NOTICE"
+"""Set to ``0`` to silence the notice (the test suite does, where commands' stderr is compared)."""
+
+
 def watch() -> None:
-    """Install the listener (idempotent). Cheap: numba is imported here only if it is not yet."""
+    """Install the listener (idempotent), unless ``PGBENCH_COMPILE_NOTICE=0``."""
+    if os.environ.get(ENV, "").strip() == "0":
+        return
     if _state["listener"] is None:
         from numba.core import event
         _state.update(announced=False, seconds=0.0, cpu_seconds=0.0, depth=0, names=[])

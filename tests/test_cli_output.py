@@ -61,7 +61,8 @@ def test_measure_prints_the_verdict_and_no_nan(capsys, tmp_path):
 
 
 @pytest.fixture
-def fresh_notice():
+def fresh_notice(monkeypatch):
+    monkeypatch.setenv(compile_notice.ENV, "1")  # tests/conftest.py turns it off for the other tests
     compile_notice.finish()
     yield
     compile_notice.finish()
