@@ -162,7 +162,7 @@ def _cmd_measure(args) -> int:
         prob = _policy_arg(prob, args.policy)
     theta = _theta_arg(prob, args.theta) if args.theta else None
     df = measure(prob, args.estimator, batch=args.batch, trials=args.trials, seed=args.seed, theta=theta,
-                 proxy=args.proxy, backend=args.backend)
+                 proxy=args.proxy, backend=args.backend, group=args.group)
     rows = [to_jsonable(r) for r in df.to_dict(orient="records")]
     if args.json:
         if args.proxy and "proxy" in df.attrs:
@@ -177,9 +177,12 @@ def _cmd_measure(args) -> int:
         cols += ["exact_variance", "exact_mse"]
     if "exact_bias_norm" in df and df["exact_bias_norm"].notna().any():  # exact mean in closed form
         cols += ["exact_bias_norm"]
+    if args.group is not None:  # group estimators: the exact mean's scale and direction, or why MC only
+        cols += ["exact_scale", "exact_cosine", "exact_note"]
     table, notes = _measure_table(df, cols)
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-        print(f"{prob.name}: N={args.batch}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
+        grp = f", G={args.group}" if args.group is not None else ""
+        print(f"{prob.name}: N={args.batch}{grp}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
         print(table.to_string(index=False, na_rep="-"))
         for line in notes:
             print(line)
@@ -238,7 +241,7 @@ def _cmd_run(args) -> int:
         executor = make_executor(args.executor, args.scheduler, args.workers)
     try:
         path = run(args.suites or None, quick=args.quick or None, out=args.out, seed=args.seed, resume=args.resume,
-                   executor=executor, report=not args.no_report, backend=args.backend)
+                   executor=executor, report=not args.no_report, backend=args.backend, group=args.group)
     finally:
         if executor is not None:
             executor.close()
@@ -351,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--seed", type=int, default=0, help="the run's seed: same seed, same numbers (default 0)")
     pm.add_argument("--theta", default=None, help="zeros | random:SEED | FILE.npy (default: the problem's theta)")
     pm.add_argument("--proxy", action="store_true", help="also report the W(tau) proxy diagnostics")
+    pm.add_argument("--group", "-G", type=int, default=None, metavar="G",
+                    help="grouped sampling: the N = P G episodes in P groups of G sharing a start state (prompt); "
+                         "the group estimators (grpo, dr_grpo, dapo, reinforce_pp, group:...) need it")
     pm.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "auto"],
                     help="where episodes are sampled (default cpu; auto: CUDA when usable)")
     pm.add_argument("--json", action="store_true", help="print JSON: an object for one estimator, a list for several")
@@ -377,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=None, help="seed of a new run (default 0)")
     pr.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     pr.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
+    pr.add_argument("--group", "-G", type=int, default=None, metavar="G",
+                    help="grouped suites (llm/) run only their cells of group size G")
     pr.add_argument("--executor", default="local", choices=["local", "dask", "dask-local"],
                     help="where cells run: here, a Dask cluster (--scheduler), or a local Dask cluster")
     pr.add_argument("--scheduler", default=None, help="Dask scheduler address for --executor dask")

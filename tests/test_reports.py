@@ -410,18 +410,21 @@ def test_report_content(synthetic_run, written_report):
     line = next(ln for ln in md.splitlines() if ln.startswith("| `w_baseline`"))
     assert "biased (expected)" in line and "BIAS DETECTED" not in line
     assert '<strong class="flag">BIAS DETECTED</strong>' in html_text
-    # the summary at the top names the winners
-    summary = md.split("## Summary", 1)[1].split("## Suite", 1)[0]
+    # the conclusions at the top name the winners
+    summary = md.split("## Conclusions", 1)[1].split("## Suite", 1)[0]
     from pgbench.estimators.catalogue import estimator_class
     for rec in RunDir(synthetic_run).cells():
         # winners per class: an oracle (exact V, Q, A, b*) is a reference, never the practical winner
         prac = [r for r in rec["rows"] if estimator_class(r["estimator"], r["unbiased"]) == "practical"]
         best = min(prac, key=lambda r: r["mse"])["estimator"]
-        assert f"| `{rec['cell']}` | {rec['N']} | `{best}` (" in summary
-        oracles = [r for r in rec["rows"] if estimator_class(r["estimator"], r["unbiased"]) == "oracle"]
+        assert f"| `{rec['cell']}` | `{best}` (" in summary
+        # the oracle reference: unbiased oracles (one biased by design is ranked with the biased)
+        oracles = [r for r in rec["rows"] if estimator_class(r["estimator"], r["unbiased"]) == "oracle"
+                   and r["unbiased"]]
         if oracles:
             best_o = min(oracles, key=lambda r: r["mse"])["estimator"]
-            line = next(ln for ln in summary.splitlines() if ln.startswith(f"| `{rec['cell']}` | {rec['N']} |"))
+            line = next(ln for ln in summary.split("Winners per cell", 1)[1].splitlines()
+                        if ln.startswith(f"| `{rec['cell']}` |"))
             assert line.rstrip(" |").endswith(f"`{best_o}` ({fmt(min(r['mse'] for r in oracles))})")
     assert "oracle (reference)" in summary
     assert "BIAS DETECTED" in summary
@@ -482,8 +485,8 @@ def test_the_p_shown_is_the_verdicts_with_its_test():
     doc = Doc()
     _cell_table(doc, {"cell": "c", "N": 16, "rows": [row]})
     line = [ln for ln in render_markdown(doc).splitlines() if ln.startswith("| `gae")][0]
-    assert "| 0.3 | bootstrap max-t | bias not resolved |" in line and "1.3e-31" not in line
-    assert "| oracle |" in line
+    assert "| bias not resolved | 0.3 | bootstrap max-t |" in line and "1.3e-31" not in line
+    assert "| biased; reads oracle |" in line  # biased by design, whatever else it reads
 
 
 def test_truncation_note_states_the_J_lost_and_is_silent_when_negligible():
@@ -726,3 +729,250 @@ def test_exact_values_outside_the_measured_interval_are_marked_and_counted(tmp_p
     assert marked == ["`reinforce_rtg`"]
     assert "**Outside the interval:** the exact value lies outside the measured 95% interval (reinforce_rtg: variance and MSE)" in md
     assert "Exact variances against the measured 95% intervals: 1 of 2 (50.0%) lie outside" in md
+
+
+# ----------------------------------------------------------------------------- a report a reviewer reads
+
+def _md_of(rec_or_recs, fn="_cell_table"):
+    from pgbench.reports import report as R
+    doc = R.Doc()
+    getattr(R, fn)(doc, rec_or_recs)
+    return render_of(doc)
+
+
+def render_of(doc):
+    from pgbench.reports.report import render_markdown
+    return render_markdown(doc)
+
+
+def test_paired_p_uses_the_verdicts_policy():
+    """metrics.paired with a bootstrap: p_robust is verdict_p of the normal-theory p and the
+    bootstrap max-t p of the paired differences, so the paired test and the verdicts agree."""
+    from pgbench.stats import metrics
+    rng = np.random.default_rng(3)
+    K, d = 300, 3
+    # skewed, heavy-tailed trials whose means agree: exponential noise shared and not shared
+    common = rng.exponential(1.0, (K, d)) ** 2
+    A = common + rng.exponential(1.0, (K, d)) ** 2
+    Bm = common + rng.exponential(1.0, (K, d)) ** 2
+    g = np.full(d, 2.0)
+    plain = metrics.paired(A, Bm, g)
+    robust = metrics.paired(A, Bm, g, bootstrap=199, seed=0)
+    assert plain["p_value"] == robust["p_value"]  # the normal-theory p itself is unchanged
+    assert np.isnan(plain["p_bootstrap"]) and plain["p_robust"] == plain["p_value"]
+    boot = metrics.bootstrap_max_t(A - Bm, np.zeros(d), B=199, seed=0)["p_value"]
+    assert robust["p_bootstrap"] == boot
+    assert (robust["p_robust"], robust["p_test"]) == metrics.verdict_p(robust["p_value"], robust["test"], boot, 199)
+    assert robust["p_robust"] >= min(robust["p_value"], boot)
+
+
+def test_paired_table_shows_the_robust_p_and_names_its_test():
+    from pgbench.stats.metrics import TEST_NAMES
+    rows = [_row("reinforce_rtg", 16), _row("gae", 16)]
+    rec = _record("practice/chain-6", 16, rows, [])
+    rec["paired"][0].update(p_value=4.0e-4, test="hotelling", p_bootstrap=0.21, p_robust=0.21,
+                            p_test=TEST_NAMES["bootstrap-max-t"])
+    md = _md_of(rec, "_paired_table")
+    line = next(ln for ln in md.splitlines() if ln.startswith("| `gae`"))
+    assert "| 0.21 | bootstrap max-t |" in line and "0.0004" not in line and "4.0e-04" not in line
+    assert "test of that p" in md
+    # a record written before the paired bootstrap: its p, named as normal theory only
+    del rec["paired"][0]["p_robust"], rec["paired"][0]["p_test"]
+    line = next(ln for ln in _md_of(rec, "_paired_table").splitlines() if ln.startswith("| `gae`"))
+    assert "4.0e-04" in line and "Hotelling T2 only" in line
+
+
+def test_interval_excluding_zero_beside_consistent_is_explained():
+    r = _row("reinforce_rtg", 16, p=0.004)
+    r.update(bias_norm=0.00431, bias_norm_lo=0.000625, bias_norm_hi=0.00737)
+    ok = _row("rloo", 16, p=0.6)
+    md = _md_of({"cell": "practice/chain-6/N=16", "N": 16, "rows": [r, ok]})
+    note = next(ln for ln in md.splitlines() if ln.startswith("**Interval and verdict:**"))
+    assert "reinforce_rtg" in note and "rloo" not in note and "95%" in note and "0.001" in note
+    assert "verdict (p < 0.001)" in md
+
+
+def test_exact_bias_norm_is_zero_for_every_exactly_unbiased_estimator():
+    rows = [_row("reinforce_rtg", 16), _row("gae", 16), _row("gpomdp_baseline", 16),
+            _row("ppo_gae", 16, unbiased=False, bias=0.4, p=1e-9), _row("my_user_thing", 16),
+            _row("svg_inf", 16), _row("reparameterization", 16)]
+    rows[2]["exact_bias_norm"], rows[3]["exact_bias_norm"] = 0.0, 0.376
+    md = _md_of({"cell": "c", "N": 16, "rows": rows})
+    header = next(ln for ln in md.splitlines() if ln.startswith("| estimator"))
+    col = [h.strip() for h in header.strip("|").split("|")].index("exact bias norm")
+
+    def exact_of(est):
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| `{est}`"))
+        return [c.strip() for c in line.strip("|").split("|")][col]
+    assert exact_of("reinforce_rtg") == exact_of("gae") == exact_of("gpomdp_baseline") == "0"
+    assert exact_of("svg_inf") == exact_of("reparameterization") == "0"  # LQG and objective targets too
+    assert exact_of("ppo_gae") == "0.376"
+    assert exact_of("my_user_thing") == "-"  # not in the catalogue: its claim is what is tested
+
+
+def _conclusions_md(records, tmp_path):
+    from pgbench.reports import report as R
+    path = make_run(tmp_path / "run", records)
+    meta, cells = R.load_run(path)
+    doc = R.Doc()
+    R._conclusions(doc, meta, cells)
+    return render_of(doc)
+
+
+def test_summary_ranks_only_within_a_target(tmp_path):
+    rows = [_row("entropy_bonus:beta=0.0", 16, var=1.0), _row("entropy_bonus:beta=0.1", 16, var=2.0),
+            _row("reinforce_rtg", 16, var=3.0)]
+    rows[1]["exact_grad_norm"] = 0.342  # another target: the entropy-regularised gradient
+    md = _conclusions_md([_record("entropy/garnet-8", 16, rows, [])], tmp_path)
+    table = [ln for ln in md.split("Winners per cell", 1)[1].splitlines() if ln.startswith("| `entropy")]
+    assert len(table) == 2  # one row per target
+    mine = next(ln for ln in table if "target of `entropy_bonus:beta=0.1`" in ln)
+    assert "beta=0.0" not in mine.split("|", 2)[2]  # never ranked against another target's estimator
+    other = next(ln for ln in table if "target of `entropy_bonus:beta=0.0`" in ln)
+    assert "runner-up `reinforce_rtg`" in other and "beta=0.1" not in other.split("|", 2)[2]
+
+
+def test_biased_by_design_is_biased_whatever_it_reads(tmp_path):
+    rows = [_row("reinforce_rtg", 16, var=3.0), _row("gae", 16, var=0.5),
+            _row("ppo_gae", 16, unbiased=False, bias=0.4, var=0.1, p=1e-12)]
+    for r, c in zip(rows, ("practical", "oracle", "oracle")):
+        r["class"] = c
+    for r in rows:
+        r["exact_grad_norm"] = 0.0175
+    rows[2]["exact_bias_norm"] = 0.376
+    md = _conclusions_md([_record("practice/chain-6", 16, rows, [])], tmp_path)
+    head = next(ln for ln in md.splitlines() if ln.startswith("- **Biased by design**"))
+    assert "ppo_gae 21 (exact" in head
+    biased = md.split("### Biased by design", 1)[1].split("###", 1)[0]
+    line = next(ln for ln in biased.splitlines() if ln.startswith("| `ppo_gae`"))
+    assert "biased (expected)" in line and "21.5 (exact)" in line and "biased; reads oracle" in line
+    win = next(ln for ln in md.split("Winners per cell", 1)[1].splitlines() if ln.startswith("| `practice"))
+    cells = [c.strip() for c in win.strip("|").split("|")]
+    assert cells[2].startswith("`ppo_gae`") and cells[3].startswith("`gae`")  # biased column; oracle: gae
+
+
+def test_first_screen_is_the_conclusions_and_details_fold_below(synthetic_run, written_report):
+    html_text = open(written_report[1]).read()
+    body = html_text.split("<body>", 1)[1]
+    h2 = re.findall(r"<h2[^>]*>(.*?)</h2>", body)
+    assert h2[0] == "Conclusions" and h2[-1] == "Run details"
+    first_table = body.index("<table>")
+    conclusions = body[:first_table]
+    for what in ("What was run:", "No failures" if "No failures" in body else "BIAS DETECTED",
+                 "Practical winners", "Biased by design"):
+        assert what in conclusions
+    # the table of contents is folded, after the conclusions; the metadata is the last section
+    toc = body.index('<details class="toc">')
+    assert body.index(">Conclusions<") < toc < body.index("Suite ladder")
+    assert body.index('<h2 id="run">Run details</h2>') > body.rindex('<h2 id="suite-')
+    assert "<nav>" not in body[:toc]
+
+
+def test_verdict_columns_stay_visible_on_a_narrow_screen(written_report):
+    """Every table that carries a verdict has it in its first two columns, marked to stay whole,
+    and the winners table has at most five columns."""
+    html_text = open(written_report[1]).read()
+    heads = re.findall(r"<thead><tr>(.*?)</tr></thead>", html_text)
+    with_verdict = 0
+    for h in heads:
+        cols = re.findall(r"<th[^>]*>(.*?)</th>", h)
+        marked = re.findall(r'<th class="verdict">', h)
+        if any(c.startswith("verdict") or c == "MSE vs reference" for c in cols):
+            with_verdict += 1
+            idx = next(i for i, c in enumerate(cols) if c.startswith("verdict") or c == "MSE vs reference")
+            assert idx <= 1 and marked, cols
+        if cols and cols[0] == "cell (and target)":
+            assert len(cols) <= 5
+    assert with_verdict >= 5
+    assert "@media (max-width: 1000px)" in html_text
+
+
+def test_cold_cell_wall_time_excludes_compilation_and_report_time_is_when_written(tmp_path, monkeypatch):
+    from pgbench.reports import report as R
+    rows = [_row("reinforce", 16), _row("reinforce_rtg", 16)]
+    rec = _record("ladder/three-step-bandit", 16, rows, [])
+    rec.update(wall_seconds=24.6, compile_seconds=24.5)
+    md = _md_of(rec, "_cell_header")
+    assert "wall time 0.1 s, plus 24.5 s compiling kernels" in md
+    path = make_run(tmp_path / "run", [rec])
+    # the 'report written' stamp is taken after the figures are drawn, not when the tables start
+    stamps = iter(["2000-01-01T00:00:0%d+0000" % i for i in range(10)])
+    monkeypatch.setattr(R.time, "strftime", lambda fmt, *a: next(stamps))
+    drawn = []
+    real = R._resolve_figures
+    monkeypatch.setattr(R, "_resolve_figures", lambda *a: (drawn.append(next(stamps)), real(*a)))
+    doc, _, _ = R.build_report(path)
+    md = render_of(doc)
+    written = re.search(r"\| report written \| (\S+)", md).group(1)
+    assert drawn and written > drawn[0]
+
+
+def test_compile_timer_counts_numba_compilation():
+    import numba
+    from pgbench.suites.cell import _compile_timer
+
+    @numba.njit(cache=False)
+    def fresh(x):
+        return x * 2.0 + 1.0
+    with _compile_timer() as c:
+        fresh(1.5)
+    with _compile_timer() as again:
+        fresh(2.5)  # compiled already
+    assert c.seconds > 0.0 and again.seconds == 0.0
+
+
+def _ladder_df(Ns=(1, 16, 256), exact=True, K=100):
+    rng = np.random.default_rng(5)
+    rows = []
+    for N in Ns:
+        for e, v in (("reinforce", 3.0), ("reinforce_rtg", 1.7), ("value_baseline", 0.7),
+                     ("importance_sampling:mu=mix,eps=0.3,weighted=1", 2.0)):
+            rows.append({**_row(e, N, K=K, var=v, exact=1.02 if exact else None, rng=rng), "suite": "ladder/x"})
+    return pd.DataFrame(rows)
+
+
+def _texts(fig):
+    fig.canvas.draw()
+    return [t for t in fig.findobj(lambda o: hasattr(o, "get_text") and hasattr(o, "get_fontsize"))
+            if t.get_visible() and t.get_text().strip()]
+
+
+def test_variance_vs_n_speaks_of_one_batch_size_only_when_there_is_one():
+    from pgbench.reports.figures import variance_vs_n
+    for Ns, exact in (((1, 16, 256), True), ((1, 16, 256), False), ((16,), True)):
+        said = [t.get_text() for t in _texts(variance_vs_n(_ladder_df(Ns, exact)))]
+        one = any("one batch size only" in s for s in said)
+        assert one == (len(Ns) == 1), (Ns, exact, said)
+
+
+def test_bias_bars_draw_the_noise_floor_tr_var_over_K():
+    from pgbench.reports.figures import bias_variance
+    df = _ladder_df((16,), K=100)
+    fig = bias_variance(df)
+    ticks = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid() == "noise-floor"]
+    floors = sorted(float(ln.get_xdata()[0]) for ln in ticks)
+    expect = sorted((df["variance"] / df["K"]).tolist())
+    assert np.allclose(floors, expect, rtol=1e-12)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("noise floor tr Var / K" in s for s in labels)
+
+
+@pytest.mark.parametrize("which", ["bias_variance", "variance_vs_n", "efficiency", "horizon", "gae_lambda"])
+def test_figures_stay_legible_on_a_900px_page(which):
+    """The page shows a figure at most 880 px wide: its smallest text must stay >= 8 px there."""
+    from pgbench.reports import figures as F
+    if which == "horizon":
+        rows = []
+        for sid in ("horizon/T=2", "horizon/T=8", "horizon/gamma=0.5", "horizon/gamma=0.9"):
+            for e in ("reinforce", "reinforce_rtg"):
+                rows.append({**_row(e, 16), "suite": sid})
+        fig = F.horizon(pd.DataFrame(rows))
+    elif which == "gae_lambda":
+        rows = [_row(lab, 16) for lab in GAE_SWEEP + ("reinforce_rtg",)]
+        fig = F.gae_lambda(pd.DataFrame(rows), "gae/garnet-10")
+    else:
+        fig = getattr(F, which)(_ladder_df((1, 16, 256)))
+    width_px = fig.get_figwidth() * F.DPI
+    scale = min(1.0, 880.0 / width_px)
+    smallest = min(t.get_fontsize() for t in _texts(fig)) * F.DPI / 72.0 * scale
+    assert smallest >= 8.0, (which, fig.get_figwidth(), smallest)

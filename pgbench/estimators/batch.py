@@ -54,6 +54,9 @@ class Batch:
     theta: np.ndarray
     policy: object
     horizon: object = None  # T for a finite horizon, None when unbounded
+    group: np.ndarray = None  # (N,) int64: each episode's group (grouped sampling), None when ungrouped
+    theta_ref: np.ndarray = None  # the reference policy's parameters (KL penalties), where the problem has one
+    log_pi_ref: np.ndarray = None  # (S, A) log pi_ref(a|s), where the problem has a reference policy
 
     @property
     def N(self) -> int:

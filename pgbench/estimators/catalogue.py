@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgbench.errors import PGBenchError
+from pgbench.estimators import groups
 from pgbench.estimators.lqg import LQG_ESTIMATORS
 from pgbench.estimators.objectives import OBJECTIVE_ESTIMATORS
 from pgbench.estimators.registry import BATCH_CODE, BATCH_ESTIMATORS, USER_ESTIMATORS  # noqa: F401
+
 
 # kernel codes for psi_t rules
 REINFORCE, RTG, RTG_NO_GAMMA, CONST_B, BATCH_MEAN_B, RLOO, W_B, W_B_LOO, SCORE_NORM_B, OPT_CONST_B, \
@@ -31,6 +33,21 @@ class EstimatorInfo:
     in_batch: bool = False  # needs batch statistics (a first pass over the batch)
     required: tuple = ()
     oracle: str = ""  # the exact quantity it reads (V, Q, A, b*): not implementable outside pgbench
+
+
+def _group_infos():
+    """Catalogue entries of the family."""
+    return [EstimatorInfo(n, doc, "yes iff adv=none|loo, agg=seq-mean-token-sum, any KL k1 in the reward",
+                          groups.defaults(n), code=groups.GROUP_CODE, in_batch=True) for n, (_, doc) in groups.ALIASES.items()]
+
+
+def grouped_spec(spec):
+    """``rloo`` and ``reinforce`` on a grouped batch: the family member with the same meaning
+    (leave-one-out within the group; the plain return), under the same label."""
+    base = spec.info
+    info = EstimatorInfo(base.name, base.doc + " (within groups)", "yes", groups.defaults(spec.name), code=groups.GROUP_CODE,
+                         in_batch=True)
+    return EstimatorSpec(info, tuple(sorted(groups.defaults(spec.name).items())))
 
 
 MDP_ESTIMATORS = {e.name: e for e in [
@@ -77,6 +94,8 @@ MDP_ESTIMATORS = {e.name: e for e in [
                   "no (batch normalisation)", {"base": "ppo_gae"}, code=BATCH_CODE, in_batch=True),
     EstimatorInfo("gpomdp_baseline", "sum_t gamma^t (r_t - b_t^k) c_t,k: G(PO)MDP with a per-coordinate, "
                   "time-dependent baseline, leave-one-out", "yes", code=BATCH_CODE, in_batch=True),
+    # the group estimators of LLM reinforcement learning (pgbench.estimators.groups), on grouped batches
+    *_group_infos(),
 ]}
 
 CRITICS = ("exact", "perturbed", "fitted")
@@ -125,6 +144,8 @@ class EstimatorSpec:
             return self.p.get("scale", 0.0) == 0.0
         if n == "user":
             return bool(p.get("unbiased", False))
+        if self.info.code == -4:  # the group family (pgbench.estimators.groups)
+            return groups.claimed_unbiased(p)
         return self.info.unbiased == "yes"
 
     @property
@@ -228,6 +249,10 @@ def parse(spec, kind: str = "mdp") -> EstimatorSpec:
     return EstimatorSpec(info, tuple(sorted(full.items())))
 
 
+def _group_names() -> tuple:
+    return tuple(groups.ALIASES)
+
+
 def _coerce(val: str, default, what: str):
     from pgbench.problems.registry import coerce
     return coerce(val, default, what)
@@ -257,6 +282,8 @@ def _validate(name: str, p: dict) -> None:
             raise PGBenchError("natural of natural is not an estimator")
         if base.name == "user" or base.info.target != "mdp" or base.info.code < 0:
             raise PGBenchError(f"natural takes a built-in MDP estimator as base; got {p['base']!r}")
+    if name in _group_names():
+        groups.validate(name, p)
     if name == "ppo_gae" and not 0.0 <= p["lambda"] <= 1.0:
         raise PGBenchError(f"ppo_gae lambda must be in [0, 1]; got {p['lambda']}")
     if name == "normalized_advantage":

@@ -9,6 +9,9 @@ from pgbench.exact.solve import GroundTruth, exact
 
 def estimator_target(problem, th, gt: GroundTruth, sp: EstimatorSpec) -> np.ndarray:
     """What an estimator estimates: grad J, grad J_beta, or the natural gradient F^+ grad J."""
+    if getattr(sp.info, "code", None) == -4 and sp.p.get("beta", 0.0) > 0:  # a group estimator with a KL penalty
+        from pgbench.exact.groups import kl_exact
+        return kl_exact(problem, th, sp.p["beta"]).grad.reshape(-1)
     if sp.name == "entropy_bonus":
         return exact(problem, th, beta=sp.p["beta"]).grad.reshape(-1)
     if sp.name == "natural":

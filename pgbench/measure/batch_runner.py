@@ -12,6 +12,7 @@ import numpy as np
 
 from pgbench.errors import PGBenchError
 from pgbench.estimators.batch import BATCH_ESTIMATORS, Batch, as_array
+from pgbench.kernels import groups as KG
 from pgbench.kernels import mdp as K_
 
 BLOCK_BYTES = 4 * 2 ** 20
@@ -20,9 +21,10 @@ the sampler writing them and the user's function reading them (32 MiB blocks wer
 trial), large enough that the parallel launches are few."""
 
 
-def episode_blocks(t, seed64, cell64, N: int, K: int, block: int | None = None):
+def episode_blocks(t, seed64, cell64, N: int, K: int, block: int | None = None, group=None):
     """Yield ``(k0, states, actions, rewards, lengths, terminated)`` for blocks of trials, as
-    read-only views (overwritten by the next block: copy what must outlive it)."""
+    read-only views (overwritten by the next block: copy what must outlive it). ``group=G``:
+    episodes in groups of G sharing a start state (:mod:`pgbench.kernels.groups`)."""
     cap = t.cap
     if block is None:
         block = block_size(N, cap, K)
@@ -33,8 +35,12 @@ def episode_blocks(t, seed64, cell64, N: int, K: int, block: int | None = None):
     ended = np.empty((block, N), np.int64)
     for k0 in range(0, K, block):
         nb = min(block, K - k0)
-        K_._episodes(seed64, cell64, k0, nb, N, *t.sampler(), t.terminal, cap, states, actions, rewards,
-                     lengths, ended)
+        if group is None:
+            K_._episodes(seed64, cell64, k0, nb, N, *t.sampler(), t.terminal, cap, states, actions, rewards,
+                         lengths, ended)
+        else:
+            KG.episodes_grouped(seed64, cell64, k0, nb, N, group, *t.sampler(), t.terminal, cap, states, actions,
+                                rewards, lengths, ended)
         yield (k0, *(_read_only(x[:nb]) for x in (states, actions, rewards, lengths)), ended[:nb].astype(bool))
 
 
@@ -103,7 +109,33 @@ class _Trials:
         return b
 
 
-def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizon=None):
+def run_group(spec, problem, th, t, seed64, cell64, N: int, K: int, G: int, direct: bool = False) -> np.ndarray:
+    """Score weights (K, S, A) summed over each batch (not yet divided by N) of a group estimator
+    (:mod:`pgbench.estimators.groups`) on grouped episodes: psi by one compiled call per block of trials.
+    ``direct``: the estimates themselves (K, d), formed episode by episode from the score table
+    (linear policies with a small one: no (S, A) weights per trial)."""
+    from pgbench.estimators.groups import codes
+    p = spec.p
+    adv, agg, kl, kl_in_reward = codes(p)
+    S, A = t.pi.shape
+    logratio = problem.policy.log_probs(th) - problem.log_pi_ref() if p["beta"] > 0 else np.zeros((S, A))
+    score = problem.policy.score_table(th) if direct else None
+    out = np.zeros((K, th.size)) if direct else np.zeros((K, S, A))
+    block = block_size(N, t.cap, K)
+    psi = np.empty((block, N, t.cap))
+    where = f"group estimator {spec.label!r} on problem {problem.name!r}"
+    for k0, states, actions, rewards, lengths, term in episode_blocks(t, seed64, cell64, N, K, block, G):
+        nb = states.shape[0]
+        KG.group_psi(states, actions, rewards, lengths, G, adv, agg, int(p["ddof"]), float(p["eps"]), kl,
+                     bool(kl_in_reward), float(p["beta"]), logratio, float(problem.mdp.horizon or t.cap), psi[:nb])
+        if direct:
+            KG.psi_gradients(states, actions, lengths, psi[:nb], score, out[k0:k0 + nb])
+        else:
+            psi_weights(states, actions, lengths, psi[:nb], out[k0:k0 + nb], where, k0)
+    return out
+
+
+def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizon=None, group=None):
     """``(kind, out)``: kind ``"psi"`` with score weights (K, S, A) summed over the batch (not yet
     divided by N), or ``"grad"`` with the estimates (K, d).
 
@@ -117,12 +149,15 @@ def run_batch(spec, problem, th, t, V, Q, seed64, cell64, N: int, K: int, horizo
     want_psi = returns == "psi"
     out = np.zeros((K, S, A)) if want_psi else np.zeros((K, d))
     where = f"batch estimator {spec.label!r} on problem {problem.name!r}"
+    gidx = _read_only(np.arange(N) // (group or 1)) if group is not None else None
+    ref = getattr(problem, "theta_ref", None)
     trials = _Trials(gamma=t.gamma, pi=_read_only(t.pi), V=_read_only(V), Q=_read_only(Q), theta=th,
-                     policy=problem.policy, horizon=horizon)
+                     policy=problem.policy, horizon=horizon, group=gidx, theta_ref=ref,
+                     log_pi_ref=_read_only(problem.log_pi_ref()) if ref is not None else None)
     block = block_size(N, t.cap, K)
     psi = np.empty((block, N, t.cap)) if want_psi else None
     shape = (N, t.cap)
-    for k0, states, actions, rewards, lengths, term in episode_blocks(t, seed64, cell64, N, K, block):
+    for k0, states, actions, rewards, lengths, term in episode_blocks(t, seed64, cell64, N, K, block, group):
         nb = states.shape[0]
         trunc = ~term
         b = 0

@@ -65,15 +65,64 @@ def _check_sizes(N, K):
             raise PGBenchError(f"{name} must be an integer >= {lo}; got {v!r}")
 
 
+def check_group(group, N: int):
+    """The group size G: None (ungrouped) or a positive integer dividing N."""
+    if group is None:
+        return None
+    if not isinstance(group, (int, np.integer)) or isinstance(group, bool) or group < 1:
+        raise PGBenchError(f"group size G must be an integer >= 1; got {group!r}")
+    if N % int(group):
+        raise PGBenchError(f"group size G={group} does not divide the batch size N={N} (N = P G episodes in P groups)")
+    return int(group)
+
+
+def grouped_specs(problem: MDPProblem, specs: list, G) -> list:
+    """The estimators of a grouped cell: the group family, and ``rloo`` / ``reinforce`` as its members
+    (within the groups); Python batch estimators see the groups; other built-ins are refused."""
+    from pgbench.estimators import groups as grp
+    from pgbench.estimators.batch import BATCH_ESTIMATORS
+    out = []
+    for sp in specs:
+        if grp.is_group(sp):
+            if G is None:
+                raise PGBenchError(f"estimator {sp.label} needs grouped sampling: give group=G (--group G)")
+        elif G is not None and G > 1:
+            if sp.name in grp.GROUPED and sp.info.code >= 0 and not sp.params:
+                sp = cat.grouped_spec(sp)
+            elif not (sp.info.code == BATCH_CODE and sp.name in BATCH_ESTIMATORS):
+                raise PGBenchError(f"estimator {sp.label} does not run on grouped batches (G={G}); use the group "
+                                   f"family (group, grpo, dr_grpo, dapo, reinforce_pp, rloo, reinforce) or a Python "
+                                   f"batch estimator")
+        if grp.is_group(sp):
+            grp.check_group(sp, G, problem.mdp.gamma, problem.name, problem.theta_ref is not None)
+        out.append(sp)
+    return out
+
+
+GROUP_SCORE_TABLE = 50_000_000
+"""Entries of the (S, A, d) score table up to which a group estimator under a linear policy (e.g. the
+bigram policy of a sequence problem) forms its gradient episode by episode, not from (S, A) weights."""
+
+
+def group_direct(problem: MDPProblem) -> bool:
+    return problem.policy.kind == "linear" and problem.mdp.S * problem.mdp.A * problem.policy.dim <= GROUP_SCORE_TABLE
+
+
 def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, cell=None, theta=None,
-               proxy: bool = False, gt: GroundTruth | None = None, backend: str = "cpu") -> SampleResult:
+               proxy: bool = False, gt: GroundTruth | None = None, backend: str = "cpu", group=None) -> SampleResult:
     """Run K trials of batch size N for every estimator, on the same episodes.
 
     Trial k, episode i draws the stream ``(seed, cell, k, i)``; ``cell`` defaults to a hash of
     the problem id, theta and N, so two cells never share episodes while estimators in one cell do.
+    ``group=G``: the N = P G episodes are P groups of G sharing a start state (drawn by the
+    group's first episode); the group family of estimators needs it.
     """
     _check_sizes(N, K)
     specs = _specs(estimators)
+    G = check_group(group, N)
+    specs = grouped_specs(problem, specs, G)
+    if G is not None and G > 1 and backend != "cpu":
+        raise PGBenchError("grouped sampling (group > 1) runs on the CPU backend only (use --backend cpu)")
     th = problem.resolve_theta(theta)
     mdp = problem.mdp
     for sp in specs:
@@ -120,7 +169,9 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     # group estimators by behaviour policy: on-policy, and one group per IS behaviour
     groups: dict = {}
     for j, q in enumerate(kspecs):
-        if q.info.code == USER_CODE:
+        if q.info.code == -4:  # the group family
+            key = ("group", q.label)
+        elif q.info.code == USER_CODE:
             key = ("user", q.name)
         elif q.info.code == BATCH_CODE:
             key = ("batch", q.label)
@@ -131,7 +182,9 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
         groups.setdefault(key, []).append(j)
 
     n_k = len(kspecs)
-    C_all = np.zeros((K, n_k, mdp.S, mdp.A))
+    # group estimators under a linear policy give their gradients directly (no (S, A) weights per trial)
+    grad_direct = {j for j, q in enumerate(kspecs) if q.info.code == -4 and group_direct(problem)}
+    C_all = np.zeros((K, n_k, mdp.S, mdp.A) if len(grad_direct) < n_k else (K, n_k, 0, 0))
     n_chunks = n_chunks_for(N)
     # per item: the batch statistics, and the weight accumulators unless they go straight into C_all
     item_bytes = 8 * (K_.N_STATS + (0 if n_chunks == 1 and len(groups) == 1 else n_k * mdp.S * mdp.A))
@@ -149,12 +202,27 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
             seconds += time.perf_counter() - t0
             episodes += N * K
             continue
+        if key[0] == "group":
+            if backend != "cpu":
+                raise PGBenchError("group estimators run on the CPU backend only")
+            from pgbench.measure.batch_runner import run_group
+            t0 = time.perf_counter()
+            out = run_group(kspecs[members[0]], problem, th, tabs, seed64, cell64, N, K, G,
+                            direct=members[0] in grad_direct)
+            if members[0] in grad_direct:
+                direct[members[0]] = out
+            else:
+                C_all[:, members[0]] = out
+            seconds += time.perf_counter() - t0
+            episodes += N * K
+            continue
         if key[0] == "batch":
             if backend != "cpu":
                 raise PGBenchError("Python batch estimators run on the CPU backend only")
             from pgbench.measure.batch_runner import run_batch
             t0 = time.perf_counter()
-            kind, out = run_batch(kspecs[members[0]], problem, th, tabs, V, Q, seed64, cell64, N, K, mdp.horizon)
+            kind, out = run_batch(kspecs[members[0]], problem, th, tabs, V, Q, seed64, cell64, N, K, mdp.horizon,
+                                  group=G)
             seconds += time.perf_counter() - t0
             episodes += N * K
             if kind == "psi":
@@ -229,7 +297,8 @@ def sample_mdp(problem: MDPProblem, estimators, N: int, K: int, seed: int = 0, c
     est = C_all.reshape(K, n_k, d) if in_place else np.zeros((K, len(specs), d))
     targets = np.zeros((len(specs), d))
     for r, (sp, (kind, j, jf)) in enumerate(zip(specs, plan)):
-        _trial_gradients(pol, th, C_all[:, j], C_all[:, jf] if kind == "natural" else None, est[:, r])
+        if j not in direct:
+            _trial_gradients(pol, th, C_all[:, j], C_all[:, jf] if kind == "natural" else None, est[:, r])
         targets[r] = estimator_target(problem, th, gt, sp)
     for r, (kind, j, _) in enumerate(plan):
         if j in direct:

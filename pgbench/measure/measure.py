@@ -26,7 +26,8 @@ RESULT_COLUMNS = ["problem", "estimator", "class", "unbiased", "N", "K", "seed",
                   "bias_norm_se", "bias_norm_lo", "bias_norm_hi", "rel_bias", "variance", "variance_se",
                   "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust",
                   "p_test", "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass",
-                  "exact_variance", "exact_mse", "exact_bias_norm"]
+                  "exact_variance", "exact_mse", "exact_bias_norm",
+                  "G", "exact_scale", "exact_cosine", "exact_note"]
 
 EXACT_LIMIT = 20_000
 """measure() adds exact_variance / exact_mse (trajectory enumeration, :mod:`pgbench.exact.moments`)
@@ -37,8 +38,11 @@ EXACT_DP_WORK = 5e8
 
 
 def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
-             cell=None, backend: str = "cpu", exact: bool = True, policy=None) -> Cell:
+             cell=None, backend: str = "cpu", exact: bool = True, policy=None, group=None) -> Cell:
     """Sample one cell (no statistics): the building block of :func:`measure` and the suites.
+
+    ``group=G``: grouped sampling, the batch of N = P G episodes in P groups of G sharing a start
+    state (the group estimators need it); ``extras["group"]``.
 
     ``exact``: also compute the exact variance and MSE where that is cheap (the moment DP within
     :data:`EXACT_DP_WORK`, enumeration within :data:`EXACT_LIMIT`); ``extras["exact_moments"]``."""
@@ -57,7 +61,7 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
     _check_int("batch size N", batch, 1)
     _check_int("trials K", trials, 2)
     seed = inputs.seed(seed)
-    _require_cell_resources(prob, len(specs), batch, trials)
+    _require_cell_resources(prob, len(specs), batch, trials, group)
     from pgbench.measure.backend import resolve_backend
     requested = backend
     backend = resolve_backend(backend) if prob.kind == "mdp" or backend == "cuda" else "cpu"
@@ -67,9 +71,11 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
             raise PGBenchError("user-defined estimators run on the CPU backend only")
         from pgbench.measure.engine import sample_mdp
         res = sample_mdp(prob, specs, batch, trials, seed=seed, cell=cell, theta=theta, proxy=proxy,
-                         backend=backend)
+                         backend=backend, group=group)
         th_shape = prob.resolve_theta(theta).shape
         extras = dict(res.extras)
+        if group is not None:
+            extras["group"] = int(group)
         if prob.mdp.horizon is None:
             from pgbench.exact import exact as exact_solve  # (``exact`` is this function's flag)
             gt = exact_solve(prob, theta)
@@ -77,8 +83,10 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
             extras["truncated_J"] = gt.truncated_J
         if exact:
             extras["exact_moments"] = _exact_columns(prob, res.specs, batch, theta, extras)
-            from pgbench.measure.batch_runner import exact_user_columns
-            exact_user_columns(prob, res.specs, batch, theta, extras)
+            if group is None or group == 1:  # the enumeration lists independent episodes
+                from pgbench.measure.batch_runner import exact_user_columns
+                exact_user_columns(prob, res.specs, batch, theta, extras)
+            _group_exact_columns(prob, res, batch, theta, group, extras)
         return Cell(prob, res.specs, res.estimates, res.targets, batch, trials, seed, res.seconds, res.episodes,
                     th_shape, extras)
     if prob.kind == "lqg":
@@ -109,12 +117,43 @@ def run_cell(problem, estimators, batch: int, trials: int, seed: int = 0, theta=
                 batch * trials, th.shape)
 
 
+def _group_exact_columns(prob, res, N: int, theta, group, extras: dict) -> None:
+    """Exact mean (and variance where enumerable) of the group estimators of a cell, by
+    :func:`pgbench.exact.groups.group_moments`; the reason where they are Monte-Carlo only."""
+    from pgbench.estimators.groups import is_group
+    from pgbench.exact.groups import sequences, SEQUENCE_LIMIT
+    seqs = None
+    for j, sp in enumerate(res.specs):
+        if not is_group(sp):
+            continue
+        from pgbench.exact.groups import group_moments
+        if seqs is None:
+            try:
+                seqs = sequences(prob, theta, SEQUENCE_LIMIT)
+            except PGBenchError as exc:
+                seqs = str(exc).split(": ", 1)[-1]
+        if isinstance(seqs, str):
+            extras.setdefault("exact_note", {})[sp.label] = "MC only: " + seqs
+            continue
+        gm = group_moments(prob, theta, sp.p, group, N // group, seqs)
+        if gm.seq_weight is not None and gm.mean is not None:
+            from pgbench.exact.groups import length_profile
+            extras.setdefault("length_profile", {})[sp.label] = length_profile(seqs, prob.mdp.rho0, gm.seq_weight)
+        if gm.mean is not None:
+            extras.setdefault("exact_mean", {})[sp.label] = gm.mean
+            if gm.variance is not None:
+                bias2 = float(np.sum((gm.mean - res.targets[j]) ** 2))
+                extras.setdefault("exact_moments", {})[sp.label] = (gm.variance, gm.variance + bias2)
+        if gm.reason:
+            extras.setdefault("exact_note", {})[sp.label] = gm.reason
+
+
 def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
     """``{label: (exact variance, exact mse)}``: by the moment DP where it applies and fits
     :data:`EXACT_DP_WORK`, else by enumeration where that is cheap."""
     from pgbench.errors import PGBenchError
     from pgbench.exact import dp, moments
-    ok = [s for s in specs if moments.supports(s) and not (N < 2 and s.name in ("rloo", "w_baseline_loo",
+    ok = [s for s in specs if getattr(s.info, "code", 0) != -4 and moments.supports(s) and not (N < 2 and s.name in ("rloo", "w_baseline_loo",
                                                                                      "time_baseline_loo"))]
     out: dict = {}
     by_dp = [s for s in ok if moments.dp_supports(s, prob, N, theta)]  # (w_baseline_loo at N = 2: rloo)
@@ -142,7 +181,7 @@ def _exact_columns(prob, specs, N: int, theta, extras: dict) -> dict:
     return out
 
 
-def _require_cell_resources(prob, n_est: int, N: int, K: int) -> None:
+def _require_cell_resources(prob, n_est: int, N: int, K: int, group=None) -> None:
     """Refuse a cell whose arrays exceed the memory limit, and counts the 64-bit episode
     indices cannot hold, before anything is allocated; warn about very long cells."""
     if N * K >= 2 ** 62:
@@ -159,7 +198,9 @@ def _require_cell_resources(prob, n_est: int, N: int, K: int) -> None:
         items = 2 * min(K * per_trial, max(ITEM_MEMORY_BUDGET, per_trial))
         # K x estimators accumulators (S, A) and estimates (d), the work items, the per-thread
         # episode buffers and discount powers (cap steps), the sampler's tables
-        need = (8.0 * K * (n_est + 1) * (S * A + d) + items + 8.0 * (cap + 1) * (5 * threads + 3)
+        from pgbench.measure.engine import group_direct
+        direct = group is not None and group_direct(prob)  # group estimators give gradients directly
+        need = (8.0 * K * (n_est + 1) * ((0 if direct else S * A) + d) + (S * A * d * 8.0 if direct else items) + 8.0 * (cap + 1) * (5 * threads + 3)
                 + 8.0 * S * A * prob.mdp.K * 12)
         what = f"a cell of {prob.name} (K={K}, {n_est} estimator(s), S={S}, A={A}, d={d}, episode cap {cap})"
         inputs.require_memory(need, what, "use fewer trials K or estimators per cell")
@@ -207,12 +248,17 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
             "exact_variance": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[0],
             "exact_mse": cell.extras.get("exact_moments", {}).get(sp.label, (np.nan, np.nan))[1],
             "exact_bias_norm": _exact_bias_norm(cell, j, sp),
+            "G": cell.extras.get("group", np.nan),
+            **_exact_direction(cell, j, sp),
+            "exact_note": cell.extras.get("exact_note", {}).get(sp.label, ""),
         })
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     # a list of records, not a DataFrame: pandas compares attrs when concatenating frames
     df.attrs["paired"] = paired_table(cell).to_dict(orient="records")
     if "proxy" in cell.extras:
         df.attrs["proxy"] = proxy_summary(cell)
+    if "length_profile" in cell.extras:  # group estimators: E[h A | sequence length n]
+        df.attrs["length_profile"] = cell.extras["length_profile"]
     if "optimal_const_baseline_b" in cell.extras:
         df.attrs["optimal_const_baseline_b"] = cell.extras["optimal_const_baseline_b"]
         df.attrs["optimal_const_baseline_source"] = cell.extras.get("optimal_const_baseline_source")
@@ -226,9 +272,23 @@ def _exact_bias_norm(cell: Cell, j: int, sp) -> float:
     return float(np.linalg.norm(np.asarray(m) - cell.targets[j])) if m is not None else float("nan")
 
 
+def _exact_direction(cell: Cell, j: int, sp) -> dict:
+    """``exact_scale`` = E[g].grad / ||grad||^2 and ``exact_cosine`` = cos(E[g], grad) where the exact
+    mean is known (1 and 1 for an estimator exactly unbiased), NaN elsewhere."""
+    m = cell.extras.get("exact_mean", {}).get(sp.label)
+    g = cell.targets[j]
+    gg = float(g @ g)
+    if m is None or gg == 0:
+        return {"exact_scale": float("nan"), "exact_cosine": float("nan")}
+    m = np.asarray(m, dtype=float).reshape(-1)
+    nm = float(np.linalg.norm(m))
+    return {"exact_scale": float(m @ g) / gg, "exact_cosine": float(m @ g) / (nm * np.sqrt(gg)) if nm > 0 else 0.0}
+
+
 def paired_table(cell: Cell) -> pd.DataFrame:
     """Every estimator against the first one, on the same episodes: MSE difference and variance
-    ratio with their own intervals, and a test that their means agree."""
+    ratio with their own intervals, and a test that their means agree (``p_robust``, named by
+    ``p_test``: the verdicts' policy, normal theory and bootstrap max-t both rejecting)."""
     rows = []
     if len(cell.specs) < 2:
         return pd.DataFrame(rows)
@@ -237,7 +297,7 @@ def paired_table(cell: Cell) -> pd.DataFrame:
     for j in range(1, len(cell.specs)):
         if not same_target[j]:
             continue
-        p = metrics.paired(cell.estimates[:, j, :], cell.estimates[:, 0, :], cell.targets[0])
+        p = metrics.paired(cell.estimates[:, j, :], cell.estimates[:, 0, :], cell.targets[0], bootstrap=BOOTSTRAP)
         rows.append({"estimator": cell.specs[j].label, "reference": ref.label, **{k: v for k, v in p.items()
                                                                                if np.isscalar(v) or isinstance(v, tuple)}})
     return pd.DataFrame(rows)
@@ -265,15 +325,16 @@ def proxy_summary(cell: Cell) -> dict:
 
 
 def measure(problem, estimators, batch: int, trials: int, seed: int = 0, theta=None, proxy: bool = False,
-            backend: str = "cpu", exact: bool = True, policy=None) -> pd.DataFrame:
+            backend: str = "cpu", exact: bool = True, policy=None, group=None) -> pd.DataFrame:
     """Measure estimators on one cell; a tidy DataFrame, one row per estimator.
 
     ``exact_variance`` / ``exact_mse`` are the exact values (moment DP or trajectory enumeration)
     where they are cheap (:data:`EXACT_DP_WORK`, :data:`EXACT_LIMIT`), NaN otherwise (or with ``exact=False``).
     ``policy``: sample from another policy on the problem's MDP (e.g. a
-    :class:`pgbench.policies.LogitsPolicy`).
+    :class:`pgbench.policies.LogitsPolicy`). ``group=G``: grouped sampling (N = P G episodes in P
+    groups of G with one start state each), for the group estimators (``grpo``, ``dr_grpo``, ...).
 
     >>> df = measure("three_step_bandit", ["reinforce", "reinforce_rtg"], batch=16, trials=200)  # doctest: +SKIP
     """
     return summarize_cell(run_cell(problem, estimators, batch, trials, seed=seed, theta=theta, proxy=proxy,
-                                   backend=backend, exact=exact, policy=policy))
+                                   backend=backend, exact=exact, policy=policy, group=group))

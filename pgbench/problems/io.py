@@ -12,12 +12,13 @@ from pgbench.problems.mdp import TabularMDP
 from pgbench.problems.problem import MDPProblem
 
 REQUIRED = ("P", "R", "rho0", "gamma")
-OPTIONAL = ("horizon", "terminal", "reward_std", "features", "theta")
+OPTIONAL = ("horizon", "terminal", "reward_std", "features", "theta", "theta_ref")
 
 
 def load_npz(path: str) -> MDPProblem:
     """Read ``P (S,A,S), R (S,A), rho0 (S), gamma`` and optionally ``horizon`` (0 = unbounded),
-    ``terminal``, ``reward_std``, ``features`` (linear softmax) and ``theta``."""
+    ``terminal``, ``reward_std``, ``features`` (linear softmax), ``theta`` and ``theta_ref`` (the
+    reference policy of KL penalties; zeros, the uniform policy, when absent)."""
     if not os.path.exists(path):
         raise PGBenchError(f"no such problem file: {path}")
     _check_declared_sizes(path)
@@ -57,8 +58,11 @@ def load_npz(path: str) -> MDPProblem:
                                 terminal=data.get("terminal"), reward_std=data.get("reward_std"), name=name)
     theta = data.get("theta")
     if "features" in data:
-        return MDPProblem.linear(mdp, data["features"], theta=theta, name=name, path=path)
-    return MDPProblem.tabular(mdp, theta=theta, name=name, path=path)
+        d = np.shape(data["features"])[-1] if np.ndim(data["features"]) == 3 else 0
+        ref = data.get("theta_ref", np.zeros(d))
+        return MDPProblem.linear(mdp, data["features"], theta=theta, name=name, theta_ref=ref, path=path)
+    ref = data.get("theta_ref", np.zeros((mdp.S, mdp.A)))
+    return MDPProblem.tabular(mdp, theta=theta, name=name, theta_ref=ref, path=path)
 
 
 def _check_declared_sizes(path: str) -> None:
@@ -98,6 +102,8 @@ def save_npz(path: str, problem: MDPProblem, theta=None) -> None:
     arrays = dict(P=mdp.P, R=mdp.R, rho0=mdp.rho0, gamma=np.float64(mdp.gamma),
                   horizon=np.int64(mdp.horizon or 0), terminal=mdp.terminal,
                   theta=problem.resolve_theta(theta))
+    if problem.theta_ref is not None:
+        arrays["theta_ref"] = problem.theta_ref
     if mdp.reward_noise == "gaussian":
         arrays["reward_std"] = mdp.reward_scale
     elif mdp.reward_noise == "uniform":

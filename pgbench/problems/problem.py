@@ -19,6 +19,7 @@ class MDPProblem:
     theta: np.ndarray
     name: str = "mdp"
     meta: dict = field(default_factory=dict)
+    theta_ref: np.ndarray = None  # parameters of the reference policy pi_ref (KL penalties), or None
 
     kind = "mdp"
 
@@ -29,18 +30,32 @@ class MDPProblem:
         th = self.policy.check_theta(self.theta)
         th.setflags(write=False)
         object.__setattr__(self, "theta", th)
+        if self.theta_ref is not None:
+            try:
+                ref = self.policy.check_theta(self.theta_ref)
+            except PGBenchError as exc:
+                raise PGBenchError(f"theta_ref: {exc}") from None
+            ref.setflags(write=False)
+            object.__setattr__(self, "theta_ref", ref)
 
     @classmethod
-    def tabular(cls, mdp: TabularMDP, theta=None, name=None, **meta):
+    def tabular(cls, mdp: TabularMDP, theta=None, name=None, theta_ref=None, **meta):
         pol = TabularSoftmax(mdp.S, mdp.A)
         th = np.zeros(pol.theta_shape) if theta is None else theta
-        return cls(mdp, pol, th, name or mdp.name, meta)
+        return cls(mdp, pol, th, name or mdp.name, meta, theta_ref)
 
     @classmethod
-    def linear(cls, mdp: TabularMDP, features, theta=None, name=None, **meta):
+    def linear(cls, mdp: TabularMDP, features, theta=None, name=None, theta_ref=None, **meta):
         pol = LinearSoftmax(features)
         th = np.zeros(pol.theta_shape) if theta is None else theta
-        return cls(mdp, pol, th, name or mdp.name, meta)
+        return cls(mdp, pol, th, name or mdp.name, meta, theta_ref)
+
+    def log_pi_ref(self) -> np.ndarray:
+        """``log pi_ref(a|s)`` (S, A) of the reference policy; an error when the problem has none."""
+        if self.theta_ref is None:
+            raise PGBenchError(f"problem {self.name!r} has no reference policy (theta_ref): a KL penalty (beta > 0) "
+                               f"needs one (sequence problems and .npz files have one)")
+        return self.policy.log_probs(self.theta_ref)
 
     def resolve_theta(self, theta=None) -> np.ndarray:
         return self.theta if theta is None else self.policy.check_theta(theta)
@@ -54,10 +69,12 @@ class MDPProblem:
         th = getattr(policy, "theta", None) if theta is None else theta
         if th is None:
             raise PGBenchError("give theta for this policy")
-        return MDPProblem(self.mdp, policy, th, self.name, dict(self.meta))
+        ref = self.theta_ref if policy is self.policy else None
+        return MDPProblem(self.mdp, policy, th, self.name, dict(self.meta), ref)
 
     def with_theta(self, theta) -> "MDPProblem":
-        return MDPProblem(self.mdp, self.policy, self.policy.check_theta(theta), self.name, dict(self.meta))
+        return MDPProblem(self.mdp, self.policy, self.policy.check_theta(theta), self.name, dict(self.meta),
+                          self.theta_ref)
 
     def __repr__(self):
         return f"MDPProblem({self.name!r}, {self.mdp!r}, {self.policy!r})"

@@ -10,6 +10,7 @@ import numpy as np
 from pgbench.errors import PGBenchError
 from pgbench.problems import builtins as _b
 from pgbench.problems import lqg as _lqg
+from pgbench.problems import tokens as _tokens
 
 REGISTRY = {
     "three_step_bandit": _b.three_step_bandit,
@@ -23,6 +24,7 @@ REGISTRY = {
     "lqg": _lqg.lqg,
     "point_mass": _lqg.point_mass,
     "double_integrator": _lqg.double_integrator,
+    "tokens": _tokens.tokens,
 }
 
 

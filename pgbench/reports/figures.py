@@ -35,6 +35,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 from pgbench.errors import PGBenchError
 
 DPI = 100
+MAX_WIDTH = 11.0
+"""Widest figure in inches: at :data:`DPI` a report page 900 px wide shows it at 80% or more,
+so 8-point text stays at 9 px or more."""
 
 # tab10, then ten darker colours from tab20b/tab20c: 20 colours distinct on white
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -67,14 +70,20 @@ def _styles(df: pd.DataFrame, styles: Optional[dict]) -> dict:
 
 
 def estimator_classes(df: pd.DataFrame) -> dict:
-    """``{estimator: class}`` (practical, oracle, biased): the rows' ``class`` column, or the
+    """``{estimator: class}`` (practical, oracle, biased, or ``biased, oracle`` for an estimator
+    biased by design that also reads an exact quantity): the rows' ``class`` column, or the
     catalogue's class for runs written before the column existed."""
     from pgbench.estimators.catalogue import estimator_class
     out = {}
     for _, r in df.drop_duplicates("estimator").iterrows():
         c = r.get("class") if "class" in df.columns else None
-        out[r["estimator"]] = c if isinstance(c, str) and c else estimator_class(
-            str(r["estimator"]), r.get("unbiased") if "unbiased" in df.columns else None)
+        claim = r.get("unbiased") if "unbiased" in df.columns else None
+        c = c if isinstance(c, str) and c else estimator_class(str(r["estimator"]), claim)
+        # biased by design is said whatever else the estimator reads (ppo_gae reads the exact critic)
+        if c == "oracle" and claim is not None and not (isinstance(claim, float) and math.isnan(claim)) \
+                and not bool(claim):
+            c = "biased, oracle"
+        out[r["estimator"]] = c
     return out
 
 
@@ -170,8 +179,8 @@ def _legend_outside(ax, handles=None, labels=None, title=None) -> None:
     kw = {} if handles is None else {"handles": handles}
     if labels is not None:
         kw["labels"] = labels
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, title=title,
-              title_fontsize=8, frameon=False, **kw)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9, title=title,
+              title_fontsize=9, frameon=False, **kw)
 
 
 # ----------------------------------------------------------------------------- variance against N
@@ -226,9 +235,9 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     if len(n_values) >= 2 and has_mc_only:
         handles.append(Line2D([], [], ls="--", color="grey"))
         labels.append("1/N from smallest N (no exact variance)")
-    else:
+    elif len(n_values) < 2:
         ax.text(0.02, 0.02, f"one batch size only (N = {n_values[0]}): no slope to show", transform=ax.transAxes,
-                fontsize=8, color="dimgrey")
+                fontsize=9, color="dimgrey")
     if has_exact:
         handles.append(Line2D([], [], ls="-", color="grey", marker="o", mfc="none", mec="black", ms=9))
         labels.append("exact variance (line); measured: points with 95% CI")
@@ -239,11 +248,17 @@ def variance_vs_n(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
 # ----------------------------------------------------------------------------- bias / variance / MSE bars
 
 def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict] = None,
-                  max_cols: int = 3) -> Figure:
+                  max_cols: int = 2) -> Figure:
     """Per estimator, three bars side by side: bias^2 (``||mean - g||^2``, hatched), variance
     (solid) and MSE (outlined; MSE = bias^2 + variance), each with its confidence interval; one
     panel per batch size N. The x axis is logarithmic when the values span more than two
-    decades. Oracle and biased estimators are marked ``[oracle]`` / ``[biased]``."""
+    decades. Oracle and biased estimators are marked ``[oracle]`` / ``[biased]``.
+
+    The measured ``||mean - g||^2`` of an unbiased estimator is not zero: it averages
+    ``tr Var / K``, the noise floor, drawn as a grey tick on each bias^2 bar (where the rows carry
+    ``K``); a bias^2 bar that does not clearly pass its tick shows sampling noise, not bias. At
+    most ``max_cols`` panels a row and at most :data:`MAX_WIDTH` inches wide, so the text stays
+    legible when the page is narrow."""
     _require(df, ["estimator", "N", "bias_norm", "variance", "mse"], "bias_variance")
     suite = _suite_name(df, suite)
     st = _styles(df, styles)
@@ -252,11 +267,12 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
     nrows = math.ceil(len(n_values) / ncols)
     n_est = len(_order(df["estimator"]))
     label_w = max(len(str(e)) for e in df["estimator"]) * 0.065 + 0.8
-    fig = _new_figure(min(4.2 * ncols + label_w + 1.0, 20), max(2.6, 0.42 * n_est + 1.4) * nrows + 0.4)
+    fig = _new_figure(min(4.2 * ncols + label_w + 1.0, MAX_WIDTH), max(2.6, 0.42 * n_est + 1.4) * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     h = 0.27
     all_ests = _order(df["estimator"])
     classes = estimator_classes(df)
+    has_floor = False
     for k, N in enumerate(n_values):
         ax = axes[k // ncols][k % ncols]
         d = df[df["N"] == N].drop_duplicates("estimator")
@@ -265,6 +281,7 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
             return _num(d[name]) if name in d else _num(d[base]) * np.nan
 
         b = _num(d["bias_norm"])
+        floor = _num(d["variance"]) / _num(d["K"]) if "K" in d else b * np.nan  # E||mean - g||^2 when unbiased
         comp = {"bias2": (b ** 2, col("bias_norm_lo", "bias_norm") ** 2, col("bias_norm_hi", "bias_norm") ** 2),
                 "variance": (_num(d["variance"]), col("variance_lo", "variance"), col("variance_hi", "variance")),
                 "mse": (_num(d["mse"]), col("mse_lo", "mse"), col("mse_hi", "mse"))}
@@ -295,6 +312,10 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
                     v1, lo1, hi1 = np.array([val]), np.array([lo]), np.array([hi])
                     e = _log_err(v1, lo1, hi1, left) if use_log else _err(v1, lo1, hi1)
                     ax.errorbar([val], [y + off], xerr=e, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+            if np.isfinite(floor[i]) and floor[i] > 0 and (not use_log or floor[i] > left):
+                ax.plot([floor[i]], [y + h], marker="|", ms=11, mew=2.2, color="#333333", ls="none", zorder=6,
+                        gid="noise-floor")
+                has_floor = True
             for name, off in (("exact_mse", -h), ("exact_variance", 0.0)):
                 ex = _exact_col(d, name)
                 if ex is not None and np.isfinite(ex[i]):
@@ -302,7 +323,7 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
         ax.set_ylim(-len(all_ests) + 0.5, 0.5)
         if k % ncols == 0:
             ax.set_yticks([-i for i in range(len(all_ests))])
-            ax.set_yticklabels(_with_class(all_ests, classes), fontsize=9)
+            ax.set_yticklabels(_with_class(all_ests, classes), fontsize=10)
             for t, e in zip(ax.get_yticklabels(), all_ests):
                 t.set_color(st[e][0])
         if use_log:
@@ -311,8 +332,8 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
         else:
             ax.set_xlim(left=0.0)
         ax.grid(True, axis="x", which="major", alpha=0.3)
-        ax.set_title(f"N = {N}", fontsize=10)
-        ax.set_xlabel("squared error units" + (" (log)" if use_log else ""), fontsize=9)
+        ax.set_title(f"N = {N}", fontsize=11)
+        ax.set_xlabel("squared error units" + (" (log)" if use_log else ""), fontsize=10)
     for k in range(len(n_values), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     grey = "#555555"
@@ -322,7 +343,11 @@ def bias_variance(df: pd.DataFrame, suite: Optional[str] = None, styles: Optiona
                Line2D([], [], color="black", marker="|", ls="none", label="95% CI")]
     if _exact_col(df, "exact_mse") is not None or _exact_col(df, "exact_variance") is not None:
         handles.append(Line2D([], [], color="black", marker="D", ls="none", ms=5, label="exact value"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    if has_floor:
+        handles.append(Line2D([], [], color="#333333", marker="|", ms=11, mew=2.2, ls="none",
+                              label="noise floor tr Var / K (bias^2 if unbiased)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 if ncols > 1 else 2),
+               fontsize=9, frameon=False)
     fig.suptitle(_title(suite, "bias^2, variance and MSE per estimator"), fontsize=12)
     return fig
 
@@ -446,7 +471,7 @@ def gae_lambda(df: pd.DataFrame, suite: Optional[str] = None) -> Figure:
     g["_critic"] = [_critic_key(p) for p in g["_p"]]
     others = d[d["_p"].isna()]
     n_values = sorted(set(int(n) for n in d["N"]))
-    fig = _new_figure(12.0, 4.8)
+    fig = _new_figure(MAX_WIDTH, 4.8)
     ax_b, ax_v = fig.subplots(1, 2)
     critics = _order(g["_critic"])
     styles_n = ["-", "--", "-.", ":"]
@@ -576,8 +601,8 @@ def horizon(df: pd.DataFrame, suite: Optional[str] = None, styles: Optional[dict
               if d[k].notna().any()]
     if not panels:
         raise PGBenchError("horizon: no suite of the form .../T=.. or .../gamma=.. in the table")
-    fig = _new_figure(6.0 * len(panels) + 2.6, 4.8)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    fig = _new_figure(9.5, 4.4 * len(panels) + 0.4)  # panels stacked: legible on a narrow page
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     has_exact = False
     for ax, (key, xlabel) in zip(axes, panels):
         sub = d[d[key].notna()]
@@ -646,7 +671,7 @@ def variance_decomposition(parts: list, suite: Optional[str] = None, cell: Optio
         raise PGBenchError("variance_decomposition needs rows with finite 'variance', 'state', 'action', 'noise'")
     labels = [str(r["estimator"]) for r in rows]
     total = np.array([float(r["variance"]) for r in rows])
-    fig = _new_figure(11.0, 0.9 + 0.42 * len(rows))
+    fig = _new_figure(10.0, 0.9 + 0.42 * len(rows))
     ax, ax2 = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
     y = np.arange(len(rows))[::-1]
     left = np.zeros(len(rows))
@@ -725,7 +750,7 @@ def variance_vs_param(df: pd.DataFrame, suite: Optional[str] = None, styles: Opt
             x, v = x[ok], v[ok]
             lo, hi = _interval(d, "variance", ok)
             colour, marker = st[est]
-            biased = classes.get(est) == "biased"
+            biased = classes.get(est, "").startswith("biased")
             label = _with_class([est], classes)[0] + (f", N={N}" if len(n_values) > 1 else "")
             ax.errorbar(x, v, yerr=_log_err(v, lo, hi, v.min() * 1e-3), color=colour, marker=marker, ms=5, lw=1.6,
                         capsize=3, label=label, ls="--" if biased else dashes[k % len(dashes)])

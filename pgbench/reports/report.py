@@ -9,13 +9,18 @@ reports too) and writes, each file atomically:
   ``data:`` URIs, no scripts and no external links; well-formed (XHTML-style void tags), so
   it parses as XML too.
 
-Content: the run's metadata; a summary (per cell, the winners of each estimator class:
-practical, biased by design, and oracle as a reference; and every estimator claimed unbiased
-whose test of ``mean = exact gradient`` gives ``p < ALPHA``); then per suite its description,
-per cell a table (class, claimed unbiasedness, bias norm, variance and MSE with their 95%
-intervals, exact values beside them when the rows carry ``exact_variance`` / ``exact_mse``,
-cosine, the verdict's p-value and the test it comes from, verdict, cost), the paired
-comparisons against the cell's reference estimator, and the suite's figures.
+Content, conclusions first: what was run; failures (unfinished cells, figures that could not
+be drawn, estimators claimed unbiased whose test of ``mean = exact gradient`` gives
+``p < ALPHA``); headlines (practical winners, the most biased estimators); every estimator
+biased by design with how biased it is (exact where the mean is known in closed form); the
+winners of each class (practical, biased by design whatever it reads, and oracle as a
+reference) per cell and target gradient; then :data:`EXTRA_SECTIONS`, the table of contents
+(folded in HTML), per suite its description, per cell a table (verdict, its p-value and test
+first; class, claimed unbiasedness, bias norm, variance and MSE with their 95% intervals,
+exact values beside them when the rows carry ``exact_variance`` / ``exact_mse`` /
+``exact_bias_norm``, cosine, costs), the paired comparisons against the cell's reference
+estimator (same target only; the test of equal means with the verdicts' p-value policy), and
+the suite's figures; how to read the report; and last the run's metadata.
 
 The p-value shown is the one the verdict uses (:func:`pgbench.stats.metrics.verdict_p`).
 Verdicts (``ALPHA = 0.001``): claimed unbiased and ``p < ALPHA`` -> **BIAS DETECTED**;
@@ -25,20 +30,18 @@ with these K trials).
 """
 from __future__ import annotations
 
-import base64
-import html
 import math
 import os
 import platform
 import re
 import time
-from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 
 from pgbench.errors import PGBenchError
+# Doc, render_markdown, render_html, fmt: re-exported (report sections and tests use them here)
+from pgbench.reports.document import B, C, Doc, Inline, _finite, fmt, fmt_ci, fmt_p, render_html, render_markdown  # noqa: F401
 from pgbench.suites.store import FORMAT_VERSION, atomic_write_bytes, atomic_write_text, check_cell, read_json
 
 ALPHA = 1e-3
@@ -116,207 +119,6 @@ def results_frame(cells: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ----------------------------------------------------------------------------- document model
-
-@dataclass
-class Inline:
-    """A run of text: ``kind`` is ``t`` (plain), ``b`` (bold), ``c`` (code) or ``bc``."""
-    text: str
-    kind: str = "t"
-
-
-def B(text) -> Inline:
-    return Inline(str(text), "b")
-
-
-def C(text) -> Inline:
-    return Inline(str(text), "c")
-
-
-class Doc:
-    """Blocks rendered to Markdown and HTML alike."""
-
-    def __init__(self):
-        self.blocks = []
-
-    def h(self, level: int, text, anchor: Optional[str] = None):
-        self.blocks.append(("h", level, text, anchor))
-
-    def p(self, *parts):
-        self.blocks.append(("p", parts))
-
-    def ul(self, items):
-        self.blocks.append(("ul", list(items)))
-
-    def table(self, headers, rows, numeric=()):
-        self.blocks.append(("table", list(headers), [list(r) for r in rows], set(numeric)))
-
-    def img(self, rel: str, alt: str, data: bytes):
-        self.blocks.append(("img", rel, alt, data))
-
-
-def _parts(x) -> list:
-    if isinstance(x, Inline):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        out = []
-        for y in x:
-            out += _parts(y)
-        return out
-    return [Inline(str(x))]
-
-
-def _md_escape(t: str, in_table: bool) -> str:
-    """Escape only what Markdown would misread: backslash, backtick, '*', '_' at a word edge,
-    '<' opening a tag, a leading '#', and '|' inside tables."""
-    t = re.sub(r"([\\`*])", r"\\\1", t)
-    t = re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", t)
-    t = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", t)
-    t = re.sub(r"^#", r"\\#", t)
-    return t.replace("|", "\\|") if in_table else t
-
-
-def _md_inline(x, in_table: bool = False) -> str:
-    out = []
-    for part in _parts(x):
-        t = part.text
-        if "c" in part.kind:
-            t = t.replace("`", "'")
-            s = f"`{t}`"
-            if in_table:
-                s = s.replace("|", "\\|")
-        else:
-            s = _md_escape(t, in_table).replace("\n", " ")
-        if "b" in part.kind:
-            s = f"**{s}**"
-        out.append(s)
-    return "".join(out)
-
-
-def _html_inline(x) -> str:
-    out = []
-    for part in _parts(x):
-        s = html.escape(part.text, quote=True)
-        if "c" in part.kind:
-            s = f"<code>{s}</code>"
-        if "b" in part.kind:
-            s = f'<strong class="flag">{s}</strong>' if part.text == "BIAS DETECTED" else f"<strong>{s}</strong>"
-        out.append(s)
-    return "".join(out)
-
-
-def render_markdown(doc: Doc) -> str:
-    lines = []
-    for blk in doc.blocks:
-        kind = blk[0]
-        if kind == "h":
-            lines += ["#" * blk[1] + " " + _md_inline(blk[2]), ""]
-        elif kind == "p":
-            lines += [_md_inline(list(blk[1])), ""]
-        elif kind == "ul":
-            lines += ["- " + _md_inline(it) for it in blk[1]] + [""]
-        elif kind == "table":
-            headers, rows, numeric = blk[1], blk[2], blk[3]
-            lines.append("| " + " | ".join(_md_inline(h, True) for h in headers) + " |")
-            lines.append("|" + "|".join("---:" if i in numeric else "---" for i in range(len(headers))) + "|")
-            for r in rows:
-                lines.append("| " + " | ".join(_md_inline(c, True) for c in r) + " |")
-            lines.append("")
-        elif kind == "img":
-            lines += [f"![{_md_inline(blk[2])}]({blk[1]})", ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1400px;
-       padding: 0 1em; color: #222; line-height: 1.4; }
-h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
-h2 { border-bottom: 1px solid #aaa; margin-top: 2.2em; }
-h3 { margin-top: 1.6em; }
-h4 { margin-top: 1.4em; color: #333; }
-table { border-collapse: collapse; margin: .6em 0 1.2em 0; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; vertical-align: top; }
-th { background: #f0f0f0; text-align: left; }
-tr:nth-child(even) td { background: #fafafa; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-code { font-family: Menlo, Consolas, monospace; font-size: 0.95em; background: #f4f4f4; padding: 0 2px; }
-strong.flag { color: #b00000; }
-img { max-width: 100%; height: auto; display: block; margin: .8em 0 1.6em 0; border: 1px solid #eee; }
-nav ul { columns: 2; }
-p.note { color: #555; font-size: 0.9em; }
-div.scroll { overflow-x: auto; max-width: 100%; }
-"""
-
-
-def render_html(doc: Doc, title: str) -> str:
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8" />',
-           '<meta name="viewport" content="width=device-width, initial-scale=1" />',
-           f"<title>{html.escape(title)}</title>", "<style>" + CSS + "</style>", "</head>", "<body>"]
-    toc = [(blk[2], blk[3]) for blk in doc.blocks if blk[0] == "h" and blk[1] == 2 and blk[3]]
-    for blk in doc.blocks:
-        kind = blk[0]
-        if kind == "h":
-            anchor = f' id="{html.escape(blk[3], quote=True)}"' if blk[3] else ""
-            out.append(f"<h{blk[1]}{anchor}>{_html_inline(blk[2])}</h{blk[1]}>")
-            if blk[1] == 1 and toc:
-                items = "".join(f'<li><a href="#{html.escape(a, quote=True)}">{_html_inline(t)}</a></li>'
-                                for t, a in toc)
-                out.append(f"<nav><ul>{items}</ul></nav>")
-        elif kind == "p":
-            out.append(f"<p>{_html_inline(list(blk[1]))}</p>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_html_inline(it)}</li>" for it in blk[1]) + "</ul>")
-        elif kind == "table":
-            headers, rows, numeric = blk[1], blk[2], blk[3]
-            out.append('<div class="scroll"><table>')
-            out.append("<thead><tr>" + "".join(f"<th>{_html_inline(h)}</th>" for h in headers) + "</tr></thead>")
-            out.append("<tbody>")
-            for r in rows:
-                cells = "".join((f'<td class="num">{_html_inline(c)}</td>' if i in numeric
-                                 else f"<td>{_html_inline(c)}</td>") for i, c in enumerate(r))
-                out.append(f"<tr>{cells}</tr>")
-            out.append("</tbody></table></div>")
-        elif kind == "img":
-            b64 = base64.b64encode(blk[3]).decode("ascii")
-            out.append(f'<img src="data:image/png;base64,{b64}" alt="{html.escape(blk[2], quote=True)}" />')
-    out += ["</body>", "</html>"]
-    return "\n".join(out) + "\n"
-
-
-# ----------------------------------------------------------------------------- formatting
-
-def _finite(x) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def fmt(x, digits: int = 3) -> str:
-    """A number in ``digits`` significant figures; ``-`` when missing or not finite."""
-    if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else "no"
-    if not _finite(x):
-        return "-"
-    return f"{float(x):.{digits}g}"
-
-
-def fmt_ci(v, lo, hi) -> str:
-    s = fmt(v)
-    if _finite(lo) or _finite(hi):
-        s += f" [{fmt(lo)}, {fmt(hi)}]"
-    return s
-
-
-def fmt_p(p) -> str:
-    if not _finite(p):
-        return "-"
-    p = float(p)
-    if p == 0.0:
-        return "< 1e-300"
-    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
-
-
 def _claim(v) -> Optional[bool]:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
@@ -346,6 +148,68 @@ def _class(r: dict) -> str:
         return c
     from pgbench.estimators.catalogue import estimator_class
     return estimator_class(str(r.get("estimator")), _claim(r.get("unbiased")))
+
+
+def _biased_by_design(r: dict) -> bool:
+    """Claimed biased: its expectation is not what it estimates (whatever else it reads)."""
+    return _claim(r.get("unbiased")) is False
+
+
+def _rank_class(r: dict) -> str:
+    """The class an estimator is ranked in: ``biased`` for every estimator biased by design (one
+    that reads an exact critic too: ppo_gae, normalized_advantage), else its class."""
+    return "biased" if _biased_by_design(r) else _class(r)
+
+
+def _shown_class(r: dict) -> str:
+    c = _class(r)
+    return "biased; reads oracle" if c == "oracle" and _biased_by_design(r) else c
+
+
+def _exactly_unbiased(r: dict) -> bool:
+    """A catalogue estimator claimed unbiased: its exact bias is 0 by construction (a user
+    estimator's claim is what the test checks, so it gets no such entry)."""
+    if _claim(r.get("unbiased")) is not True:
+        return False
+    label = str(r.get("estimator"))
+    from pgbench.estimators.catalogue import parse
+    from pgbench.estimators.user import USER_ESTIMATORS
+    if label.split(":")[0] in USER_ESTIMATORS:
+        return False
+    for kind in ("mdp", "gaussian", "categorical", "lqg"):  # the catalogue's kinds of target
+        try:
+            sp = parse(label, kind)
+        except Exception:  # not this kind (or not this pgbench's catalogue: another version's label)
+            continue
+        return bool(sp.unbiased) and getattr(sp, "name", "") != "user"
+    return False
+
+
+def _exact_bias(r: dict) -> str:
+    if _finite(r.get("exact_bias_norm")):
+        return fmt(r.get("exact_bias_norm"))
+    return "0" if _exactly_unbiased(r) else "-"
+
+
+def _interval_excludes_zero(r: dict) -> bool:
+    return _finite(r.get("bias_norm_lo")) and float(r["bias_norm_lo"]) > 0
+
+
+def _target_key(r: dict):
+    """Rows with the same target gradient share this key (its norm and dimension; targets
+    differ by far more than rounding where they differ at all)."""
+    g = r.get("exact_grad_norm")
+    d = r.get("d")
+    return (float(f"{float(g):.9g}") if _finite(g) else None, d if isinstance(d, int) else None)
+
+
+def _target_groups(rows: list[dict]) -> list[list[dict]]:
+    """The rows of a cell by target, in order of first appearance: estimators are ranked and
+    paired only against others estimating the same gradient."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(_target_key(r), []).append(r)
+    return list(groups.values())
 
 
 def verdict(unbiased, p, alpha: float = ALPHA) -> Inline:
@@ -389,10 +253,10 @@ def _cost_key(rows: list[dict]) -> Optional[str]:
     return None
 
 
-def _winners(rows: list[dict], cls: Optional[str] = None) -> dict:
+def _winners(rows: list[dict], cls: Optional[str] = None, cost_key: Optional[str] = "auto") -> dict:
     """Ascending ``(value, estimator)`` lists by MSE and by cost, over the rows of class ``cls``
-    (all rows when ``None``)."""
-    sel = [r for r in rows if cls is None or _class(r) == cls]
+    (:func:`_rank_class`; all rows when ``None``). Pass the rows of one target only."""
+    sel = [r for r in rows if cls is None or _rank_class(r) == cls]
 
     def best(key):
         if key is None:
@@ -400,7 +264,7 @@ def _winners(rows: list[dict], cls: Optional[str] = None) -> dict:
         c = [(float(r[key]), r["estimator"]) for r in sel if _finite(r.get(key))]
         c.sort()
         return c
-    return {"mse": best("mse"), "cost": best(_cost_key(rows))}
+    return {"mse": best("mse"), "cost": best(_cost_key(rows) if cost_key == "auto" else cost_key)}
 
 
 MC_ONLY = "MC only"
@@ -442,28 +306,34 @@ def _exact_cell(r: dict, what: str):
 def _cell_table(doc: Doc, rec: dict) -> None:
     rows = rec["rows"]
     ex_var, ex_mse = _has_exact(rows, "exact_variance"), _has_exact(rows, "exact_mse")
-    # bold: the lowest MSE (and cost) of each class, so a practical winner is never hidden by an oracle
+    # bold: the lowest MSE (and cost) of each class and target, so a practical winner is never
+    # hidden by an oracle, nor compared with an estimator of another gradient
     best_mse, best_cost = set(), set()
-    for cls in ("practical", "biased", "oracle"):
-        win = _winners(rows, cls)
-        best_mse |= {win["mse"][0][1]} if win["mse"] else set()
-        best_cost |= {win["cost"][0][1]} if win["cost"] else set()
+    for group in _target_groups(rows):
+        for cls in ("practical", "biased", "oracle"):
+            win = _winners(group, cls, _cost_key(rows))
+            best_mse |= {win["mse"][0][1]} if win["mse"] else set()
+            best_cost |= {win["cost"][0][1]} if win["cost"] else set()
     cost_key = _cost_key(rows)
-    ex_bias = _has_exact(rows, "exact_bias_norm")  # the exact mean in closed form (practice estimators)
-    headers = ["estimator", "class", "unbiased (claimed)", "bias norm [95% CI]"] + (["exact bias norm"] if ex_bias else [])
+    ex_bias = _has_exact(rows, "exact_bias_norm") or any(_exactly_unbiased(r) for r in rows)
+    # the verdict and its p first: on a narrow screen they stay in view
+    headers = ["estimator", f"verdict (p < {ALPHA:g})", "p (mean = exact)", "test of that p", "class",
+               "unbiased (claimed)", "bias norm [95% CI]"] + (["exact bias norm"] if ex_bias else [])
     headers += ["variance [95% CI]"]
     headers += ["exact variance"] if ex_var else []
     headers += ["MSE [95% CI]"] + (["exact MSE"] if ex_mse else [])
-    headers += ["cosine", "p (mean = exact)", "test of that p", "verdict", "cell seconds", "episodes/s"]
+    headers += ["cosine", "cell seconds", "episodes/s"]
     headers += ["own seconds", "MSE x own seconds"] if cost_key else []
     numeric = {i for i, h in enumerate(headers)
-               if h not in ("estimator", "class", "unbiased (claimed)", "verdict", "test of that p")}
+               if h not in ("estimator", "class", "unbiased (claimed)", headers[1], "test of that p")}
     out = []
     for r in rows:
         claim = _claim(r.get("unbiased"))
-        line = [C(r["estimator"]), _class(r), "-" if claim is None else ("yes" if claim else "no"),
+        p, test = _p_and_test(r)
+        line = [C(r["estimator"]), verdict(r.get("unbiased"), p), fmt_p(p), test, _shown_class(r),
+                "-" if claim is None else ("yes" if claim else "no"),
                 fmt_ci(r.get("bias_norm"), r.get("bias_norm_lo"), r.get("bias_norm_hi"))]
-        line += [fmt(r.get("exact_bias_norm"))] if ex_bias else []
+        line += [_exact_bias(r)] if ex_bias else []
         line += [fmt_ci(r.get("variance"), r.get("variance_lo"), r.get("variance_hi"))]
         if ex_var:
             line.append(_exact_cell(r, "variance"))
@@ -471,14 +341,25 @@ def _cell_table(doc: Doc, rec: dict) -> None:
         line.append(B(mse) if r["estimator"] in best_mse else mse)
         if ex_mse:
             line.append(_exact_cell(r, "mse"))
-        p, test = _p_and_test(r)
-        line += [fmt(r.get("cosine")), fmt_p(p), test, verdict(r.get("unbiased"), p),
-                 fmt(r.get("seconds")), fmt(r.get("episodes_per_second"))]
+        line += [fmt(r.get("cosine")), fmt(r.get("seconds")), fmt(r.get("episodes_per_second"))]
         if cost_key:
             cost = fmt(r.get(cost_key))
             line += [fmt(r.get("own_seconds")), B(cost) if r["estimator"] in best_cost else cost]
         out.append(line)
-    doc.table(headers, out, numeric)
+    doc.table(headers, out, numeric, key={1})
+    if len(_target_groups(rows)) > 1:
+        doc.p(Inline("Estimators of this cell estimate different gradients (their exact ||grad|| differs); "
+                     "bold marks the best of each class among those with the same target: "
+                     + "; ".join(", ".join(r["estimator"] for r in g) for g in _target_groups(rows)) + "."))
+    wide = [r for r in rows if _claim(r.get("unbiased")) and _interval_excludes_zero(r)
+            and _finite(_p(r)) and float(_p(r)) >= ALPHA]
+    if wide:
+        doc.p(B("Interval and verdict:"), Inline(
+            " the 95% interval of the bias norm excludes 0 for " + ", ".join(r["estimator"] for r in wide)
+            + f" while the verdict is 'consistent'. They answer at different levels: the interval at 95%, "
+            f"which one unbiased estimator in twenty excludes 0 by chance, the verdict at p < {ALPHA:g} "
+            f"with the bootstrap (its p is shown: {', '.join(fmt_p(_p(r)) for r in wide)}). The verdict is "
+            f"the test of unbiasedness; a p between {ALPHA:g} and 0.05 is a hint to rerun with more trials."))
     mc_only = [r["estimator"] for r in rows if ex_var and not _finite(r.get("exact_variance"))]
     if mc_only:
         doc.p(Inline(f"{MC_ONLY}: no exact variance; the Monte-Carlo interval is the only one shown. "
@@ -493,23 +374,38 @@ def _cell_table(doc: Doc, rec: dict) -> None:
                      "heavy-tailed (rare long or rewarding episodes) and K trials have not yet seen the tail."))
 
 
+def _paired_p(p: dict) -> tuple:
+    """``(p, test name)`` of a paired row's test that the two means agree: the verdicts' policy
+    (normal theory and bootstrap max-t, :func:`pgbench.stats.metrics.verdict_p`); a record
+    written before paired rows had a bootstrap shows its normal-theory p, so named."""
+    if isinstance(p.get("p_test"), str) and _finite(p.get("p_robust")):
+        return float(p["p_robust"]), p["p_test"]
+    if not _finite(p.get("p_value")):
+        return None, "-"
+    from pgbench.stats.metrics import TEST_NAMES
+    name = TEST_NAMES.get(str(p.get("test")), str(p.get("test") or "?"))
+    return float(p["p_value"]), f"{name} only (no bootstrap in this record)"
+
+
 def _paired_table(doc: Doc, rec: dict) -> None:
     pairs = rec.get("paired") or []
     if not pairs:
         doc.p(Inline("No paired comparisons in this cell (one estimator, or estimators with different targets)."))
         return
     ref = pairs[0].get("reference", rec["rows"][0]["estimator"] if rec["rows"] else "?")
-    doc.p("Paired against the reference ", C(ref), " on the same episodes (common random numbers): "
-          "MSE difference (estimator - reference) and variance ratio (estimator / reference).")
-    headers = ["estimator", "class", "MSE diff [95% CI]", "p (MSE diff)", "variance ratio [95% CI]", "p (ratio)",
-               "p (means agree)", "MSE vs reference"]
-    classes = {r["estimator"]: _class(r) for r in rec["rows"]}
+    doc.p("Paired against the reference ", C(ref), " on the same episodes (common random numbers), only "
+          "estimators of the same target: MSE difference (estimator - reference), variance ratio (estimator / "
+          f"reference), and the test that the two means agree, with the verdicts' p-value policy (the larger "
+          f"of the normal-theory and the bootstrap max-t p; the test is named).")
+    headers = ["estimator", "MSE vs reference", "class", "MSE diff [95% CI]", "p (MSE diff)",
+               "variance ratio [95% CI]", "p (ratio)", "p (means agree)", "test of that p"]
+    classes = {r["estimator"]: _shown_class(r) for r in rec["rows"]}
     out = []
     for p in pairs:
         ci = p.get("mse_diff_ci") if isinstance(p.get("mse_diff_ci"), (list, tuple)) else [None, None]
         rci = p.get("variance_ratio_ci") if isinstance(p.get("variance_ratio_ci"), (list, tuple)) else [None, None]
-        lo, hi = (ci + [None, None])[:2]
-        rlo, rhi = (rci + [None, None])[:2]
+        lo, hi = (list(ci) + [None, None])[:2]
+        rlo, rhi = (list(rci) + [None, None])[:2]
         if _finite(hi) and float(hi) < 0:
             v = B("lower")
         elif _finite(lo) and float(lo) > 0:
@@ -522,10 +418,11 @@ def _paired_table(doc: Doc, rec: dict) -> None:
             v = [v, Inline(f" (vs {p.get('reference')})")]
         est = p.get("estimator", "?")
         cls = classes.get(est) or _class({"estimator": est})
-        out.append([C(est), cls, fmt_ci(p.get("mse_diff"), lo, hi), fmt_p(p.get("mse_diff_p")),
+        mp, mtest = _paired_p(p)
+        out.append([C(est), v, cls, fmt_ci(p.get("mse_diff"), lo, hi), fmt_p(p.get("mse_diff_p")),
                     fmt_ci(p.get("variance_ratio"), rlo, rhi), fmt_p(p.get("variance_ratio_p")),
-                    fmt_p(p.get("p_value")), v])
-    doc.table(headers, out, {2, 3, 4, 5, 6})
+                    fmt_p(mp), mtest])
+    doc.table(headers, out, {3, 4, 5, 6, 7}, key={1})
 
 
 def _cell_header(doc: Doc, rec: dict) -> None:
@@ -547,7 +444,13 @@ def _cell_header(doc: Doc, rec: dict) -> None:
     if note:
         bits.append(note)
     if _finite(rec.get("wall_seconds")):
-        bits.append(f"wall time {fmt(rec['wall_seconds'])} s")
+        wall, comp = float(rec["wall_seconds"]), rec.get("compile_seconds")
+        if _finite(comp) and float(comp) >= 0.05 * max(wall, 1e-9) and float(comp) >= 0.01:
+            # a cold cell compiles kernels on first use: that is not what the cell costs
+            bits.append(f"wall time {fmt(max(wall - float(comp), 0.0))} s, plus {fmt(comp)} s compiling "
+                        "kernels on first use")
+        else:
+            bits.append(f"wall time {fmt(wall)} s")
     doc.p("; ".join(bits) + ".")
 
 
@@ -732,7 +635,7 @@ def _planned_missing(meta: dict, cells: list[dict]) -> list[str]:
         if s is None:
             continue
         for N in s.cells(bool(meta.get("quick"))):
-            cid = f"{s.id}/N={N}"
+            cid = f"{s.id}/{'G' if getattr(s, 'groups', 0) else 'N'}={N}"
             if cid not in have:
                 missing.append(cid)
     return missing
@@ -770,18 +673,231 @@ def _suites_and_figures(doc: Doc, renderer: _Renderer, cells: list, meta: dict, 
             _figures_for_suite(doc, renderer, sid, recs, df, df_all, suites)
 
 
-def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
-    """The report of a run directory as a :class:`Doc`; writes the figure PNGs on the way.
-    Returns ``(doc, figure paths relative to run_dir, problems)``. ``progress``: a callable
-    given one line per suite as its tables and figures are made (e.g. to print on stderr)."""
-    meta, cells = load_run(run_dir)
-    order = {s: i for i, s in enumerate(meta.get("suites") or [])}
-    cells.sort(key=lambda c: (order.get(c["suite"], len(order)), c["suite"], c["N"]))  # N numerically
-    run_dir = os.fspath(run_dir)
+EXTRA_SECTIONS: list = []
+"""Callables ``section(doc, meta, cells) -> None`` that add sections to the report, in order,
+after the conclusions and before the suites' tables (``doc.h(2, title, anchor)`` then blocks:
+an anchored level-2 heading joins the table of contents). Append to add one."""
+
+
+def _what_was_run(doc: Doc, meta: dict, cells: list[dict]) -> None:
+    suites = list(dict.fromkeys(c["suite"] for c in cells))
+    n_rows = sum(len(c["rows"]) for c in cells)
+    n_est = len({r["estimator"] for c in cells for r in c["rows"]})
+    Ks = sorted({int(c["K"]) for c in cells if isinstance(c.get("K"), int)})
+    quick = meta.get("quick")
+    mode = "quick (CI subset)" if quick else ("full" if quick is not None else "unknown mode")
+    status = meta.get("status")
+    k_txt = ("" if not Ks else f"K = {Ks[0]} trials per cell" if len(Ks) == 1
+             else f"K = {Ks[0]}-{Ks[-1]} trials per cell")
+    doc.p(B("What was run:"), Inline(
+        f" {len(suites)} suite(s), {len(cells)} cell(s), {n_est} estimator(s) in {n_rows} measurements "
+        f"against the exact gradient; {mode} run, seed {meta.get('seed', '-')}"
+        + (f", {k_txt}" if k_txt else "") + f"; from {meta.get('started') or '-'} to {meta.get('ended') or '-'}"
+        + ("" if status in ("complete", "finishing", None) else f"; status {status}") + "."))
+
+
+def _range(vals: list, digits: int = 3) -> str:
+    vals = [float(v) for v in vals if _finite(v)]
+    if not vals:
+        return "-"
+    lo, hi = min(vals), max(vals)
+    return fmt(lo, digits) if fmt(lo, digits) == fmt(hi, digits) else f"{fmt(lo, digits)} to {fmt(hi, digits)}"
+
+
+def _rel_bias(r: dict):
+    """``(bias / ||g||, exact?)``: from the exact bias norm where it is known, else measured where
+    the test resolves the bias (``None`` where it does not: the measured norm is then noise)."""
+    ex, gn = r.get("exact_bias_norm"), r.get("exact_grad_norm")
+    if _finite(ex) and _finite(gn) and float(gn) > 0:
+        return float(ex) / float(gn), True
+    p = _p(r)
+    if not (_finite(p) and float(p) < ALPHA):
+        return None, False
+    return (float(r["rel_bias"]), False) if _finite(r.get("rel_bias")) else (None, False)
+
+
+def _biased_groups(cells: list[dict]) -> list[tuple]:
+    """``(suite, estimator, [(cell, row), ...])`` for every estimator biased by design, by suite."""
+    groups: dict = {}
+    for c in cells:
+        for r in c["rows"]:
+            if _biased_by_design(r):
+                groups.setdefault((c["suite"], r["estimator"]), []).append((c, r))
+    return [(s, e, g) for (s, e), g in groups.items()]
+
+
+def _winner_rows(cells: list[dict]) -> list[tuple]:
+    """``(cell, target rows, winners by class)`` per cell and target."""
+    out = []
+    for c in cells:
+        ck = _cost_key(c["rows"])
+        groups = _target_groups(c["rows"])
+        for g in groups:
+            out.append((c, g if len(groups) > 1 else None,
+                        {k: _winners(g, k, ck) for k in ("practical", "biased", "oracle")}))
+    return out
+
+
+def _conclusions(doc: Doc, meta: dict, cells: list[dict]) -> int:
+    """What a reviewer needs first: failures, winners per class and target, what is biased and
+    by how much. Returns the index of the block that will list figures that failed."""
+    doc.h(2, "Conclusions", "summary")
+    missing = _planned_missing(meta, cells)
+    flagged = [(c["cell"], r) for c in cells for r in c["rows"]
+               if _claim(r.get("unbiased")) and _finite(_p(r)) and float(_p(r)) < ALPHA]
+    if missing:
+        doc.p(B("Partial run:"), Inline(f" {len(missing)} planned cell(s) not finished: "), C(", ".join(missing)))
+    if meta.get("status") not in (None, "complete", "finishing"):
+        doc.p(B("Run status:"), Inline(f" {meta.get('status')}."))
+    fig_slot = len(doc.blocks)
+    doc.p(Inline(""))  # replaced by the figures that could not be drawn, or removed
+    if not cells:
+        doc.p(Inline("This run has no finished cells yet: nothing to report."))
+        return fig_slot
+    winners = _winner_rows(cells)
+    biased = _biased_groups(cells)
+
+    # the headlines: one line each, the tables below say the rest
+    heads = []
+    if flagged:
+        heads.append([B("BIAS DETECTED"), Inline(f" in {len(flagged)} measurement(s) of estimators claimed unbiased "
+                                                 f"(p < {ALPHA:g}): "),
+                      C(", ".join(dict.fromkeys(r["estimator"] for _, r in flagged))), Inline(" (table below).")])
+    else:
+        n_claimed = sum(1 for c in cells for r in c["rows"] if _claim(r.get("unbiased")))
+        heads.append([B("No failures:"), Inline(f" none of the {n_claimed} measurements claimed unbiased fails "
+                                                f"the test of mean = exact gradient at p < {ALPHA:g}.")])
+    from collections import Counter
+    contests = [w["practical"]["mse"] for _, _, w in winners if len(w["practical"]["mse"]) >= 2]
+    wins = Counter(m[0][1] for m in contests)
+    if wins:
+        heads.append([B("Practical winners"), Inline(f" (lowest MSE, in the {len(contests)} cell and target pairs "
+                                                     f"with two practical estimators or more): "),
+                      Inline("; ".join(f"{e} {n}" for e, n in wins.most_common(6))
+                             + ("; others " + str(sum(wins.values()) - sum(n for _, n in wins.most_common(6)))
+                                if len(wins) > 6 else "") + ".")])
+    if biased:
+        top = []
+        for sid, est, g in biased:
+            rel = [(_rel_bias(r), c["cell"]) for c, r in g]
+            rel = [((v, ex), cid) for (v, ex), cid in rel if v is not None]
+            if rel:
+                (v, ex), cid = max(rel, key=lambda t: t[0][0])
+                top.append((v, est, cid, ex))
+        best: dict = {}
+        for t in sorted(top, reverse=True):
+            best.setdefault(t[1], t)  # each estimator once, at its largest
+        top = sorted(best.values(), reverse=True)
+        n_est = len({e for _, e, _ in biased})
+        n_suites = len({s for s, _, _ in biased})
+        heads.append([B("Biased by design"), Inline(f": {n_est} estimator(s) in {n_suites} suite(s); the largest "
+                                                    f"bias / ||g||: "),
+                      Inline("; ".join(f"{e} {fmt(v, 2)} ({'exact' if ex else 'measured'}, {cid})"
+                                       for v, e, cid, ex in top[:4]) + ".")])
+    doc.ul(heads)
+
+    if flagged:
+        doc.p(B("BIAS DETECTED"), Inline(f": {len(flagged)} estimator(s) claimed unbiased fail the test of "
+                                         f"mean = exact gradient at p < {ALPHA:g}:"))
+        doc.table(["cell", "estimator", "p", "test", "bias norm [95% CI]", "relative bias"],
+                  [[C(cid), C(r["estimator"]), fmt_p(_p(r)), _p_and_test(r)[1],
+                    fmt_ci(r.get("bias_norm"), r.get("bias_norm_lo"), r.get("bias_norm_hi")),
+                    fmt(r.get("rel_bias"))] for cid, r in flagged], {2, 4, 5}, key={2})
+
+    doc.h(3, "Biased by design: how biased")
+    if biased:
+        doc.p(Inline("Every estimator claimed biased, whatever else it reads, per suite: the bias relative to "
+                     "||g|| (from the exact mean where it is known in closed form, else measured where the test "
+                     "resolves it; a measured norm the test cannot tell from noise is not a bias), the exact and "
+                     "the measured bias norm ||mean - g|| (a range over the suite's cells), and the verdicts at "
+                     f"p < {ALPHA:g}: 'biased (expected)' where K trials resolve the bias, 'bias not resolved' "
+                     "where they cannot see it."))
+        brows = []
+        for sid, est, g in biased:
+            verdicts = Counter(verdict(r.get("unbiased"), _p(r)).text for _, r in g)
+            rel = [_rel_bias(r) for _, r in g]
+            exact_rel = any(ex for _, ex in rel)
+            if len(g) == 1:
+                r = g[0][1]
+                meas = fmt_ci(r.get("bias_norm"), r.get("bias_norm_lo"), r.get("bias_norm_hi"))
+            else:
+                meas = _range([r.get("bias_norm") for _, r in g])
+            brows.append([C(est), "; ".join(f"{v} ({n} of {len(g)})" if len(g) > 1 else v
+                                            for v, n in verdicts.most_common()),
+                          (_range([v for v, _ in rel]) + (" (exact)" if exact_rel else "")
+                           if any(v is not None for v, _ in rel) else "not resolved"),
+                          _range([r.get("exact_bias_norm") for _, r in g]), meas, C(sid), _shown_class(g[0][1])])
+        doc.table(["estimator", "verdict", "bias / ||g||", "exact bias norm", "measured bias norm",
+                   "suite", "class"], brows, {2, 3, 4}, key={1})
+    else:
+        doc.p(Inline("No estimator of this run is biased by design."))
+
+    any_cost = any(_cost_key(c["rows"]) for c in cells)
+    doc.h(3, "Winners per cell, class and target")
+    doc.p(Inline("Lowest MSE per class, ranked only among estimators of the same target gradient (a cell whose "
+                 "estimators estimate different gradients, such as entropy bonuses with different beta or the "
+                 "natural gradient, has a row per target). Practical: unbiased and computable from sampled "
+                 "episodes alone; biased: biased by design, whatever it reads; oracle: unbiased but reads an "
+                 "exact quantity (V, Q, A or b*) no agent has, a reference, not a contender."
+                 + (" Cost: the practical estimator with the lowest MSE x its own seconds (its kernel alone on "
+                    "the cell's shape)." if any_cost else "")))
+
+    def _win(m):
+        if not m:
+            return "-"
+        out = [C(m[0][1]), Inline(f" ({fmt(m[0][0])})")]
+        return out + ([Inline("; runner-up "), C(m[1][1]), Inline(f" ({fmt(m[1][0])})")] if len(m) > 1 else [])
+
+    srows = []
+    for c, g, w in winners:
+        where = [C(c["cell"])]
+        if g is not None:
+            where += [Inline(" target of "), C(g[0]["estimator"]),
+                      Inline(f" (||g|| {fmt(g[0].get('exact_grad_norm'))})")]
+        line = [where, _win(w["practical"]["mse"]), _win(w["biased"]["mse"][:1]), _win(w["oracle"]["mse"][:1])]
+        if any_cost:
+            line.append(_win(w["practical"]["cost"][:1]))
+        srows.append(line)
+    doc.table(["cell (and target)", "practical", "biased", "oracle (reference)"]
+              + (["practical: MSE x own seconds"] if any_cost else []), srows)
+
+    with_exact = [r for c in cells for r in c["rows"] if _finite(r.get("exact_variance"))
+                  and _finite(r.get("variance_lo")) and _finite(r.get("variance_hi"))]
+    if with_exact:
+        n_out = sum(_outside(r, "variance") for r in with_exact)
+        doc.p(Inline(f"Exact variances against the measured 95% intervals: {n_out} of {len(with_exact)} "
+                     f"({100.0 * n_out / len(with_exact):.1f}%) lie outside their interval (about 5% would "
+                     f"by chance; estimators of a cell share its episodes, so misses come in groups). Each "
+                     f"is marked '{OUTSIDE}' in its cell's table."))
+    return fig_slot
+
+
+def _notes(doc: Doc) -> None:
+    doc.h(2, "How to read this report", "notes")
+    doc.ul([f"Verdicts test H0: mean of the K trial estimates = exact gradient at level {ALPHA:g}, with the p "
+            f"shown and the test named beside it: the larger of the normal-theory p (Hotelling T2, or Holm-"
+            f"corrected t-tests when K is small against d) and a bootstrap max-t p (B = {_B()} resamples), "
+            f"so both must reject; when no bootstrap resample reaches the observed statistic (p < 1/(B+1)) the "
+            f"normal-theory p is shown and used. 'BIAS DETECTED': claimed unbiased and "
+            f"p < {ALPHA:g}; 'biased (expected)': claimed biased and detected; 'bias not resolved': claimed "
+            f"biased but not detectable with these K trials. The paired tables' 'p (means agree)' follows the "
+            f"same policy.",
+            f"Intervals are 95% confidence intervals; verdicts are tests at {ALPHA:g}. A bias-norm interval "
+            f"that excludes 0 beside 'consistent' is not a contradiction: about one unbiased estimator in "
+            f"twenty does so by chance, and the cell's table says where.",
+            "The measured bias norm ||mean - g|| of an unbiased estimator is not zero but noise: its square "
+            "averages tr Var / K. The bias^2 bars draw that noise floor; a bar that does not clearly pass it "
+            "shows no bias. The exact bias norm is 0 for every catalogue estimator claimed unbiased.",
+            "An estimator biased by design is ranked and listed as biased even when it also reads an exact "
+            "critic (class 'biased; reads oracle'). Estimators are ranked and paired only against others "
+            "with the same target gradient.",
+            "Bold MSE: the lowest of its class (practical, biased, oracle) and target in the cell; bold MSE x "
+            "own seconds: the lowest work-normalised error of its class.",
+            "Wall time of a cell excludes the kernels' compilation on first use, which is shown beside it."])
+
+
+def _run_details(doc: Doc, meta: dict, cells: list[dict], run_dir: str) -> None:
     env = meta.get("environment") if isinstance(meta.get("environment"), dict) else {}
-    doc = Doc()
-    name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
-    doc.h(1, f"pgbench report: {name}")
     quick = meta.get("quick")
     machine = ", ".join(str(x) for x in (env.get("system"), env.get("machine"), env.get("processor")) if x)
     if env.get("cpu_count"):
@@ -790,7 +906,8 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
         machine += f", {env['numba_threads']} numba threads"
     versions = ", ".join(f"{k} {env[k]}" for k in ("pgbench", "python", "numpy", "numba", "scipy", "pandas")
                          if env.get(k))
-    meta_rows = [["started", str(meta.get("started") or "-")], ["ended", str(meta.get("ended") or "-")],
+    compile_s = sum(float(c["compile_seconds"]) for c in cells if _finite(c.get("compile_seconds")))
+    meta_rows = [["started", str(meta.get("started") or "-")], ["cells ended", str(meta.get("ended") or "-")],
                  # "finishing": every cell is done and this report is what the run writes last
                  ["status", B(meta.get("status")) if meta.get("status") not in ("complete", "finishing") else "complete"],
                  ["mode", "quick (CI subset)" if quick else ("full" if quick is not None else "-")],
@@ -799,80 +916,51 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
                  ["machine", machine or "-"], ["versions", versions or "-"],
                  ["source", str(meta.get("source") or "-")],
                  ["suites", ", ".join(meta.get("suites") or []) or "-"],
-                 ["cells finished", str(len(cells))],
-                 ["report written", time.strftime("%Y-%m-%dT%H:%M:%S%z") + f" on {platform.node() or '?'}"]]
-    doc.h(2, "Run", "run")
+                 ["cells finished", str(len(cells))]]
+    if compile_s > 0:
+        meta_rows.append(["kernel compilation in cells", f"{fmt(compile_s)} s (first use; cached afterwards)"])
+    # written once the figures are drawn: the time the report is written, not the end of the cells
+    meta_rows.append(["report written", time.strftime("%Y-%m-%dT%H:%M:%S%z") + f" on {platform.node() or '?'}"])
+    doc.h(2, "Run details", "run")
     doc.table(["field", "value"], meta_rows)
-    missing = _planned_missing(meta, cells)
-    if missing:
-        doc.p(B("Partial run:"), Inline(f" {len(missing)} planned cell(s) not finished: "), C(", ".join(missing)))
 
-    doc.h(2, "Summary", "summary")
-    if not cells:
-        doc.p(Inline("This run has no finished cells yet: nothing to report."))
-    flagged = [(c["cell"], r) for c in cells for r in c["rows"]
-               if _claim(r.get("unbiased")) and _finite(_p(r)) and float(_p(r)) < ALPHA]
-    if cells:
-        if flagged:
-            doc.p(B("BIAS DETECTED"), Inline(f": {len(flagged)} estimator(s) claimed unbiased fail the test of "
-                                             f"mean = exact gradient at p < {ALPHA:g}:"))
-            doc.table(["cell", "estimator", "p", "test", "bias norm [95% CI]", "relative bias"],
-                      [[C(cid), C(r["estimator"]), fmt_p(_p(r)), _p_and_test(r)[1],
-                        fmt_ci(r.get("bias_norm"), r.get("bias_norm_lo"), r.get("bias_norm_hi")),
-                        fmt(r.get("rel_bias"))] for cid, r in flagged], {2, 4, 5})
-        else:
-            doc.p(Inline(f"No estimator claimed unbiased fails the test of mean = exact gradient at p < {ALPHA:g}."))
-        with_exact = [r for c in cells for r in c["rows"] if _finite(r.get("exact_variance"))
-                      and _finite(r.get("variance_lo")) and _finite(r.get("variance_hi"))]
-        if with_exact:
-            n_out = sum(_outside(r, "variance") for r in with_exact)
-            doc.p(Inline(f"Exact variances against the measured 95% intervals: {n_out} of {len(with_exact)} "
-                         f"({100.0 * n_out / len(with_exact):.1f}%) lie outside their interval (about 5% would "
-                         f"by chance; estimators of a cell share its episodes, so misses come in groups). Each "
-                         f"is marked '{OUTSIDE}' in its cell's table."))
-        any_cost = any(_cost_key(c["rows"]) for c in cells)
-        doc.p(Inline("Winners per cell and estimator class (lowest MSE). Practical: unbiased and computable "
-                     "from sampled episodes alone; biased: biased by design; oracle: reads an exact quantity "
-                     "(V, Q, A or b*) no agent has, shown as a reference, not a contender."
-                     + (" Cost: MSE x the estimator's own seconds (its kernel alone on the cell's shape)."
-                        if any_cost else " Estimators of a cell share its episodes and its time, so a ranking "
-                        "by MSE x seconds would repeat the MSE one; it is left out.")))
 
-        def _win(m):
-            if not m:
-                return "-"
-            out = [C(m[0][1]), Inline(f" ({fmt(m[0][0])})")]
-            return out + ([Inline("; runner-up "), C(m[1][1]), Inline(f" ({fmt(m[1][0])})")] if len(m) > 1 else [])
+def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
+    """The report of a run directory as a :class:`Doc`; writes the figure PNGs on the way.
+    Returns ``(doc, figure paths relative to run_dir, problems)``. ``progress``: a callable
+    given one line per suite as its tables and figures are made (e.g. to print on stderr).
 
-        srows = []
-        for c in cells:
-            wp, wb, wo = (_winners(c["rows"], k) for k in ("practical", "biased", "oracle"))
-            line = [C(c["cell"]), str(c["N"]), _win(wp["mse"]), _win(wb["mse"][:1]), _win(wo["mse"][:1])]
-            if any_cost:
-                line.append(_win(wp["cost"][:1]))
-            srows.append(line)
-        doc.table(["cell", "N", "practical: lowest MSE", "biased: lowest MSE", "oracle (reference): lowest MSE"]
-                  + (["practical: lowest MSE x own seconds"] if any_cost else []), srows, {1})
+    Order: what was run and the conclusions (failures, winners per class and target, what is
+    biased and by how much), the :data:`EXTRA_SECTIONS`, the table of contents (folded in
+    HTML), the suites' tables and figures, how to read the report, and the run's details."""
+    meta, cells = load_run(run_dir)
+    order = {s: i for i, s in enumerate(meta.get("suites") or [])}
+    cells.sort(key=lambda c: (order.get(c["suite"], len(order)), c["suite"], c["N"]))  # N numerically
+    run_dir = os.fspath(run_dir)
+    doc = Doc()
+    name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
+    doc.h(1, f"pgbench report: {name}")
+    _what_was_run(doc, meta, cells)
+    fig_slot = _conclusions(doc, meta, cells)
+    for section in EXTRA_SECTIONS:
+        section(doc, meta, cells)
+    doc.toc()
 
     written, problems = [], []
     renderer = _Renderer()
     try:
         _suites_and_figures(doc, renderer, cells, meta, progress)
+        from pgbench.reports.llm import llm_section; llm_section(doc, renderer, cells)  # noqa: E702
         _resolve_figures(doc, run_dir, written, problems)
     finally:
         renderer.close()
-    doc.h(2, "Notes", "notes")
-    doc.ul([f"Verdicts test H0: mean of the K trial estimates = exact gradient at level {ALPHA:g}, with the p "
-            f"shown and the test named beside it: the larger of the normal-theory p (Hotelling T2, or Holm-"
-            f"corrected t-tests when K is small against d) and a bootstrap max-t p (B = {_B()} resamples), "
-            f"so both must reject; when no bootstrap resample reaches the observed statistic (p < 1/(B+1)) the "
-            f"normal-theory p is shown and used. 'BIAS DETECTED': claimed unbiased and "
-            f"p < {ALPHA:g}; 'biased (expected)': claimed biased and detected; 'bias not resolved': claimed "
-            f"biased but not detectable with these K trials.",
-            "Intervals are 95% confidence intervals. The bias norm ||mean - g|| of an unbiased estimator is "
-            "not zero but of order sqrt(variance / K) (noise).",
-            "Bold MSE: the lowest of its class (practical, biased, oracle) in the cell; bold MSE x own seconds: "
-            "the lowest work-normalised error of its class."])
+    if problems:
+        doc.blocks[fig_slot] = ("p", (B("Figures missing:"), Inline(f" {len(problems)} figure(s) could not be "
+                                                                     "drawn: " + "; ".join(problems))))
+    else:
+        del doc.blocks[fig_slot]
+    _notes(doc)
+    _run_details(doc, meta, cells, run_dir)
     return doc, written, problems
 
 
@@ -896,5 +984,5 @@ def write_report(run_dir, progress=None) -> tuple[str, str]:
     return md_path, html_path
 
 
-__all__ = ["write_report", "build_report", "load_run", "results_frame", "verdict", "ALPHA", "fmt", "fmt_ci",
+__all__ = ["write_report", "build_report", "EXTRA_SECTIONS", "load_run", "results_frame", "verdict", "ALPHA", "fmt", "fmt_ci",
            "fmt_p", "render_markdown", "render_html"]

@@ -683,7 +683,7 @@ def summarize(samples: np.ndarray, exact: np.ndarray, *, level: float = 0.95,
 
 @blas_single_threaded
 def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
-           level: float = 0.95, rtol: float = DEFAULT_RTOL) -> dict[str, Any]:
+           level: float = 0.95, rtol: float = DEFAULT_RTOL, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
     """Compare two estimators computed on the same episodes (common random numbers).
 
     Trial ``k`` of ``samples_a`` and of ``samples_b`` used the same episodes, so the pairs are
@@ -700,7 +700,11 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
       is ``inf`` when only ``b`` has zero variance.
     - Mean difference ``mean_diff = m_a - m_b`` and ``p_value``/``test`` for
       ``H0: E a_k = E b_k``: the Hotelling/Holm rule of :func:`summarize` applied to the
-      differences ``a_k - b_k`` against zero (``rank`` is that of their covariance).
+      differences ``a_k - b_k`` against zero (``rank`` is that of their covariance). With
+      ``bootstrap = B > 0`` the same policy as the verdicts of :func:`summarize`: a bootstrap
+      max-t test of the differences against zero gives ``p_bootstrap`` and :func:`verdict_p`
+      combines the two into ``p_robust``, named by ``p_test`` (the normal-theory p alone
+      over-rejects when the trials are skewed).
 
     Returns
     -------
@@ -708,7 +712,8 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
         ``K``, ``d``, ``level``, ``mse_a``, ``mse_b``, ``mse_diff``, ``mse_diff_se``,
         ``mse_diff_ci``, ``mse_diff_p``, ``variance_a``, ``variance_b``, ``variance_ratio``,
         ``log_variance_ratio_se``, ``variance_ratio_ci``, ``variance_ratio_p``, ``mean_diff``
-        (array ``(d,)``), ``mean_diff_norm``, ``p_value``, ``test``, ``rank``.
+        (array ``(d,)``), ``mean_diff_norm``, ``p_value``, ``test``, ``rank``, ``p_bootstrap``
+        (nan without bootstrap), ``p_robust``, ``p_test``.
     """
     level = _check_level(level)
     rtol = _check_rtol(rtol)
@@ -759,6 +764,9 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
     scale = max(float(np.linalg.norm(g)), math.sqrt(float(ta[2].max())), math.sqrt(float(tb[2].max())))
     p_value, test, rank = _mean_test(D, np.zeros(d), scale, rtol)
     mean_diff = D.mean(axis=0)
+    p_boot = (bootstrap_max_t(D, np.zeros(d), B=bootstrap, seed=seed, rtol=rtol)["p_value"] if bootstrap > 0
+              else math.nan)
+    p_robust, p_test = verdict_p(p_value, test, p_boot, bootstrap)
 
     return {
         "K": K,
@@ -781,6 +789,9 @@ def paired(samples_a: np.ndarray, samples_b: np.ndarray, exact: np.ndarray, *,
         "p_value": p_value,
         "test": test,
         "rank": rank,
+        "p_bootstrap": p_boot,
+        "p_robust": p_robust,
+        "p_test": p_test,
     }
 
 

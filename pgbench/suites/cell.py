@@ -3,6 +3,7 @@ provenance, exact extras). Run in this process by :mod:`pgbench.suites.runner` a
 by :mod:`pgbench.suites.distributed`, which both import it."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -30,13 +31,16 @@ def suite_theta(suite: Suite, problem):
 
 
 def cell_id(suite: Suite, N: int) -> str:
-    return f"{suite.id}/N={N}"
+    """``suite/N=16``, or ``suite/G=4`` for a grouped suite (whose cells are group sizes)."""
+    return f"{suite.id}/G={N}" if suite.groups else f"{suite.id}/N={N}"
 
 
 def suite_definition(suite: Suite, quick: bool) -> str:
     """A hash of what a suite's cells measure (problem, theta, estimators, trials): a cell made
     under another definition of the suite must not be resumed into this one."""
     what = [suite.problem, suite.theta, list(suite.estimators), suite.n_trials(quick), bool(suite.proxy)]
+    if suite.groups:
+        what.append(suite.groups)
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
@@ -57,24 +61,29 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
     from pgbench.problems import make
     from pgbench.measure.measure import measure
     suite = get_suite(suite_id)
+    value = N
+    N, G = suite.cell_shape(value)
     prob = make(suite.problem)
     theta = suite_theta(suite, prob)
-    # leave-one-out estimators need a second episode in the batch; at N = 1 they sit the cell out
-    ests = [e for e in suite.estimators if N >= 2 or e.split(":")[0] not in LOO_ESTIMATORS]
+    # leave-one-out estimators need a second episode in the batch (group); at 1 they sit the cell out
+    ests = [e for e in suite.estimators if (G or N) >= 2 or e.split(":")[0] not in LOO_ESTIMATORS]
     t0 = time.time()
     # objectives and user estimators run on the CPU whatever the run's backend
     be = backend if prob.kind == "mdp" else "cpu"
-    df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta, backend=be,
-                 proxy=suite.proxy and N >= 2)
+    with _compile_timer() as compiled:  # a cold cell compiles kernels: its wall time says how much
+        df = measure(prob, ests, batch=N, trials=suite.n_trials(quick), seed=seed, theta=theta, backend=be,
+                     proxy=suite.proxy and N >= 2, group=G)
     from pgbench.measure.cost import add_own_costs
     t_own = time.time()
-    add_own_costs(df, prob, N, theta, be)  # each estimator's own time, so efficiency ranks by what it costs
+    add_own_costs(df, prob, N, theta, be, group=G)  # each estimator's own time, so efficiency ranks by what it costs
     t_own = time.time() - t_own
-    rec = {"suite": suite.id, "cell": cell_id(suite, N), "N": N, "K": suite.n_trials(quick), "seed": seed,
+    rec = {"suite": suite.id, "cell": cell_id(suite, value), "N": N, **({"G": G} if G else {}), "K": suite.n_trials(quick),
+           "seed": seed,
            "quick": quick, "tags": list(suite.tags), "problem": prob.name, "figures": list(suite.figures),
            "rows": df.to_dict(orient="records"), "paired": list(df.attrs["paired"]),
            "wall_seconds": time.time() - t0 - t_own, "own_cost_seconds": t_own,
-           "provenance": cell_provenance(suite, N, quick, seed, suite.n_trials(quick))}
+           "compile_seconds": compiled.seconds,
+           "provenance": cell_provenance(suite, value, quick, seed, suite.n_trials(quick))}
     if prob.kind == "mdp":
         from pgbench.exact import exact
         gt = exact(prob, theta)
@@ -82,11 +91,34 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
                        "truncated_J": gt.truncated_J}
     if "variance_decomposition" in suite.figures and prob.kind == "mdp":
         rec["variance_decomposition"] = exact_decomposition(prob, ests, N, theta)
+    if "length_profile" in df.attrs:
+        rec["length_profile"] = {lab: {str(n): w for n, w in prof.items()} for lab, prof in df.attrs["length_profile"].items()}
     if "proxy" in df.attrs:
         rec["proxy"] = df.attrs["proxy"]
         from pgbench.measure.engine import episode_samples
         rec["scatter"] = episode_samples(prob, theta, n=SCATTER_EPISODES, seed=seed)
     return to_jsonable(rec)
+
+
+class _Compiled:
+    seconds = 0.0
+
+
+@contextlib.contextmanager
+def _compile_timer():
+    """Seconds numba spends compiling (cache misses, nested compiles counted once) in the block."""
+    out = _Compiled()
+    try:
+        from numba.core import event
+    except ImportError:  # pragma: no cover - numba is a dependency
+        yield out
+        return
+    tl = event.TimingListener()
+    with event.install_listener("numba:compile", tl):
+        try:
+            yield out
+        finally:
+            out.seconds = float(tl.duration) if tl.done else 0.0
 
 
 def exact_decomposition(prob, estimators, N: int, theta) -> list:

@@ -27,9 +27,18 @@ class Suite:
     quick_batch_sizes: tuple = ()
     quick_trials: int = 0
     figures: tuple = field(default=())  # report figures this suite feeds
+    groups: int = 0  # > 0: grouped sampling with this many groups P per batch; the cells are group sizes G (N = P G)
+    quick_skip: bool = False  # no cell in the quick subset (its family is represented there by another suite)
 
     def cells(self, quick: bool = False) -> list[int]:
+        """Batch sizes N, or for a grouped suite (``groups`` > 0) group sizes G."""
+        if quick and self.quick_skip:
+            return []
         return list(self.quick_batch_sizes if quick and self.quick_batch_sizes else self.batch_sizes)
+
+    def cell_shape(self, value: int) -> tuple[int, Optional[int]]:
+        """``(N, G)`` of the cell ``value``: (N, None) for an ungrouped suite, (P G, G) for a grouped one."""
+        return (self.groups * value, value) if self.groups else (value, None)
 
     def n_trials(self, quick: bool = False) -> int:
         return self.quick_trials if quick and self.quick_trials else self.trials
@@ -156,6 +165,40 @@ SUITES.update({s.id: s for s in [
         ("chain-6", "chain:n=6,gamma=0.95", "random:12",
          "Dropping gamma^t is catastrophic here: no state is terminal, every step up to the sampling cap counts alike."),
         ("gridworld-4", "gridworld:n=4,slip=0.1,gamma=0.9", "random:13", "A terminal goal ends most episodes."),
+    ]]})
+
+# The estimators of LLM reinforcement learning on sequence problems (token trees), the cells being
+# group sizes G with P groups (prompts drawn) per batch; exact bias, scale and direction per estimator.
+# Their figures (exact scale and cosine against G, length bias) are the report's LLM section
+# (pgbench.reports.llm), drawn from every llm/ cell of a run.
+LLM_ESTIMATORS = ("reinforce", "rloo", "group:adv=mean", "grpo", "grpo:ddof=0", "dr_grpo", "dapo", "reinforce_pp",
+                  "group:adv=mean,agg=seq-mean-token-mean")
+LLM_KL = ("group:adv=loo,beta=0.5", "group:adv=loo,beta=0.5,kl_in=loss", "group:adv=loo,beta=0.5,kl=k2,kl_in=loss",
+          "group:adv=loo,beta=0.5,kl=k3,kl_in=loss", "grpo:beta=0.5,kl=k3,kl_in=loss")
+LLM_G = (2, 4, 8, 16)
+SUITES.update({s.id: s for s in [
+    Suite(f"llm/{sid}", spec, ests, LLM_G, 2000, tags=("llm", "groups", "bias"), groups=P,
+          description=text, quick_batch_sizes=(4,) if quick else (), quick_trials=200 if quick else 0,
+          quick_skip=not quick)
+    for sid, spec, ests, P, quick, text in [
+        ("verifier-1p", "tokens:V=3,L=4,prompts=1,reward=verifier,seed=0", LLM_ESTIMATORS, 1, True,
+         "One prompt, a 0/1 verifier: mean-centring scales the gradient by 1 - 1/G, Dr. GRPO by (1 - 1/G)/L; "
+         "std normalisation and per-sequence token means also turn it."),
+        ("verifier-4p", "tokens:V=3,L=4,prompts=4,reward=verifier,seed=1", LLM_ESTIMATORS, 4, False,
+         "Four prompts of different difficulty, four groups a batch: GRPO's std normalisation reweights the "
+         "prompts (difficulty bias)."),
+        ("graded-2p", "tokens:V=3,L=4,prompts=2,reward=graded,seed=2", LLM_ESTIMATORS, 2, False,
+         "Graded rewards in [0, 1], two prompts."),
+        ("length-1p", "tokens:V=3,L=4,prompts=1,reward=length,seed=3", LLM_ESTIMATORS, 1, True,
+         "Correctness more likely for longer sequences: per-sequence token means down-weight long correct "
+         "sequences (length bias)."),
+        ("length-4p", "tokens:V=3,L=4,prompts=4,reward=length,seed=4", LLM_ESTIMATORS, 4, False,
+         "Length reward, four prompts and groups."),
+        ("kl-2p", "tokens:V=3,L=4,prompts=2,reward=verifier,seed=5", ("rloo",) + LLM_KL, 2, False,
+         "KL to the reference (uniform) policy at beta = 0.5: k1 in the reward is unbiased for grad J_beta; k1, "
+         "k2 and k3 in the loss are not."),
+        ("bigram-1p", "tokens:V=3,L=4,prompts=1,reward=length,seed=6,policy=bigram", LLM_ESTIMATORS, 1, False,
+         "A bigram policy (logits shared across prefixes by the last token), as in a tiny language model."),
     ]]})
 
 DEFAULT_SUITES = tuple(SUITES)

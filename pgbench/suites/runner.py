@@ -38,13 +38,14 @@ def _say(msg: str) -> None:
     print(f"pgbench: {msg}", file=sys.stderr, flush=True)
 
 
-def plan(suites: list[Suite], quick: bool) -> list[tuple[str, int]]:
-    return [(s.id, N) for s in suites for N in s.cells(quick)]
+def plan(suites: list[Suite], quick: bool, group=None) -> list[tuple[str, int]]:
+    """``(suite id, cell)`` pairs; ``group=G`` keeps only the cells of group size G of grouped suites."""
+    return [(s.id, N) for s in suites for N in s.cells(quick) if group is None or not s.groups or N == group]
 
 
 def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed: int | None = None,
         resume: str | None = None, progress: bool | None = None, executor=None, report: bool = True,
-        backend: str = "cpu") -> str:
+        backend: str = "cpu", group: int | None = None) -> str:
     """Run suites into a run directory (a new one, or the one ``resume`` names); returns its path.
     A new run defaults to the full cells (``quick=False``) and seed 0.
 
@@ -54,8 +55,12 @@ def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed:
     ``progress``: ``None`` (default) shows a progress bar on a terminal and otherwise (CI, a
     redirect) one line per finished cell on stderr; ``True`` forces the bar, ``False`` is silent.
     Either way (unless ``False``) stderr says when the kernels are being compiled and while the
-    report is written."""
+    report is written.
+
+    ``group=G``: grouped suites (``llm/``) run only their cells of group size G."""
     from pgbench.measure.backend import resolve_backend
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+        raise PGBenchError(f"group size G must be an integer >= 1; got {group!r}")
     backend = resolve_backend(backend)
     if resume:
         path = resume
@@ -83,7 +88,7 @@ def run(suite_ids=None, quick: bool | None = None, out: str | None = None, seed:
         else:
             rd = RunDir.create(path, suite_ids, quick, seed, provenance=run_provenance())
             rd.update_meta(backend=backend)
-        return _run_cells(rd, suite_ids, quick, seed, progress, executor, report, backend)
+        return _run_cells(rd, suite_ids, quick, seed, progress, executor, report, backend, group)
     finally:
         lock.release()
 
@@ -171,13 +176,13 @@ class _Signals:
         return 128 + (self.received if self.received is not None else signal.SIGINT)
 
 
-def _run_cells(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend) -> str:
+def _run_cells(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend, group=None) -> str:
     from pgbench.kernels import mdp
     per_branch, mdp.PER_BRANCH = mdp.PER_BRANCH, False  # many cells, many branch sets: one full pass 2 compiles faster
     try:
         with _Signals() as signals:
             try:
-                return _run_planned(rd, suite_ids, quick, seed, progress, executor, report, backend)
+                return _run_planned(rd, suite_ids, quick, seed, progress, executor, report, backend, group)
             except (KeyboardInterrupt, SystemError) as exc:
                 if not signals.stopped(exc):
                     raise
@@ -197,8 +202,8 @@ def _interrupted(rd: RunDir) -> None:
         rd.update_meta(status="interrupted")
 
 
-def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend) -> str:
-    cells = [c for c in plan([get_suite(s) for s in suite_ids], quick) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
+def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend, group=None) -> str:
+    cells = [c for c in plan([get_suite(s) for s in suite_ids], quick, group) if not rd.has_cell(cell_id(get_suite(c[0]), c[1]))]
     quiet = progress is False
     lines = progress is None and not sys.stderr.isatty()  # no terminal: a line per cell instead of a bar
     if progress is None:
