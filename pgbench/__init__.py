@@ -9,7 +9,14 @@ _numba_cache.configure()  # before anything imports numba
 
 __version__ = "0.1.0"
 __all__ = ["PGBenchError", "make", "MDPProblem", "TabularMDP", "TabularSoftmax", "LinearSoftmax",
-           "exact", "GroundTruth", "Batch", "__version__"]
+           "exact", "GroundTruth", "Batch", "train", "__version__"]
+
+
+def train(problem, estimators, **kwargs):
+    """Learning runs scored with exact quantities; see :func:`pgbench.dynamics.train`."""
+    from pgbench.dynamics import train as _train
+    return _train(problem, estimators, **kwargs)
+
 
 _LAZY = {
     "PGBenchError": "pgbench.errors",

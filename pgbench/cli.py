@@ -154,6 +154,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pgbench: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _cmd_train(args) -> int:
+    from pgbench.dynamics import train
+    res = train(args.problem, args.estimator, optimizer=args.optimizer, lr=args.lr, steps=args.steps, runs=args.runs,
+                batch=args.batch, seed=args.seed, stuck_below=args.stuck_below)
+    if args.out:
+        res.write(args.out)
+    if args.json:
+        print(json.dumps(res.to_dict()["summary"]))
+        return 0
+    import pandas as pd
+    cols = ["estimator", "J0", "J_final_mean", "J_final_median", "regret_mean", "regret_median", "regret_iqm"]
+    cols += ["p_stuck", "p_stuck_lo", "p_stuck_hi"] if args.stuck_below is not None else []
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(f"{res.problem}: {args.optimizer}, lr={res.config['lr']:g}, T={res.config['steps']}, "
+              f"R={res.config['runs']}, N={res.config['batch']}, J*={res.J_star:.6g}, {res.seconds:.3g} s")
+        print(res.summary[cols].to_string(index=False))
+    if args.out:
+        print(f"wrote {args.out}/train.json, summary.csv, curves.csv, regret.csv")
+    return 0
+
+
 def _cmd_measure(args) -> int:
     from pgbench.problems import make
     from pgbench.measure.measure import measure
@@ -172,9 +193,9 @@ def _cmd_measure(args) -> int:
         return 0
     import pandas as pd
     cols = ["estimator", "class", "unbiased", "bias_norm", "bias_norm_se", "variance", "variance_se", "mse",
-            "mse_se", "cosine", "p_robust", "p_test"]
+            "mse_se", "cosine", "nsr", "p_robust", "p_test"]
     if "exact_variance" in df and df["exact_variance"].notna().any():  # exact moments by enumeration
-        cols += ["exact_variance", "exact_mse"]
+        cols += ["exact_variance", "exact_mse", "exact_nsr"]
     if "exact_bias_norm" in df and df["exact_bias_norm"].notna().any():  # exact mean in closed form
         cols += ["exact_bias_norm"]
     if args.group is not None:  # group estimators: the exact mean's scale and direction, or why MC only
@@ -402,6 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("run_b", help="the later run directory")
     pc.add_argument("--json", action="store_true", help="print the comparison as JSON records")
     pc.set_defaults(fn=_cmd_compare)
+    pt = sub.add_parser("train", help="learning runs: R runs of T updates per estimator, scored with the exact J")
+    pt.add_argument("problem", help="a problem id, e.g. 'bandit:r=1;0.7;0,theta=0;3;5' (tabular softmax)")
+    pt.add_argument("--estimator", "-e", action="append", required=True,
+                    help="estimator id, or 'exact' for the exact gradient (repeatable; common random numbers)")
+    pt.add_argument("--optimizer", default="sgd", help="sgd | npg (exact Fisher, min-norm) | adam (default sgd)")
+    pt.add_argument("--lr", type=float, default=0.1, help="step size (default 0.1)")
+    pt.add_argument("--steps", "-T", type=int, default=100, help="updates per run (default 100)")
+    pt.add_argument("--runs", "-R", type=int, default=100, help="independent runs (default 100)")
+    pt.add_argument("--batch", "-N", type=int, default=1, help="episodes per update (default 1)")
+    pt.add_argument("--seed", type=int, default=0, help="the job's seed (default 0)")
+    pt.add_argument("--stuck-below", type=float, default=None, metavar="J",
+                    help="a run is stuck when its final exact J is <= J (adds p_stuck and its Wilson interval)")
+    pt.add_argument("--out", default=None, metavar="DIR", help="write train.json and CSV files into DIR")
+    pt.add_argument("--json", action="store_true", help="print the summary as JSON")
+    pt.set_defaults(fn=_cmd_train)
     pb = sub.add_parser("bench", help="kernel throughput against NumPy and the generator floor")
     pb.add_argument("--episodes", type=int, default=400_000, help="episodes per timing round (default 400000)")
     pb.add_argument("--repeat", type=int, default=5, help="timing rounds; each figure keeps its best round")

@@ -320,7 +320,7 @@ def summary_lines(measured: list[dict]) -> list[tuple[str, bool]]:
     """The terminal summary as ``(line, flagged)`` pairs."""
     if not measured:
         return []
-    width = max(len("estimator"), *(len(r["estimator"]) for m in measured for r in m["rows"]))
+    width = max([len("estimator")] + [len(r["estimator"]) for m in measured for r in m["rows"]])  # learning cells: no rows
     head = (f"  {'estimator':<{width}}  unb  {'|bias| ± se':<20}  {'variance ± se':<20}  {'MSE ± se':<20}  "
             f"{'p-value':>9}  test")
     out: list[tuple[str, bool]] = []

@@ -47,7 +47,7 @@ def base_psi(batch, spec) -> np.ndarray:
         return G
     v, q = batch.values()
     if name == "value_baseline":
-        return np.where(batch.mask, disc * (G - v[:, :-1]), 0.0)
+        return np.where(batch.mask, disc * (G - v[:, :-1] - p.get("shift", 0.0)), 0.0)
     if name == "true_advantage":
         return np.where(batch.mask, disc * (q - v[:, :-1]), 0.0)
     raise PGBenchError(f"normalized_advantage takes a base among {', '.join(PSI_BASES)}; got {name}")

@@ -571,7 +571,7 @@ def _trace_tables(ch: _Chain, spec, V, Q, critic):
     if name == "rtg_no_gamma_t":
         return g, ones, ones, True, ch.R[None], zq1, 0, nw
     if name == "value_baseline":
-        Vt = V[:T]
+        Vt = V[:T] + spec.p.get("shift", 0.0)  # value_baseline:shift=d
         return g, disc, ones, True, ch.R[None], zq1, 1, -np.broadcast_to(Vt[:, :, None], (T, S, A))
     if name == "entropy_bonus":
         with np.errstate(divide="ignore"):  # an action of probability 0 is never taken: no -inf * 0
@@ -847,7 +847,7 @@ def _chain_moments(ch: _Chain, specs, N: int, V, Q, critics: dict, opt_b, behavi
             mean[j], m2[j] = is_moments(ch, behaviours[j])
         elif sp.name in RETURN:
             b = {"reinforce": 0.0, "const_baseline": sp.p.get("b", 0.0),
-                 "optimal_const_baseline": rm.b_star if opt_b is None else opt_b}[sp.name]
+                 "optimal_const_baseline": (rm.b_star if opt_b is None else opt_b) + sp.p.get("shift", 0.0)}[sp.name]
             mean[j], m2[j] = rm.const_baseline_coords(float(b))
         elif sp.name in RETURN_BATCH:
             batch[j] = True

@@ -351,10 +351,11 @@ def _episode_weights(row, k, N, L, u_geo, ep, Rep, W, Z, env, est, batch, need_r
                 _acc4(outC, row, e, buf_s[t], buf_a[t], G)
         elif _B_VALUE_B and code == VALUE_B:
             G = 0.0
+            shift = fpar[e, 0]  # value_baseline:shift=d (V + d, still unbiased)
             for t in range(L - 1, -1, -1):
                 G = buf_r[t] + gamma * G
                 tv = t if finite else 0
-                _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t] * (G - Vtab[tv, buf_s[t]]))
+                _acc4(outC, row, e, buf_s[t], buf_a[t], gpow[t] * (G - Vtab[tv, buf_s[t]] - shift))
         elif _B_TIME_B_LOO and code == TIME_B_LOO:
             G = 0.0
             for t in range(L - 1, -1, -1):

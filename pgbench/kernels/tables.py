@@ -177,7 +177,9 @@ def kernel_parameters(specs, V: np.ndarray, terminal: np.ndarray, finite: bool, 
         if q.name == "const_baseline":
             fpar[e, 0] = p["b"]
         elif q.name == "optimal_const_baseline":
-            fpar[e, 0] = opt_b
+            fpar[e, 0] = opt_b + p.get("shift", 0.0)
+        elif q.name == "value_baseline":
+            fpar[e, 0] = p.get("shift", 0.0)
         elif q.name in ("gae", "td0"):
             fpar[e, 0] = p.get("lambda", 0.0)
             if p["critic"] == "exact":

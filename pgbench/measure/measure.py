@@ -27,7 +27,9 @@ RESULT_COLUMNS = ["problem", "estimator", "class", "unbiased", "N", "K", "seed",
                   "variance_lo", "variance_hi", "mse", "mse_se", "mse_lo", "mse_hi", "cosine", "cosine_se", "p_value", "p_bootstrap", "p_robust",
                   "p_test", "test", "unobserved", "seconds", "episodes", "episodes_per_second", "mse_x_seconds", "truncated_mass",
                   "exact_variance", "exact_mse", "exact_bias_norm",
-                  "G", "exact_scale", "exact_cosine", "exact_note"]
+                  "G", "exact_scale", "exact_cosine", "exact_note", "nsr", "nsr_lo", "nsr_hi", "exact_nsr"]
+"""``nsr`` (with its 95% interval ``nsr_lo``, ``nsr_hi``) is the measured noise-to-signal ratio
+tr Var(g_hat) / ||grad J||^2 at the cell's N; ``exact_nsr`` the same from the exact variance."""
 
 EXACT_LIMIT = 20_000
 """measure() adds exact_variance / exact_mse (trajectory enumeration, :mod:`pgbench.exact.moments`)
@@ -252,6 +254,11 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
             **_exact_direction(cell, j, sp),
             "exact_note": cell.extras.get("exact_note", {}).get(sp.label, ""),
         })
+        g2 = float(np.dot(cell.targets[j], cell.targets[j]))
+        row = rows[-1]
+        for col, src in (("nsr", "variance"), ("nsr_lo", "variance_lo"), ("nsr_hi", "variance_hi"),
+                         ("exact_nsr", "exact_variance")):
+            row[col] = nsr(row[src], g2)
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     # a list of records, not a DataFrame: pandas compares attrs when concatenating frames
     df.attrs["paired"] = paired_table(cell).to_dict(orient="records")
@@ -263,6 +270,13 @@ def summarize_cell(cell: Cell) -> pd.DataFrame:
         df.attrs["optimal_const_baseline_b"] = cell.extras["optimal_const_baseline_b"]
         df.attrs["optimal_const_baseline_source"] = cell.extras.get("optimal_const_baseline_source")
     return df
+
+
+def nsr(variance, grad_norm2: float) -> float:
+    """Noise-to-signal ratio ``variance / ||grad J||^2`` (NaN where the gradient is zero or the
+    variance unknown)."""
+    v = float(variance)
+    return v / grad_norm2 if grad_norm2 > 0 and np.isfinite(v) else float("nan")
 
 
 def _exact_bias_norm(cell: Cell, j: int, sp) -> float:

@@ -32,6 +32,34 @@ def boltzmann_bandit() -> MDPProblem:
     return MDPProblem.linear(mdp, np.array([[[3.0], [1.0]]]), theta=[1.0], name="boltzmann_bandit")
 
 
+def _numbers(what: str, text: str) -> np.ndarray:
+    try:
+        v = np.array([float(x) for x in str(text).split(";") if x.strip()], dtype=float)
+    except ValueError:
+        raise PGBenchError(f"{what} must be numbers separated by ';' (e.g. 1;0.7;0); got {text!r}") from None
+    if not np.all(np.isfinite(v)):
+        raise PGBenchError(f"{what} must be finite; got {text!r}")
+    return v
+
+
+def bandit(r: str = "1;0", theta: str = "", noise: float = 0.0) -> MDPProblem:
+    """One state, one step, tabular softmax over the arms with mean rewards r and starting logits
+    theta, both separated by ';' (bandit:r=1;0.7;0,theta=0;3;5), and Gaussian reward noise of std noise."""
+    R = _numbers("bandit r", r)
+    if R.size < 2:
+        raise PGBenchError(f"bandit needs at least two arms; got r={r!r}")
+    th = _numbers("bandit theta", theta) if str(theta).strip() else np.zeros(R.size)
+    if th.size != R.size:
+        raise PGBenchError(f"bandit theta needs one entry per arm ({R.size}); got {th.size}")
+    noise = inputs.real_scalar("bandit noise", noise)
+    if noise < 0:
+        raise PGBenchError(f"bandit needs noise >= 0; got noise={noise}")
+    name = f"bandit:r={';'.join(repr(float(x)) for x in R)}"
+    mdp = TabularMDP.from_dense(np.ones((1, R.size, 1)), R.reshape(1, -1), [1.0], gamma=1.0, horizon=1,
+                                reward_std=(noise if noise > 0 else None), name=name)
+    return MDPProblem.tabular(mdp, theta=th.reshape(1, -1), name=name)
+
+
 def garnet(S: int = 20, A: int = 4, b: int = 3, seed: int = 0, gamma: float = 0.9,
            horizon: int = 0, noise: float = 0.0) -> MDPProblem:
     """Random MDP: each (s, a) moves to b distinct random states with Dirichlet(1) probabilities;

@@ -15,6 +15,7 @@ from pgbench.problems import tokens as _tokens
 REGISTRY = {
     "three_step_bandit": _b.three_step_bandit,
     "boltzmann_bandit": _b.boltzmann_bandit,
+    "bandit": _b.bandit,
     "garnet": _b.garnet,
     "chain": _b.chain,
     "gridworld": _b.gridworld,

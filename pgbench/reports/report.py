@@ -322,6 +322,7 @@ def _cell_table(doc: Doc, rec: dict) -> None:
     headers += ["variance [95% CI]"]
     headers += ["exact variance"] if ex_var else []
     headers += ["MSE [95% CI]"] + (["exact MSE"] if ex_mse else [])
+    headers += ["NSR [95% CI]"] + (["exact NSR"] if _has_exact(rows, "exact_nsr") else [])  # tr Var / ||grad J||^2
     headers += ["cosine", "cell seconds", "episodes/s"]
     headers += ["own seconds", "MSE x own seconds"] if cost_key else []
     numeric = {i for i, h in enumerate(headers)
@@ -341,6 +342,8 @@ def _cell_table(doc: Doc, rec: dict) -> None:
         line.append(B(mse) if r["estimator"] in best_mse else mse)
         if ex_mse:
             line.append(_exact_cell(r, "mse"))
+        line += [fmt_ci(r.get("nsr"), r.get("nsr_lo"), r.get("nsr_hi"))]
+        line += [fmt(r.get("exact_nsr"))] if _has_exact(rows, "exact_nsr") else []
         line += [fmt(r.get("cosine")), fmt(r.get("seconds")), fmt(r.get("episodes_per_second"))]
         if cost_key:
             cost = fmt(r.get(cost_key))
@@ -738,11 +741,11 @@ def _winner_rows(cells: list[dict]) -> list[tuple]:
     return out
 
 
-def _conclusions(doc: Doc, meta: dict, cells: list[dict]) -> int:
+def _conclusions(doc: Doc, meta: dict, cells: list[dict], learning: list = ()) -> int:
     """What a reviewer needs first: failures, winners per class and target, what is biased and
     by how much. Returns the index of the block that will list figures that failed."""
     doc.h(2, "Conclusions", "summary")
-    missing = _planned_missing(meta, cells)
+    missing = _planned_missing(meta, cells + list(learning))  # learning cells are reported in their own section
     flagged = [(c["cell"], r) for c in cells for r in c["rows"]
                if _claim(r.get("unbiased")) and _finite(_p(r)) and float(_p(r)) < ALPHA]
     if missing:
@@ -934,6 +937,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
     biased and by how much), the :data:`EXTRA_SECTIONS`, the table of contents (folded in
     HTML), the suites' tables and figures, how to read the report, and the run's details."""
     meta, cells = load_run(run_dir)
+    learning, cells = [c for c in cells if c.get("train")], [c for c in cells if not c.get("train")]
     order = {s: i for i, s in enumerate(meta.get("suites") or [])}
     cells.sort(key=lambda c: (order.get(c["suite"], len(order)), c["suite"], c["N"]))  # N numerically
     run_dir = os.fspath(run_dir)
@@ -941,7 +945,7 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
     name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     doc.h(1, f"pgbench report: {name}")
     _what_was_run(doc, meta, cells)
-    fig_slot = _conclusions(doc, meta, cells)
+    fig_slot = _conclusions(doc, meta, cells, learning)
     for section in EXTRA_SECTIONS:
         section(doc, meta, cells)
     doc.toc()
@@ -959,6 +963,8 @@ def build_report(run_dir, progress=None) -> tuple[Doc, list[str], list[str]]:
                                                                      "drawn: " + "; ".join(problems))))
     else:
         del doc.blocks[fig_slot]
+    from pgbench.reports.dynamics import section as dynamics_section
+    dynamics_section(doc, learning, run_dir)
     _notes(doc)
     _run_details(doc, meta, cells, run_dir)
     return doc, written, problems

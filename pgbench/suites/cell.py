@@ -41,6 +41,8 @@ def suite_definition(suite: Suite, quick: bool) -> str:
     what = [suite.problem, suite.theta, list(suite.estimators), suite.n_trials(quick), bool(suite.proxy)]
     if suite.groups:
         what.append(suite.groups)
+    if suite.train is not None:
+        what.append(repr(suite.train))
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
@@ -61,6 +63,10 @@ def run_cell_record(suite_id: str, N: int, quick: bool, seed: int, backend: str 
     from pgbench.problems import make
     from pgbench.measure.measure import measure
     suite = get_suite(suite_id)
+    if suite.train is not None:  # learning dynamics: runs, summarised by pgbench.suites.dynamics
+        from pgbench.suites.dynamics import run_train_record
+        return to_jsonable(run_train_record(suite, N, quick, seed, cell_provenance(suite, N, quick, seed,
+                                                                                   suite.n_trials(quick))))
     value = N
     N, G = suite.cell_shape(value)
     prob = make(suite.problem)

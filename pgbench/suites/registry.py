@@ -14,6 +14,18 @@ from pgbench.errors import PGBenchError
 
 
 @dataclass(frozen=True)
+class Learning:
+    """A learning-dynamics suite's runs (:func:`pgbench.dynamics.train`): the suite's batch size is N,
+    its trials the runs R; ``quick_steps`` (0: ``steps``) for the quick subset."""
+    optimizer: str
+    lr: float
+    steps: int
+    stuck_below: Optional[float] = None
+    quick_steps: int = 0
+    nsr_points: int = 20
+
+
+@dataclass(frozen=True)
 class Suite:
     id: str
     problem: str
@@ -29,6 +41,7 @@ class Suite:
     figures: tuple = field(default=())  # report figures this suite feeds
     groups: int = 0  # > 0: grouped sampling with this many groups P per batch; the cells are group sizes G (N = P G)
     quick_skip: bool = False  # no cell in the quick subset (its family is represented there by another suite)
+    train: Optional[Learning] = None  # a learning-dynamics suite (runs, not trials of one cell)
 
     def cells(self, quick: bool = False) -> list[int]:
         """Batch sizes N, or for a grouped suite (``groups`` > 0) group sizes G."""
@@ -200,6 +213,36 @@ SUITES.update({s.id: s for s in [
         ("bigram-1p", "tokens:V=3,L=4,prompts=1,reward=length,seed=6,policy=bigram", LLM_ESTIMATORS, 1, False,
          "A bigram policy (logits shared across prefixes by the last token), as in a tiny language model."),
     ]]})
+
+# Learning dynamics (Chung et al. 2021): baselines of equal variance, very different fates under NPG
+CHUNG_BASELINES = ("optimal_const_baseline:shift=-0.5", "optimal_const_baseline", "optimal_const_baseline:shift=0.5",
+                   "value_baseline", "value_baseline:shift=-0.5", "value_baseline:shift=0.5", "const_baseline:b=0.0",
+                   "const_baseline:b=1.0")
+COMMITTAL_THETA = "-0.9946226703824351;0"  # log(0.27 / 0.73): p(best arm) = 0.27
+LEARNING_PRACTICAL = ("reinforce", "reinforce_rtg", "rloo", "batch_mean_baseline")
+SUITES.update({s.id: s for s in [
+    Suite("dynamics/three-armed", "bandit:r=1;0.7;0,theta=0;3;5", CHUNG_BASELINES, (1,), 4000,
+          tags=("dynamics",), quick_trials=200, train=Learning("npg", 0.025, 1000, stuck_below=0.75),
+          description="Three arms (rewards 1, 0.7, 0), theta0 = (0, 3, 5), NPG with step 0.025 for 1000 updates of "
+                      "one sample each: the perturbed baselines b* - 0.5 and V - 0.5 commit to a suboptimal arm "
+                      "far more often than b* + 0.5 and V + 0.5 (stuck: final exact J <= 0.75)."),
+    *[Suite(f"dynamics/committal/lr={lr}", f"bandit:r=1;0,theta={COMMITTAL_THETA}", ("const_baseline:b=-1.0",
+            "optimal_const_baseline", "value_baseline"), (1,), 4000, tags=("dynamics",), quick_trials=400,
+            quick_skip=lr != 0.1, train=Learning("npg", lr, 200, stuck_below=0.5),
+            description=f"Two arms (rewards 1, 0), p(best) = 0.27 at the start, NPG with step {lr} for 200 updates: "
+                        "the constant baseline -1 is committal (it reinforces whatever arm was drawn); stuck: "
+                        "final exact J <= 0.5.")
+      for lr in (0.05, 0.1, 0.15)],
+    *[Suite(f"dynamics/{pid}-{opt}", spec, LEARNING_PRACTICAL, (16,), 200, tags=("dynamics",), quick_skip=True,
+            train=Learning(opt, lr, 200, nsr_points=10),
+            description=f"Practical estimators under {opt} (step {lr}), 200 updates of N = 16 episodes, 200 runs. "
+                        + note)
+      for pid, spec, note in [("garnet-20", "garnet:S=20,A=4,b=3,seed=0,horizon=50",
+                               "Random MDP, 20 states, horizon 50."),
+                              ("gridworld-4", "gridworld:n=4,slip=0.1,gamma=0.95",
+                               "Sparse reward at a terminal goal.")]
+      for opt, lr in (("sgd", 1.0), ("adam", 0.05))],
+]})
 
 DEFAULT_SUITES = tuple(SUITES)
 
