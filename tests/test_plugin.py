@@ -10,6 +10,15 @@ import pandas as pd
 import pytest
 
 from pgbench.pytest_plugin import P_FLAG, summary_lines
+# pytester's in-process sessions drop the modules they imported afterwards; numba registers its
+# types globally and cannot be imported twice, so what the sessions use is imported here first
+# (`import pgbench` alone is lazy and imports none of it)
+import pgbench.measure.measure  # noqa: E402,F401
+import pgbench.reports.report  # noqa: E402,F401
+import pgbench.suites.runner  # noqa: E402,F401
+from numba.core.registry import cpu_target  # noqa: E402
+
+cpu_target.target_context.refresh()  # numba's lazily loaded registries (first compile or cache load)
 from pgbench.suites.store import RunDir, cell_filename
 
 pytest_plugins = ["pytester"]
