@@ -152,6 +152,8 @@ def _cmd_exact(args) -> int:
     for k in ("S", "A", "n", "m", "gamma", "horizon", "policy", "method"):
         if k in out:
             print(f"{k:9s} {out[k]}")
+    if out.get("beta"):
+        print(f"beta      {out['beta']:g} (entropy-regularised: J and its gradient include beta * entropy)")
     print(f"J         {out['J']:.10g}")
     print(f"|grad J|  {out['grad_norm']:.10g}")
     if "truncated_mass" in out:
@@ -161,6 +163,9 @@ def _cmd_exact(args) -> int:
     with np.printoptions(precision=6, suppress=True, threshold=200):
         print("grad J =")
         print(g)
+        if "natural_grad" in out:
+            print("natural gradient F^+ grad J =")
+            print(np.asarray(out["natural_grad"]))
     return 0
 
 
@@ -220,10 +225,13 @@ def _cmd_measure(args) -> int:
         cols += ["exact_bias_norm"]
     if args.group is not None:  # group estimators: the exact mean's scale and direction, or why MC only
         cols += ["exact_scale", "exact_cosine", "exact_note"]
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+    table, notes = _measure_table(df, cols)
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         grp = f", G={args.group}" if args.group is not None else ""
         print(f"{prob.name}: N={args.batch}{grp}, K={args.trials}, seed={args.seed}, |grad J|={df['exact_grad_norm'][0]:.6g}")
-        print(df[cols].rename(columns={"p_robust": "p (mean = exact)", "p_test": "test"}).to_string(index=False))
+        print(table.to_string(index=False, na_rep="-"))
+        for line in notes:
+            print(line)
         print(f"sampling: {df['seconds'][0]:.3g} s, {df['episodes_per_second'][0]:.3g} episodes/s")
         if not np.isnan(df["truncated_mass"][0]):
             print(f"episode cap cuts off probability {df['truncated_mass'][0]:.3g} of still running")
@@ -235,6 +243,25 @@ def _cmd_measure(args) -> int:
         if "proxy" in df.attrs:
             print("W(tau) proxy: " + ", ".join(f"{k}={v:.4g}" for k, v in df.attrs["proxy"].items()))
     return 0
+
+
+def _measure_table(df, cols):
+    """``measure``'s text table: the report's verdict beside the p-value, and ``-`` (never NaN)
+    where a value is missing, with a line saying why an exact value is missing."""
+    from pgbench.reports.report import ALPHA, _p_and_test, _why_no_exact, verdict
+    rows = df.to_dict(orient="records")
+    table = df[cols].rename(columns={"p_robust": "p (mean = exact)", "p_test": "test"}).copy()
+    table.insert(list(table.columns).index("test") + 1, "verdict",
+                 [verdict(r.get("unbiased"), _p_and_test(r)[0]).text for r in rows])
+    notes = [f"verdict: the claim of unbiasedness against the test of mean = exact gradient at level {ALPHA:g}"]
+    ex_cols = [c for c in ("exact_variance", "exact_mse", "exact_bias_norm") if c in table]
+    reasons: dict = {}
+    for r in rows:
+        if any(not np.isfinite(r.get(c, np.nan)) for c in ex_cols):
+            reasons.setdefault(_why_no_exact(str(r["estimator"])), []).append(str(r["estimator"]))
+    for why, names in reasons.items():
+        notes.append(f"exact -: {', '.join(names)}: {why} (MC only)")
+    return table, notes
 
 
 def _cmd_validate(args) -> int:
@@ -377,9 +404,21 @@ EPILOG = """examples:
 'pgbench COMMAND --help' describes a command's options."""
 
 
+def version_text() -> str:
+    """``pgbench --version``: this package's version and location, so that PostgreSQL's
+    ``pgbench`` (another program of the same name) or another environment's copy is easy to tell
+    apart; ``python -m pgbench`` always reaches this one."""
+    import pgbench
+    where = os.path.dirname(os.path.abspath(pgbench.__file__))
+    return (f"pgbench {pgbench.__version__} (policy-gradient estimator benchmark; Python "
+            f"{sys.version.split()[0]}; {where})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pgbench", description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_text(),
+                   help="print pgbench's version and where it is installed, then exit")
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of a failure (also PGBENCH_DEBUG=1); any position on the line")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -544,9 +583,14 @@ def main(argv=None) -> int:
         return 0
 
     def go() -> int:
-        with _json_channel(bool(getattr(args, "json", False))):
-            _import_plugins(args)
-            rc = args.fn(args)
+        from pgbench import compile_notice
+        compile_notice.watch()  # any numba compilation of this command says so on stderr
+        try:
+            with _json_channel(bool(getattr(args, "json", False))):
+                _import_plugins(args)
+                rc = args.fn(args)
+        finally:
+            compile_notice.finish()
         if command_line:
             _check_threads()
         return rc
@@ -580,9 +624,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("pgbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; a run also handles SIGTERM (RunInterrupted: 130 or 143)
+        print(f"pgbench: {getattr(exc, 'message', None) or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
     except SystemExit as exc:  # user code that pgbench did not call by name (a thread, a callback)
         print(f"pgbench: error: user code called sys.exit({exc.code!r}); the command did not finish",
               file=sys.stderr)

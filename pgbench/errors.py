@@ -39,3 +39,13 @@ def user_exit(where: str, exc: BaseException, when: str = "") -> PGBenchError:
     code = getattr(exc, "code", None)
     return PGBenchError(f"{where} called sys.exit({code!r}){when}; user code must return (or raise), "
                         f"not end the process")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM after saving what it had; the message says
+    where its finished cells are, ``exit_status`` is 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, exit_status: int = 130):
+        super().__init__(message)
+        self.message = message
+        self.exit_status = exit_status

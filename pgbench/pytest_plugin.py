@@ -33,9 +33,12 @@ standard error) and the unbiasedness p-value that verdicts use (``p_robust``, fr
 :func:`pgbench.stats.metrics.verdict_p`) with the test it comes from, flagging (``!``) an
 estimator that claims to be unbiased and has ``p < 1e-3``.
 
-The plugin is loaded in every pytest session of anyone who installs pgbench: at import it
-imports nothing beyond pytest, and a session that neither requests its fixtures nor passes
-``--pgbench-out`` gets no output and no files from it.
+The plugin is loaded in every pytest session of an environment where pgbench is installed: at
+import it imports nothing beyond pytest and the standard library (``import pgbench`` itself is
+lazy: no numba, NumPy or pandas until a fixture or ``--pgbench-out`` needs them), and a session
+that neither requests its fixtures nor passes ``--pgbench-out`` gets no output and no files from
+it. pytest-benchmark is optional (``pip install "pgbench[pytest]"``): without it the fixtures
+measure the same way, timed by the plugin itself, and nothing reaches ``--benchmark-json``.
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ class _State:
         self.measured: list[dict] = []  # {"cell", "K", "seed", "seconds", "rows"} per measurement, for the summary
         self.suites: list[str] = []  # suites with a cell written to the run directory
         self.errors = 0  # measurements that raised
+        self.report_error = None  # why the run directory's report could not be written
 
     @property
     def used(self) -> bool:
@@ -147,16 +151,37 @@ def _cell_record(suite_id: str, N: int, quick: bool, seed: int, trials: int | No
         registry.SUITES[suite.id] = suite
 
 
+class _Timer:
+    """What the fixtures use of pytest-benchmark's ``benchmark`` when it is not installed: one
+    call, its metrics kept in ``extra_info`` (which then goes nowhere)."""
+
+    def __init__(self):
+        self.extra_info: dict = {}
+        self.group = None
+
+    def pedantic(self, target, args=(), kwargs=None, rounds=1, iterations=1):
+        return target(*args, **(kwargs or {}))
+
+
+def _benchmark(request):
+    """pytest-benchmark's ``benchmark`` fixture when that plugin is active, else a :class:`_Timer`."""
+    try:
+        return request.getfixturevalue("benchmark")
+    except pytest.FixtureLookupError:
+        return _Timer()
+
+
 def _extra_info(rows: list[dict]) -> dict:
     return {r["estimator"]: {k: r.get(k) for k in METRIC_KEYS} for r in rows}
 
 
 @pytest.fixture
-def pgbench_cell(request, benchmark):
+def pgbench_cell(request):
     """``measure_cell(suite_id, N, *, quick=None, trials=None, seed=None) -> record``: measure one
     suite cell once under ``benchmark``; metrics into ``benchmark.extra_info``; the record into
     ``--pgbench-out`` if given. ``quick``/``trials``/``seed`` default to the command line's."""
     st = _state(request.config)
+    benchmark = _benchmark(request)
 
     def measure_cell(suite_id: str, N: int, *, quick: bool | None = None, trials: int | None = None,
                      seed: int | None = None) -> dict:
@@ -187,10 +212,11 @@ def pgbench_cell(request, benchmark):
 
 
 @pytest.fixture
-def pgbench_measure(request, benchmark):
+def pgbench_measure(request):
     """``measure(problem, estimators, batch, trials, seed=0, theta=None, proxy=False) -> DataFrame``:
     :func:`pgbench.measure.api.measure` once under ``benchmark``, metrics into ``extra_info``."""
     st = _state(request.config)
+    benchmark = _benchmark(request)
 
     def measure(problem, estimators, batch: int, trials: int | None = None, seed: int | None = None, theta=None,
                 proxy: bool = False):
@@ -265,7 +291,19 @@ def pytest_sessionfinish(session, exitstatus):
     else:
         status = "complete"
     try:
-        rd.finalize(status=status)
+        # as `pgbench run`: "complete" only once the report is written (a run without cells has none)
+        rd.finalize(status="finishing" if status == "complete" and st.suites else status)
+        if st.suites:
+            from pgbench.reports.report import write_report
+            try:
+                write_report(rd.path)
+            except Exception as exc:  # the cells and tables stay; the report can be made later
+                st.report_error = f"{type(exc).__name__}: {exc}"
+                rd.update_meta(status="incomplete" if status == "complete" else status,
+                               report_error=st.report_error)
+            else:
+                if status == "complete":
+                    rd.update_meta(status="complete")
     finally:
         st.lock.release()
 
@@ -315,3 +353,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"{len(st.measured)} cell(s); {tail}", red=bool(n_flag))
     if st.out and st.rundir is not None:
         tr.write_line(f"pgbench: run directory {st.rundir.path}")
+        if st.report_error:
+            tr.write_line(f"pgbench: the report could not be written ({st.report_error}); "
+                          f"`pgbench report {st.rundir.path}` retries", red=True)
+        elif st.suites:
+            tr.write_line(f"pgbench: report {os.path.join(st.rundir.path, 'report.md')} and report.html")

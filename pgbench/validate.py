@@ -169,18 +169,38 @@ def _n_boot(alpha: float, n_problems: int) -> int:
     return int(min(50_000, max(1999, math.ceil(20 * n_problems / alpha) - 1)))
 
 
-def _exact_bias(prob, spec, N: int, limit: int) -> float:
-    """Exact bias norm by enumeration when the problem is small enough (nan otherwise)."""
+def _exact_bias(prob, spec, N: int, limit: int) -> tuple:
+    """Exact bias norm by enumeration when the problem is small enough, and why not otherwise:
+    ``(value, "")`` or ``(nan, reason)``."""
     from pgbench.exact import moments
-    if getattr(prob, "kind", None) != "mdp" or not moments.supports(spec):
-        return math.nan
+    from pgbench.estimators.registry import BATCH_CODE, USER_CODE
+    if getattr(prob, "kind", None) != "mdp":
+        return math.nan, "no exact moments for objectives"
+    if spec.info.code in (USER_CODE, BATCH_CODE):
+        return math.nan, "user estimator: pgbench cannot enumerate its moments (only built-ins); the test uses the exact gradient"
+    if not moments.supports(spec):
+        return math.nan, f"no exact moments for {spec.name}"
     try:
         if moments.enumeration_size(prob, [spec], N, stop_above=limit) > limit:
-            return math.nan
+            return math.nan, f"too many trajectories to enumerate (more than {limit:.3g})"
         em = moments.exact_moments(prob, [spec], batch=N, limit=limit)
-    except PGBenchError:
-        return math.nan
-    return float(em.bias_norm[0])
+    except PGBenchError as exc:
+        return math.nan, f"exact moments refused: {exc}"
+    return float(em.bias_norm[0]), ""
+
+
+def fmt_interval(v: float, lo: float, hi: float, digits: int = 3, max_digits: int = 8) -> str:
+    """``v [lo, hi]`` with the same number of significant digits for all three, enough that
+    distinct bounds print distinct (at least ``digits``). Rounding to a fixed number of
+    significant digits is monotone, so an estimate inside its interval prints inside it."""
+    vals = (v, lo, hi)
+    if not all(np.isfinite(x) for x in vals):
+        return " ".join(["-" if not np.isfinite(v) else f"{v:.{digits}g}",
+                         "[" + ", ".join("-" if not np.isfinite(x) else f"{x:.{digits}g}" for x in (lo, hi)) + "]"])
+    n = digits
+    while n < max_digits and lo != hi and f"{lo:.{n}g}" == f"{hi:.{n}g}":
+        n += 1
+    return f"{v:.{n}g} [{lo:.{n}g}, {hi:.{n}g}]"
 
 
 DEFAULT_TIMEOUT = 600.0
@@ -228,7 +248,9 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
         Columns ``problem``, ``theta``, ``estimator``, ``claimed_unbiased``, ``N``, ``K``, ``d``,
         ``test``, ``p_value``, ``p_bootstrap``, ``p_holm``, ``passed``, ``tested``, ``unobserved``,
         ``p_metrics``, ``test_metrics``, ``bias_norm``, ``bias_norm_lo``, ``bias_norm_hi``,
-        ``rel_bias``, ``exact_grad_norm``, ``exact_bias_norm``, ``variance``, ``variance_se``,
+        ``rel_bias``, ``exact_grad_norm``, ``exact_bias_norm``, ``exact_note`` (why
+        ``exact_bias_norm`` is nan: a user estimator, too many trajectories, ...; else ``""``),
+        ``variance``, ``variance_se``,
         ``var_ratio_<ref>``, ``var_ratio_<ref>_lo``, ``var_ratio_<ref>_hi``, ``seconds``;
         ``df.attrs``: ``passed`` (every problem passed), ``alpha``, ``correction`` (``'holm'``),
         ``estimator``, ``references``.
@@ -283,7 +305,7 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
                "bias_norm": m["bias_norm"], "bias_norm_lo": m["bias_norm_ci"][0],
                "bias_norm_hi": m["bias_norm_ci"][1], "rel_bias": m["rel_bias"],
                "exact_grad_norm": float(np.linalg.norm(cell.targets[0])),
-               "exact_bias_norm": _exact_bias(prob, spec, batch, exact_limit),
+               "exact_bias_norm": math.nan, "exact_note": "",
                "variance": m["variance"], "variance_se": m["variance_se"]}
         for rl in ref_labels:
             if rl not in refs_used:
@@ -294,6 +316,7 @@ def validate(estimator, problems=None, batch: int = DEFAULT_BATCH, trials: int =
             pr = metrics.paired(est, cell.estimates[:, labels.index(rl), :], cell.targets[0])
             row.update({f"var_ratio_{rl}": pr["variance_ratio"], f"var_ratio_{rl}_lo": pr["variance_ratio_ci"][0],
                         f"var_ratio_{rl}_hi": pr["variance_ratio_ci"][1]})
+        row["exact_bias_norm"], row["exact_note"] = _exact_bias(prob, spec, batch, exact_limit)
         row["seconds"] = secs
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -318,16 +341,25 @@ def format_validation(df: pd.DataFrame) -> str:
     for r in refs:
         head += f" {'var/' + r:>22s}"
     lines.append(head + "  verdict")
+    notes: dict = {}
     for _, r in df.iterrows():
-        ci = f"{r['bias_norm']:.3g} [{r['bias_norm_lo']:.3g}, {r['bias_norm_hi']:.3g}]"
-        ex = "" if not np.isfinite(r["exact_bias_norm"]) else f"{r['exact_bias_norm']:.3g}"
+        ci = fmt_interval(r["bias_norm"], r["bias_norm_lo"], r["bias_norm_hi"])
+        if np.isfinite(r["exact_bias_norm"]):
+            ex = f"{r['exact_bias_norm']:.3g}"
+        else:  # blank says why, below the table
+            ex = "-"
+            note = str(r.get("exact_note", "") or "not computed")
+            ex += "*" * (list(notes).index(note) + 1 if note in notes else len(notes) + 1)
+            notes.setdefault(note, None)
         line = f"{str(r['problem'])[:46]:46s} {r['p_value']:9.3g} {r['p_holm']:9.3g} {ci:>28s} {ex:>9s}"
         for ref in refs:
             v = r.get(f"var_ratio_{ref}", np.nan)
             lo, hi = r.get(f"var_ratio_{ref}_lo", np.nan), r.get(f"var_ratio_{ref}_hi", np.nan)
-            txt = "" if not np.isfinite(v) else f"{v:.3g} [{lo:.2g}, {hi:.2g}]"
+            txt = "-" if not np.isfinite(v) else fmt_interval(v, lo, hi)
             line += f" {txt:>22s}"
         lines.append(line + ("  pass" if r["passed"] else "  FAIL") + f"  ({r['test']})")
+    for i, note in enumerate(notes):
+        lines.append(f"exact {'-' + '*' * (i + 1)}: {note}")
     n_fail = int((~df["passed"]).sum())
     a = df.attrs.get("alpha", float("nan"))
     est = df.attrs.get("estimator", "")

@@ -9,6 +9,9 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, os.path.dirname(__file__))  # lets test modules import tests/naive.py
+# commands' stderr is compared with "" here, and whether a command compiles depends on the order
+# tests run in: no "compiling kernels" notice (tests/test_cli_output.py turns it on)
+os.environ.setdefault("PGBENCH_COMPILE_NOTICE", "0")
 
 from pgbench import MDPProblem, TabularMDP, make  # noqa: E402
 

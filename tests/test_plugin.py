@@ -10,6 +10,15 @@ import pandas as pd
 import pytest
 
 from pgbench.pytest_plugin import P_FLAG, summary_lines
+# pytester's in-process sessions drop the modules they imported afterwards; numba registers its
+# types globally and cannot be imported twice, so what the sessions use is imported here first
+# (`import pgbench` alone is lazy and imports none of it)
+import pgbench.measure.api  # noqa: E402,F401
+import pgbench.reports.report  # noqa: E402,F401
+import pgbench.suites.runner  # noqa: E402,F401
+from numba.core.registry import cpu_target  # noqa: E402
+
+cpu_target.target_context.refresh()  # numba's lazily loaded registries (first compile or cache load)
 from pgbench.suites.store import RunDir, cell_filename
 
 pytest_plugins = ["pytester"]
@@ -25,6 +34,13 @@ def test_ladder(pgbench_cell):
     assert rec["K"] == 20 and rec["quick"] is True and rec["seed"] == 0
     assert {r["estimator"] for r in rec["rows"]} == {"reinforce", "reinforce_rtg", "value_baseline", "rloo"}
 """
+
+
+@pytest.fixture(autouse=True)
+def _figures_in_process(monkeypatch):
+    """pytester's in-process sessions restore sys.modules afterwards, which breaks pickling for
+    the report's spawned figure workers in a second session: draw in the process itself."""
+    monkeypatch.setenv("PGBENCH_REPORT_WORKERS", "1")
 
 
 def _json(path):
@@ -108,6 +124,10 @@ def test_out_writes_a_run_directory(pytester):
     df = pd.read_csv(run / "results.csv")
     assert len(df) == 4 and set(df["cell"]) == {"ladder/three-step-bandit/N=16"}
     assert (run / "paired.csv").exists()
+    # the report files a run directory holds, as `pgbench run` writes them
+    assert "ladder/three-step-bandit" in (run / "report.md").read_text()
+    assert (run / "report.html").stat().st_size > 0
+    res.stdout.fnmatch_lines([f"pgbench: report {run / 'report.md'} and report.html"])
     assert (run / "benchmark.json").read_bytes() == (pytester.path / "bench.json").read_bytes()
     assert _json(run / "benchmark.json")["pgbench"]["out"] == str(run)
     assert len(RunDir.open(str(run)).cells()) == 1
@@ -168,3 +188,34 @@ def test_suites_are_collected_one_test_per_cell(pytester):
         ids = [line.split("::", 1)[1] for line in res.stdout.lines if "test_suites.py::" in line]
         assert ids == [f"test_cell[{s.id}/N={N}]" for s in SUITES.values() for N in s.cells(quick)]
         assert any("test_throughput.py::test_kernel" in line for line in res.stdout.lines)
+
+
+def test_plugin_import_is_cheap():
+    """Loaded into every pytest session of the environment: importing it must not import numba,
+    NumPy, SciPy, pandas or matplotlib (they cost about 0.5 s before any pgbench option or
+    fixture is used)."""
+    import subprocess
+    import sys
+    code = ("import sys, pgbench.pytest_plugin; "
+            "print(sorted(m for m in ('numba', 'numpy', 'scipy', 'pandas', 'matplotlib', 'pgbench.problems') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_fixtures_work_without_pytest_benchmark(pytester):
+    """pytest-benchmark is an extra, not a dependency: without it the fixtures still measure."""
+    pytester.makepyfile(CELL_TEST)
+    res = pytester.runpytest("-p", "no:benchmark", *CHEAP, "--pgbench-out", "run")
+    res.assert_outcomes(passed=1)
+    assert _json(pytester.path / "run" / "meta.json")["status"] == "complete"
+    res.stdout.fnmatch_lines(["*ladder/three-step-bandit/N=16*"])
+
+
+def test_pytest_packages_are_not_runtime_dependencies():
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    names = {d.split(">")[0].split("=")[0].split("[")[0].strip().lower() for d in project["dependencies"]}
+    assert not names & {"pytest", "pytest-benchmark", "py-cpuinfo"}
+    assert any(d.startswith("pytest-benchmark") for d in project["optional-dependencies"]["test"])

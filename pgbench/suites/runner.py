@@ -11,7 +11,7 @@ import time
 
 from pgbench import inputs
 from pgbench.threads import keeps_thread_settings
-from pgbench.errors import PGBenchError, ProvenanceError
+from pgbench.errors import PGBenchError, ProvenanceError, RunInterrupted
 # cell_id, exact_decomposition, run_cell_record, run_provenance: re-exported (the plug-in and tests use them here)
 from pgbench.suites.cell import (cell_id, exact_decomposition, run_cell_record, run_provenance,  # noqa: F401
                                  suite_definition)
@@ -119,13 +119,90 @@ def _check_resume(rd: RunDir, meta: dict, suite_ids, quick: bool, seed: int) -> 
                                   "(problem, estimators or trials changed since); start a new run")
 
 
+class _Signals:
+    """SIGINT and SIGTERM during a run, in the main thread: the first one stops the run (as
+    ``KeyboardInterrupt``) and is remembered, because numba turns an interrupt that arrives
+    while a kernel runs into ``SystemError: ... returned a result with an exception set``; the
+    handlers then go back to what they were, so a second signal acts at once."""
+
+    def __init__(self):
+        self.received = None  # the signal number that stopped the run
+        self._saved = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers belong to the main thread; there, Python's defaults stay
+        for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+            if sig is None:
+                continue
+            try:
+                self._saved[sig] = signal.signal(sig, self._handle)
+            except (ValueError, OSError):  # pragma: no cover - an embedding that forbids it
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is None:
+            self.received = signum
+            self._restore()
+            raise KeyboardInterrupt
+        self._restore()
+
+    def _restore(self):
+        import signal
+        for sig, handler in self._saved.items():
+            try:
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            except (ValueError, OSError):  # pragma: no cover
+                pass
+        self._saved = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+    def stopped(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the interrupt: a KeyboardInterrupt, or numba's SystemError around one."""
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen = exc
+        while seen is not None:
+            if isinstance(seen, KeyboardInterrupt):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return isinstance(exc, SystemError) and self.received is not None
+
+    def exit_status(self) -> int:
+        import signal
+        return 128 + (self.received if self.received is not None else signal.SIGINT)
+
+
 def _run_cells(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend, group=None) -> str:
     from pgbench.kernels import mdp
     per_branch, mdp.PER_BRANCH = mdp.PER_BRANCH, False  # many cells, many branch sets: one full pass 2 compiles faster
     try:
-        return _run_planned(rd, suite_ids, quick, seed, progress, executor, report, backend, group)
+        with _Signals() as signals:
+            try:
+                return _run_planned(rd, suite_ids, quick, seed, progress, executor, report, backend, group)
+            except (KeyboardInterrupt, SystemError) as exc:
+                if not signals.stopped(exc):
+                    raise
+                _interrupted(rd)
+                message = f"interrupted; finished cells are kept in {rd.path} (continue with --resume {rd.path})"
+                raise RunInterrupted(message, signals.exit_status()) from None
     finally:
         mdp.PER_BRANCH = per_branch
+
+
+def _interrupted(rd: RunDir) -> None:
+    """Save the tables of the finished cells and mark the run ``interrupted`` (the cells are on
+    disk already; a cell being measured is lost, and ``--resume`` measures it again)."""
+    try:
+        rd.finalize(status="interrupted")
+    except KeyboardInterrupt:  # a second signal while saving: at least the status
+        rd.update_meta(status="interrupted")
 
 
 def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report, backend, group=None) -> str:
@@ -136,8 +213,9 @@ def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report,
         progress = sys.stderr.isatty()
     cold = None
     if cells and not kernels_cached():
-        if not quiet:
-            _say("compiling kernels (first run only: a minute or two; cached afterwards)")
+        from pgbench import compile_notice
+        msg = "compiling kernels (first run only: a minute or two; cached afterwards)"
+        compile_notice.announce(None if quiet else msg)
         if executor is None:
             from pgbench.suites.warmup import ColdStart
             cold = ColdStart(cells, _is_mdp_suite)
@@ -157,16 +235,10 @@ def _run_planned(rd: RunDir, suite_ids, quick, seed, progress, executor, report,
         else:
             from pgbench.suites.distributed import run_on_executor
             run_on_executor(executor, rd, cells, quick, seed, bar, backend)
-    except KeyboardInterrupt:
-        bar.close()
-        rd.finalize(status="interrupted")
-        print(f"pgbench: interrupted; finished cells are kept in {rd.path} (continue with --resume {rd.path})",
-              file=sys.stderr)
-        raise
     finally:
+        bar.close()
         if cold is not None:
             cold.close()
-    bar.close()
     if not report:
         rd.finalize()
         return rd.path
