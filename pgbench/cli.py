@@ -258,7 +258,9 @@ def _measure_table(df, cols):
     reasons: dict = {}
     for r in rows:
         if any(not np.isfinite(r.get(c, np.nan)) for c in ex_cols):
-            reasons.setdefault(_why_no_exact(str(r["estimator"])), []).append(str(r["estimator"]))
+            note = r.get("exact_note")  # the cell's own reason (group estimators) before the catalogue's
+            note = note.removeprefix("MC only: ") if isinstance(note, str) and note else _why_no_exact(str(r["estimator"]))
+            reasons.setdefault(note, []).append(str(r["estimator"]))
     for why, names in reasons.items():
         notes.append(f"exact -: {', '.join(names)}: {why} (MC only)")
     return table, notes
