@@ -201,7 +201,7 @@ def pgbench_cell(request):
             "K": rec["K"], "seed": rec["seed"], "quick": rec["quick"], "wall_seconds": rec["wall_seconds"],
             "exact": rec.get("exact"), "metrics": _extra_info(rec["rows"])}))
         st.measured.append({"cell": rec["cell"], "K": rec["K"], "seed": rec["seed"], "seconds": rec["wall_seconds"],
-                            "rows": rec["rows"]})
+                            "rows": rec["rows"], "train": (rec.get("train") or {}).get("summary")})
         if st.out:
             st.run_dir().write_cell(rec)
             if rec["suite"] not in st.suites:
@@ -320,12 +320,19 @@ def summary_lines(measured: list[dict]) -> list[tuple[str, bool]]:
     """The terminal summary as ``(line, flagged)`` pairs."""
     if not measured:
         return []
-    width = max([len("estimator")] + [len(r["estimator"]) for m in measured for r in m["rows"]])  # learning cells: no rows
+    width = max([len("estimator")] + [len(r["estimator"]) for m in measured for r in (m["rows"] or m.get("train") or [])])
     head = (f"  {'estimator':<{width}}  unb  {'|bias| ± se':<20}  {'variance ± se':<20}  {'MSE ± se':<20}  "
             f"{'p-value':>9}  test")
     out: list[tuple[str, bool]] = []
     for m in measured:
         out.append((f"{m['cell']}  (K={m['K']}, seed={m['seed']}, {m['seconds']:.2f} s)", False))
+        if m.get("train"):  # a learning cell: runs of training, one line per estimator
+            for r in m["train"]:
+                stuck = (f"  P(stuck) {_num(r.get('p_stuck'), '.3f')} [{_num(r.get('p_stuck_lo'), '.3f')}, "
+                         f"{_num(r.get('p_stuck_hi'), '.3f')}]" if r.get("stuck_below") is not None else "")
+                out.append((f"  {r['estimator']:<{width}}  final J {_num(r.get('J_final_mean'), '.4g')} (J* "
+                            f"{_num(r.get('J_star'), '.4g')}), regret {_num(r.get('regret_mean'), '.4g')}" + stuck, False))
+            continue
         out.append((head, False))
         for r in m["rows"]:
             flag = _flagged(r)

@@ -59,6 +59,9 @@ def _finite(v) -> bool:
 def test_cell(pgbench_cell, suite_cell):
     suite_id, N = suite_cell
     rec = pgbench_cell(suite_id, N)
+    if rec.get("train"):  # a learning-dynamics cell: runs of training, not trials of one estimate
+        _check_learning(rec)
+        return
     rows = rec["rows"]
     assert rows, f"{rec['cell']}: no estimator measured"
     problems = []
@@ -78,3 +81,20 @@ def test_cell(pgbench_cell, suite_cell):
                 problems.append(f"{r['estimator']}: measured {col} {v:.6g} is {abs(v - ex) / se:.1f} standard errors "
                                 f"from the exact {ex:.6g}")
     assert not problems, f"{rec['cell']} (K={rec['K']}, seed={rec['seed']}):\n  " + "\n  ".join(problems)
+
+
+def _check_learning(rec):
+    """Every estimator of a learning cell ran: its final exact J lies between J at the start's worst
+    and J*, and P(stuck) lies inside its own Wilson interval, itself inside [0, 1]."""
+    summary = rec["train"]["summary"]
+    assert summary, f"{rec['cell']}: no estimator trained"
+    problems = []
+    for r in summary:
+        J = r["J_final_mean"]
+        if not (_finite(J) and J <= r["J_star"] + 1e-9):
+            problems.append(f"{r['estimator']}: final mean J {J} is not finite or above J* = {r['J_star']}")
+        if r.get("stuck_below") is not None:
+            lo, p, hi = r["p_stuck_lo"], r["p_stuck"], r["p_stuck_hi"]
+            if not 0.0 <= lo <= p <= hi <= 1.0:
+                problems.append(f"{r['estimator']}: P(stuck) {p} outside its interval [{lo}, {hi}]")
+    assert not problems, f"{rec['cell']}:\n  " + "\n  ".join(problems)
