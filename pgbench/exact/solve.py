@@ -14,6 +14,8 @@ for large S. ``P_pi`` is built from the fixed-width sparse form, never from a de
 """
 from __future__ import annotations
 
+import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -23,7 +25,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from pgbench import inputs
-from pgbench.errors import PGBenchError
+from pgbench.errors import PGBenchError, PGBenchWarning
 from pgbench.exact.limits import STEP_LIMIT
 from pgbench.exact.lqg import exact_lqg
 from pgbench.problems.mdp import TabularMDP
@@ -186,6 +188,44 @@ def safe_norm(x) -> float:
     return n
 
 
+class _LoopClock:
+    """Say once (a :class:`PGBenchWarning`, printed at once by the CLI) when a step loop that has
+    not reached a fixed point after a few seconds still has long to run, with the time left at the
+    rate measured so far. ``tick(k)`` is called with the steps done (``2 T`` loops count as ``2 T``)."""
+
+    CHECK_EVERY = 4096
+    AFTER = 2.0  # seconds of looping before the time left is estimated
+
+    def __init__(self, steps: int, what: str, loops: int = 2):
+        self.total = int(steps) * loops
+        self.what = what
+        self.start = time.perf_counter()
+        self.done = False
+
+    def tick(self, k: int) -> None:
+        if self.done or k % self.CHECK_EVERY or k <= 0:
+            return
+        elapsed = time.perf_counter() - self.start
+        if elapsed < self.AFTER:
+            return
+        self.done = True
+        left = elapsed / k * max(self.total - k, 0)
+        if left > inputs.SECONDS_WARNING:
+            warnings.warn(f"{self.what}: no fixed point after {k} steps ({elapsed:.3g} s); the remaining "
+                          f"{self.total - k} steps take roughly {left:.3g} s more", PGBenchWarning, stacklevel=3)
+
+
+def sparse_solve_seconds(mdp: TabularMDP, max_steps: int) -> float:
+    """Rough seconds of an unbounded sparse solve: two GMRES solves (about ``log(1e-13) / log gamma``
+    iterations, each a product with ``P_pi`` plus orthogonalisation against up to 60 vectors) and
+    ``max_steps`` products for the truncation check, at about 1 ns per entry touched (measured:
+    garnet S=300000, A=4, b=3, 8.6 s)."""
+    S, A, K = mdp.next_prob.shape
+    gamma = mdp.gamma
+    iters = 12000.0 if gamma >= 1.0 else min(12000.0, np.log(1e-13) / np.log(max(gamma, 1e-300)))
+    return 1e-9 * S * (A * K + 40) * (2.0 * iters + max_steps)
+
+
 def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:
     """Refuse, before allocating, an exact solve whose arrays exceed the memory limit; warn when
     the finite-horizon recursion is long (it is a Python loop over the steps)."""
@@ -199,8 +239,11 @@ def require_exact_memory(mdp: TabularMDP, method: str = "auto") -> None:
         # V, Q, d, the advantage and its weighted sum: (T, S) and (T, S, A) arrays
         inputs.require_memory(T * S * per_state, f"the exact solve of {mdp.name} with horizon {T} ({T} x {S} x {A} "
                               "arrays)", "use a shorter horizon, or horizon=0 (unbounded) with gamma < 1")
-        inputs.warn_steps(T, f"the exact solve of {mdp.name} with horizon {T} (about "
-                          f"{inputs.fmt_bytes(T * S * per_state)} of arrays)")
+        if T > inputs.STEP_WARNING:
+            warnings.warn(f"the exact solve of {mdp.name} with horizon {T} loops over up to {T:.3g} steps "
+                          f"({inputs.fmt_bytes(T * S * per_state)} of arrays): it stops early once the values "
+                          f"reach a fixed point (gamma < 1, or every episode absorbed), else it takes roughly "
+                          f"{T * (1.3e-5 + 3e-9 * S * A * K):.3g} s", PGBenchWarning, stacklevel=3)
     dense = method == "dense" or (method == "auto" and S <= DENSE_MAX_S)
     need = S * per_state + 8.0 * S * A * K * 3 + (16.0 * S * S if dense else 0.0)
     what = f"the exact solve of {mdp.name}" + (f" (dense P_pi: {S} x {S})" if dense else "")
@@ -247,19 +290,38 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
         T = mdp.horizon
         V = np.zeros((T + 1, mdp.S))
         Q = np.zeros((T, mdp.S, mdp.A))
+        clock = _LoopClock(T, f"the exact solve of {problem.name} with horizon {T}")
         for t in range(T - 1, -1, -1):
             Q[t] = R + gamma * _gather_next(mdp, V[t + 1])
             Q[t][mdp.terminal] = 0.0
             V[t] = (pi * Q[t]).sum(axis=1)
+            if np.array_equal(V[t], V[t + 1]):
+                # a fixed point in floating point: every earlier step computes the same numbers
+                # from the same V, so they are filled in (bit for bit what the loop would give)
+                Q[:t] = Q[t]
+                V[:t] = V[t]
+                break
+            clock.tick(T - t)
         V = V[:T]
         d = np.zeros((T, mdp.S))
         d[0] = mdp.rho0
         for t in range(1, T):
             d[t] = dyn.step_forward(d[t - 1])
+            if np.array_equal(d[t], d[t - 1]):  # stationary (or all mass absorbed): the same from here on
+                d[t + 1:] = d[t]
+                break
+            clock.tick(T + t)
         J = float(mdp.rho0 @ V[0])
         Adv = Q - V[..., None]
         C = np.einsum("t,ts,sa,tsa->sa", gamma ** np.arange(T), d, pi, Adv)
     else:
+        if max_steps is None:
+            max_steps = mdp.max_steps
+        max_steps = inputs.integer("max_steps", max_steps, 0, STEP_LIMIT)
+        if dyn.method == "sparse":
+            inputs.warn_seconds(sparse_solve_seconds(mdp, max_steps),
+                                f"the exact solve of {problem.name} (sparse GMRES on {mdp.S} states, then a "
+                                f"{max_steps}-step truncation check)")
         r_pi = (pi * R).sum(axis=1)
         V = dyn.solve(gamma, r_pi)
         Q = R + gamma * _gather_next(mdp, V)
@@ -267,13 +329,16 @@ def exact(problem: MDPProblem, theta=None, beta: float = 0.0, method: str = "aut
         d = dyn.solve(gamma, mdp.rho0, transpose=True)
         J = float(mdp.rho0 @ V)
         C = d[:, None] * pi * (Q - V[:, None])
-        if max_steps is None:
-            max_steps = mdp.max_steps
-        max_steps = inputs.integer("max_steps", max_steps, 0, STEP_LIMIT)
-        inputs.warn_steps(max_steps, f"the truncation check of {problem.name} over {max_steps} steps")
+        inputs.warn_steps(max_steps, f"the truncation check of {problem.name} over {max_steps} steps (it stops "
+                          "early once the visitation reaches a fixed point)")
         dt = mdp.rho0.copy()
-        for _ in range(int(max_steps)):
-            dt = dyn.step_forward(dt)
+        clock = _LoopClock(max_steps, f"the truncation check of {problem.name} over {max_steps} steps", loops=1)
+        for k in range(int(max_steps)):
+            nxt = dyn.step_forward(dt)
+            if np.array_equal(nxt, dt):  # a fixed point (stationary, or no mass left): later steps change nothing
+                break
+            dt = nxt
+            clock.tick(k)
         trunc_mass = float(dt.sum())
         trunc_J = float(gamma ** max_steps * (dt @ V)) if gamma > 0 else 0.0
     grad = pol.contract(th, C).reshape(th.shape)
@@ -298,4 +363,7 @@ def visitation_per_step(problem: MDPProblem, pi: np.ndarray, steps: int) -> np.n
         d[0] = problem.mdp.rho0
     for t in range(1, int(steps)):
         d[t] = dyn.step_forward(d[t - 1])
+        if np.array_equal(d[t], d[t - 1]):  # a fixed point: the same from here on
+            d[t + 1:] = d[t]
+            break
     return d
